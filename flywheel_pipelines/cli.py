@@ -1,0 +1,220 @@
+"""`flywheel`: what people do outside the Dagster UI."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from flywheel_pipelines.lib import settings
+
+
+def _lake(root: str | None):
+    from flywheel_pipelines.lib.storage import open_lake
+
+    return open_lake(root or settings.default_lake_root())
+
+
+@click.group()
+def main() -> None:
+    """The robot-learning flywheel: simulate a fleet, run the demo, search episodes, trace releases."""
+
+
+@main.group()
+def fleet() -> None:
+    """The simulated fleet."""
+
+
+@fleet.command("simulate")
+@click.option("--robots", default=3, show_default=True, help="Number of robots (r101, r102, ...).")
+@click.option("--days", default=2, show_default=True, help="Number of consecutive days.")
+@click.option("--episodes", "episodes_per_day", default=20, show_default=True, help="Episodes per robot-day.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--start-date", default=None, help="First day, YYYY-MM-DD (default: DAYS days ago).")
+@click.option("--lake", default=None, help="Target lake root (default: $FLYWHEEL_LAKE or .flywheel/lake).")
+def fleet_simulate(robots: int, days: int, episodes_per_day: int, seed: int, start_date: str | None,
+                   lake: str | None) -> None:
+    """Write a simulated fleet's ROS2 MCAP logs into raw/robot=<id>/date=<day>/."""
+    import datetime as dt
+
+    from flywheel_pipelines.lib.sim.fleet import day_range, simulate_fleet
+
+    store = _lake(lake)
+    first = start_date or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days)).isoformat()
+    day_list = day_range(first, days)
+    with click.progressbar(length=robots * len(day_list), label="simulating robot-days") as bar:
+        out = simulate_fleet(store, robots=robots, days=day_list, episodes_per_day=episodes_per_day, seed=seed,
+                             progress=lambda _d: bar.update(1))
+    for d in out:
+        click.echo(f"raw/robot={d.robot}/date={d.day}: {len(d.keys)} files, {d.episodes} episodes, {d.messages} messages")
+    click.echo(f"lake: {store.root_uri}")
+
+
+@main.command()
+@click.option("--robots", default=3, show_default=True)
+@click.option("--days", default=2, show_default=True)
+@click.option("--episodes", "episodes_per_day", default=20, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def demo(robots: int, days: int, episodes_per_day: int, seed: int) -> None:
+    """Simulate a small fleet and materialize every asset, then say where everything is."""
+    from flywheel_pipelines.demo import run_demo
+
+    t0 = time.perf_counter()
+    try:
+        result = run_demo(robots=robots, days=days, episodes_per_day=episodes_per_day, seed=seed,
+                          log=lambda m: click.echo(m))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    meta = result.metadata
+    ds, pol, ev = meta.get("curated_dataset", {}), meta.get("policy_candidate", {}), meta.get("eval_report", {})
+    rel = meta.get("release_bundle")
+    click.echo("")
+    click.echo(f"demo finished in {time.perf_counter() - t0:.0f} s ({result.partitions} robot-day partitions)")
+    click.echo(f"dataset:  {ds.get('dataset_name')} version {ds.get('dataset_version')} "
+               f"({ds.get('episodes')} episodes, {ds.get('frames')} frames) at {ds.get('uri')}")
+    click.echo(f"policy:   {pol.get('policy_name')} {pol.get('policy_version')} (MLflow run {pol.get('mlflow_run_id')}, "
+               f"registered version {pol.get('registered_version')})")
+    click.echo("evaluation (success rate, 95% CI):")
+    click.echo(f"  candidate        {ev.get('success_rate', 0):.1%}  [{ev.get('success_ci')}]")
+    click.echo(f"  scripted expert  {ev.get('expert_success_rate', 0):.1%}")
+    click.echo(f"  hold position    {ev.get('trivial_success_rate', 0):.1%}")
+    click.echo(f"  gate: {'passed' if ev.get('gate_passed') else 'FAILED'} - {'; '.join(ev.get('gate_reasons', []))}")
+    if rel:
+        click.echo(f"release:  {rel['release']} at {rel['uri']} (ONNX parity max abs error {rel['onnx_max_abs_error']:.1e})")
+        click.echo(f"          flywheel verify {rel['uri']}   |   flywheel lineage {rel['uri']}")
+    else:
+        click.echo("release:  none (the evaluation gate did not pass)")
+    click.echo(f"UI:       make dev   (DAGSTER_HOME={result.dagster_home}), then open http://127.0.0.1:3000")
+
+
+@main.group()
+def episodes() -> None:
+    """The episode catalog."""
+
+
+@episodes.command("search")
+@click.option("--robot", "robots", multiple=True, help="Robot id (repeatable).")
+@click.option("--from", "date_from", default=None, help="First day, YYYY-MM-DD.")
+@click.option("--to", "date_to", default=None, help="Last day, YYYY-MM-DD.")
+@click.option("--task", "tasks", multiple=True)
+@click.option("--outcome", "outcomes", multiple=True, help="success / failure / unknown (repeatable).")
+@click.option("--tag", "tags", multiple=True, help="Episodes carrying every given tag.")
+@click.option("--intervention/--no-intervention", default=None)
+@click.option("--quality-ok/--quality-issues", "quality_ok", default=None)
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--lake", default=None)
+def episodes_search(robots, date_from, date_to, tasks, outcomes, tags, intervention, quality_ok, limit, as_json,
+                    lake) -> None:
+    """Search the episode catalog (materialize episode_catalog first)."""
+    from flywheel_pipelines.lib.catalog import CATALOG_KEY, EpisodeQuery, search
+    from flywheel_pipelines.lib.storage import LakeError
+
+    store = _lake(lake)
+    try:
+        table = store.read_parquet(CATALOG_KEY)
+    except LakeError as exc:
+        raise click.ClickException(f"{exc}: materialize episode_catalog first") from None
+    query = EpisodeQuery(robots=robots, date_from=date_from, date_to=date_to, tasks=tasks, outcomes=outcomes,
+                         tags=tags, intervention=intervention, quality_ok=quality_ok)
+    found = search(table, query)
+    rows = found.slice(0, limit).to_pylist()
+    if as_json:
+        for row in rows:
+            row.pop("stream_quality", None)
+            click.echo(json.dumps(row, sort_keys=True))
+        return
+    click.echo(f"{found.num_rows} episodes match" + (f" (showing {limit})" if found.num_rows > limit else ""))
+    click.echo(f"{'episode':<22} {'robot':<6} {'date':<10} {'outcome':<8} {'frames':>6} {'skew ms':>8}  tags/issues")
+    for r in rows:
+        notes = ", ".join(r["tags"] + (["intervention"] if r["intervention"] else []) + r["quality_issues"])
+        click.echo(f"{r['episode_id']:<22} {r['robot']:<6} {r['date']:<10} {r['outcome']:<8} {r['num_frames']:>6} "
+                   f"{r['max_skew_ms']:>8.1f}  {notes}")
+
+
+def _bundle_dir(ref: str, lake: str | None) -> Path:
+    path = Path(ref)
+    if path.is_dir():
+        return path
+    store = _lake(lake)
+    candidate = getattr(store, "path", None)
+    if candidate is not None and ref.startswith("releases/"):
+        return candidate(ref)
+    raise click.ClickException(f"{ref}: not a release bundle folder (give its path, or releases/<name>/<version>)")
+
+
+@main.command()
+@click.argument("bundle")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--lake", default=None)
+def lineage(bundle: str, as_json: bool, lake: str | None) -> None:
+    """Show where a release came from: policy, MLflow run, dataset, robots, days, raw files."""
+    from flywheel_pipelines.lib.lineage import lineage_summary
+
+    path = _bundle_dir(bundle, lake) / "lineage.json"
+    if not path.is_file():
+        raise click.ClickException(f"{path}: missing (not a release bundle?)")
+    doc = json.loads(path.read_text())
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    rel, pol, ds = doc["release"], doc["policy"], doc["dataset"]
+    click.echo(f"release {rel['name']} {rel['version']} (created {rel['created_at']}, Dagster run {rel['dagster_run_id']})")
+    click.echo(f"  policy {pol['version']}: MLflow run {pol['mlflow_run_id']}, registered {pol['registered_model']} "
+               f"v{pol['registered_version']}, code {pol['code']['source_hash']} (git {pol['code']['git_commit']})")
+    click.echo(f"  evaluation: success {doc['evaluation']['success_rate']:.1%}, gate "
+               f"{'passed' if doc['evaluation']['gate']['passed'] else 'failed'}")
+    click.echo(f"  dataset {ds['name']} {ds['version']}: {len(doc['episodes'])} episodes, {ds['frames']} frames, "
+               f"embodiment {ds['embodiment']['name']} v{ds['embodiment']['version']}")
+    for robot, days in lineage_summary(doc).items():
+        click.echo(f"    robot {robot}: " + ", ".join(f"{d} ({n} episodes)" for d, n in days.items()))
+    click.echo(f"  raw files ({len(doc['raw_files'])}):")
+    for f in doc["raw_files"]:
+        click.echo(f"    {f['sha256'][:16]}  {f['key']}  ({f['episodes']} episodes)")
+
+
+@main.command()
+@click.argument("bundle")
+@click.option("--lake", default=None)
+def verify(bundle: str, lake: str | None) -> None:
+    """Verify a release bundle against its SHA256SUMS (exit 1 on any problem)."""
+    from flywheel_pipelines.lib.release.bundle import verify_bundle
+
+    result = verify_bundle(_bundle_dir(bundle, lake))
+    for problem in result.problems:
+        click.echo(f"FAIL {problem}", err=True)
+    if not result.ok:
+        sys.exit(1)
+    click.echo(f"OK {result.checked} files verified")
+
+
+@main.group()
+def logs() -> None:
+    """Raw robot logs."""
+
+
+@logs.command("inspect")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True)
+def logs_inspect(path: str, as_json: bool) -> None:
+    """Verdict and per-topic type, count and first/last time (int64 ns), as ingest sees them."""
+    from flywheel_pipelines.lib.rosbag.manifest import inspect_log
+
+    m = inspect_log(Path(path))
+    if as_json:
+        out = {"verdict": m.verdict, "reason": m.reason, "lost_messages": m.lost_messages,
+               "topics": [{"topic": t.topic, "type": t.type, "count": t.count, "first_ns": t.first_ns,
+                           "last_ns": t.last_ns} for t in m.topics]}
+        click.echo(json.dumps(out, sort_keys=True))
+        return
+    click.echo(f"{m.key}: {m.verdict}" + (f" ({m.reason})" if m.reason else ""))
+    click.echo(f"  {m.message_count} messages, {m.size} bytes, sha256 {m.sha256}")
+    for t in m.topics:
+        click.echo(f"  {t.topic:<28} {t.type:<40} {t.count:>8}  {t.first_ns} .. {t.last_ns}  ({t.rate_hz:.1f} Hz)")
+
+
+if __name__ == "__main__":
+    main()

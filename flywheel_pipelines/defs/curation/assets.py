@@ -1,0 +1,87 @@
+"""Curated datasets: a curation spec applied to the catalog, in the LeRobot v3.0 layout."""
+
+
+import dagster as dg
+from pydantic import Field
+
+from flywheel_pipelines.defs.catalog.assets import episode_catalog
+from flywheel_pipelines.defs.episodes.assets import DEFAULT_EMBODIMENT, FRAMES, episodes_prefix
+from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.lib.catalog import CATALOG_KEY
+from flywheel_pipelines.lib.datasets.curation import CurationError, CurationSpec, build_dataset, select_episodes
+from flywheel_pipelines.lib.episodes.embodiment import load_embodiment
+from flywheel_pipelines.lib.storage import staging_dir
+
+
+class CurationConfig(dg.Config):
+    """The curation spec (every field is part of the dataset version)."""
+
+    name: str = Field(default="reach", description="Dataset name (datasets/<name>/<version>/).")
+    robots: list[str] = Field(default_factory=list, description="Only these robots (empty: all).")
+    date_from: str | None = None
+    date_to: str | None = None
+    tasks: list[str] = Field(default_factory=list)
+    outcomes: list[str] = Field(default_factory=lambda: ["success"])
+    include_interventions: bool = False
+    include_quality_issues: bool = Field(default=False, description="Keep episodes failing the sync/gap checks.")
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    min_frames: int = 5
+    embodiment: str = DEFAULT_EMBODIMENT
+
+    def spec(self) -> CurationSpec:
+        return CurationSpec(
+            name=self.name, robots=tuple(self.robots), date_from=self.date_from, date_to=self.date_to,
+            tasks=tuple(self.tasks), outcomes=tuple(self.outcomes), include_interventions=self.include_interventions,
+            include_quality_issues=self.include_quality_issues, val_fraction=self.val_fraction,
+            split_seed=self.split_seed, min_frames=self.min_frames,
+        )
+
+
+def dataset_prefix(name: str, version: str) -> str:
+    return f"datasets/{name}/{version}"
+
+
+@dg.asset(deps=[episode_catalog], group_name="curation", kinds={"python", "parquet"}, owners=["team:ml"])
+def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, lake: LakeResource) -> dg.MaterializeResult:
+    """Selected episodes with a deterministic train/val split, as a LeRobot v3.0 dataset plus a
+    manifest naming every episode and raw file (sha256); versioned by content hash."""
+    store = lake.lake()
+    try:
+        spec = config.spec()
+    except ValueError as exc:
+        raise dg.Failure(f"invalid curation spec: {exc}") from None
+    emb = load_embodiment(config.embodiment)
+    selected = select_episodes(store.read_parquet(CATALOG_KEY), spec)
+
+    def load_frames(robot: str, day: str):
+        return store.read_parquet(f"{episodes_prefix(robot, day)}/{FRAMES}")
+
+    with staging_dir() as tmp:
+        try:
+            built = build_dataset(tmp / "ds", selected=selected, load_frames=load_frames, spec=spec, emb=emb)
+        except CurationError as exc:
+            raise dg.Failure(str(exc)) from None
+        prefix = dataset_prefix(spec.name, built.version)
+        created = store.publish_dir(prefix, tmp / "ds")
+    robots = sorted({e["robot"] for e in built.manifest["episodes"]})
+    days = sorted({e["date"] for e in built.manifest["episodes"]})
+    context.log.info(f"dataset {spec.name}@{built.version}: {built.episodes} episodes "
+                     f"({'new' if created else 'identical version already in the lake'})")
+    return dg.MaterializeResult(
+        metadata={
+            "uri": dg.MetadataValue.path(store.uri(prefix)),
+            "dataset_name": spec.name,
+            "dataset_version": built.version,
+            "prefix": prefix,
+            "episodes": built.episodes,
+            "frames": built.frames,
+            "train_episodes": built.splits.get("train", 0),
+            "val_episodes": built.splits.get("val", 0),
+            "robots": robots,
+            "days": f"{days[0]} .. {days[-1]}",
+            "raw_files": len(built.manifest["raw_files"]),
+            "spec": spec.to_dict(),
+        },
+        data_version=dg.DataVersion(built.version),
+    )

@@ -1,0 +1,77 @@
+"""Ingest: the raw logs robots upload, and a per-file manifest with an integrity verdict."""
+
+
+import dagster as dg
+
+from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
+from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.lib.rosbag.manifest import inspect_log
+from flywheel_pipelines.lib.storage import Lake, raw_fingerprint
+
+OWNERS = ["team:robot-data"]
+
+raw_fleet_logs = dg.AssetSpec(
+    "raw_fleet_logs",
+    description="ROS2 MCAP logs exactly as robots uploaded them, under raw/robot=<id>/date=<day>/ (immutable).",
+    partitions_def=ROBOT_DAY,
+    group_name="ingest",
+    kinds={"mcap"},
+    owners=OWNERS,
+)
+
+
+def manifest_key(robot: str, day: str) -> str:
+    return f"manifests/robot={robot}/date={day}/manifest.json"
+
+
+def raw_prefix(robot: str, day: str) -> str:
+    return f"raw/robot={robot}/date={day}/"
+
+
+def build_manifest(lake: Lake, robot: str, day: str) -> dict:
+    files = []
+    for obj in lake.list(raw_prefix(robot, day)):
+        with lake.local_path(obj.key) as path:
+            files.append(inspect_log(path, key=obj.key).to_dict())
+    return {"robot": robot, "date": day, "files": files}
+
+
+@dg.asset(
+    deps=[raw_fleet_logs],
+    partitions_def=ROBOT_DAY,
+    group_name="ingest",
+    kinds={"python", "json"},
+    owners=OWNERS,
+)
+def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    """Per raw file of a robot-day: sha256, size, topics with types, counts, rates, time range
+    and an integrity verdict (ok / recovered / rejected)."""
+    robot, day = robot_day(context)
+    store = lake.lake()
+    manifest = build_manifest(store, robot, day)
+    if not manifest["files"]:
+        raise dg.Failure(f"no raw logs under {store.uri(raw_prefix(robot, day))}")
+    store.write_json(manifest_key(robot, day), manifest)
+    files = manifest["files"]
+    verdicts = {v: sum(f["verdict"] == v for f in files) for v in ("ok", "recovered", "rejected")}
+    rows = ["| file | verdict | messages | topics | MB | reason |", "| --- | --- | --- | --- | --- | --- |"]
+    for f in files:
+        rows.append(f"| {f['key'].rsplit('/', 1)[-1]} | {f['verdict']} | {f['message_count']} | {len(f['topics'])} "
+                    f"| {f['size'] / 1e6:.2f} | {f.get('reason') or ''} |")
+    for f in files:
+        if f["verdict"] != "ok":
+            context.log.warning(f"{f['key']}: {f['verdict']}: {f.get('reason')}")
+    return dg.MaterializeResult(
+        metadata={
+            "uri": dg.MetadataValue.path(store.uri(manifest_key(robot, day))),
+            "raw_fingerprint": raw_fingerprint([(f["key"], f["sha256"]) for f in files]),
+            "files": len(files),
+            "bytes": sum(f["size"] for f in files),
+            "messages": sum(f["message_count"] for f in files),
+            "ok": verdicts["ok"],
+            "recovered": verdicts["recovered"],
+            "rejected": verdicts["rejected"],
+            "rejected_files": [f["key"] for f in files if f["verdict"] == "rejected"],
+            "files_table": dg.MetadataValue.md("\n".join(rows)),
+        }
+    )

@@ -1,0 +1,107 @@
+"""Release bundles: ONNX + parity proof + model card + lineage + checksums, only past the gate."""
+
+
+import datetime as dt
+import json
+import shutil
+
+import dagster as dg
+
+from flywheel_pipelines.defs.evaluation.assets import eval_report, read_gate
+from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.defs.training.assets import POLICY_ONNX
+from flywheel_pipelines.defs.upstream import upstream_metadata
+from flywheel_pipelines.lib.learning.bc import load_training_data
+from flywheel_pipelines.lib.learning.policy import CONFIG, load_policy
+from flywheel_pipelines.lib.lineage import build_lineage, lineage_summary
+from flywheel_pipelines.lib.release.bundle import (
+    MODEL_CARD,
+    ONNX,
+    model_card,
+    verify_bundle,
+    write_lineage,
+    write_sha256sums,
+)
+from flywheel_pipelines.lib.release.onnx_export import OPSET, onnx_parity
+from flywheel_pipelines.lib.storage import staging_dir
+
+PARITY_TOLERANCE = 1e-4
+
+
+def release_prefix(name: str, version: str) -> str:
+    return f"releases/{name}/{version}"
+
+
+@dg.asset(deps=[eval_report], group_name="release", kinds={"onnx"}, owners=["team:ml"])
+def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    """The deployable bundle. Refuses a candidate whose evaluation gate did not pass, even when
+    run on its own (blocking checks only stop downstream steps of the same run)."""
+    store = lake.lake()
+    ev = upstream_metadata(context, "eval_report")
+    pol = upstream_metadata(context, "policy_candidate")
+    ds = upstream_metadata(context, "curated_dataset")
+    summary = read_gate(store, ev["prefix"])
+    if summary["policy_version"] != pol["policy_version"]:
+        raise dg.Failure(f"eval_report evaluated policy {summary['policy_version']} but the latest candidate is "
+                         f"{pol['policy_version']}: re-materialize eval_report first")
+    if not summary["gate"]["passed"]:
+        raise dg.Failure(f"no release: policy {pol['policy_version']} failed the evaluation gate: "
+                         + "; ".join(summary["gate"]["reasons"]))
+    name, version = pol["policy_name"], pol["policy_version"]
+    with store.local_dir(pol["prefix"]) as policy_dir, store.local_dir(ds["prefix"]) as dataset_dir:
+        policy, policy_cfg = load_policy(policy_dir)
+        data = load_training_data(dataset_dir)
+        dataset_manifest = json.loads((dataset_dir / "manifest.json").read_text())
+        # Held-out inputs: the validation split the policy never trained on.
+        held_out = data.val_obs if len(data.val_obs) else data.train_obs
+        with staging_dir() as tmp:
+            bundle = tmp / "bundle"
+            bundle.mkdir()
+            shutil.copyfile(policy_dir / POLICY_ONNX, bundle / ONNX)
+            shutil.copyfile(policy_dir / CONFIG, bundle / "policy_config.json")
+            parity = {**onnx_parity(policy, bundle / ONNX, held_out), "opset": OPSET, "tolerance": PARITY_TOLERANCE}
+            if parity["max_abs_error"] > PARITY_TOLERANCE:
+                raise dg.Failure(f"ONNX parity failed: max abs error {parity['max_abs_error']:.2e} > {PARITY_TOLERANCE}")
+            (bundle / "parity.json").write_text(json.dumps(parity, indent=2, sort_keys=True) + "\n")
+            (bundle / "evaluation.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            release = {"name": name, "version": version, "dagster_run_id": context.run.run_id,
+                       "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            policy_info = {"name": name, "version": version, "uri": store.uri(pol["prefix"]),
+                           "mlflow_run_id": pol["mlflow_run_id"], "registered_model": pol["registered_model"],
+                           "registered_version": pol["registered_version"], "code": policy_cfg["code"],
+                           "training": policy_cfg["training"], "embodiment": policy_cfg["embodiment"]["name"],
+                           "obs_names": policy_cfg["policy"]["obs_names"],
+                           "action_names": policy_cfg["policy"]["action_names"], "fps": policy_cfg["fps"]}
+            lineage = build_lineage(release=release, policy=policy_info, dataset_manifest=dataset_manifest,
+                                    evaluation=summary)
+            write_lineage(bundle, lineage)
+            episodes = dataset_manifest["episodes"]
+            dataset_info = {"name": ds["dataset_name"], "version": ds["dataset_version"], "episodes": len(episodes),
+                            "robots": sorted({e["robot"] for e in episodes}),
+                            "tasks": sorted({e["task"] for e in episodes}),
+                            "date_from": min(e["date"] for e in episodes), "date_to": max(e["date"] for e in episodes)}
+            (bundle / MODEL_CARD).write_text(model_card(release=release, policy=policy_info, dataset=dataset_info,
+                                                        evaluation=summary, parity=parity))
+            write_sha256sums(bundle)
+            check = verify_bundle(bundle)
+            if not check.ok:
+                raise dg.Failure(f"bundle failed its own verification: {check.problems}")
+            prefix = release_prefix(name, version)
+            created = store.publish_dir(prefix, bundle)
+    if not created:
+        context.log.info(f"release {name} {version} already exists at {store.uri(prefix)}; kept as is")
+    return dg.MaterializeResult(
+        metadata={
+            "uri": dg.MetadataValue.path(store.uri(prefix)),
+            "prefix": prefix,
+            "release": f"{name} {version}",
+            "onnx_max_abs_error": parity["max_abs_error"],
+            "parity_inputs": parity["inputs"],
+            "dataset_version": ds["dataset_version"],
+            "mlflow_run_id": pol["mlflow_run_id"],
+            "raw_files": len(lineage["raw_files"]),
+            "robots_days": lineage_summary(lineage),
+            "files": check.checked,
+        },
+        data_version=dg.DataVersion(version),
+    )

@@ -1,0 +1,78 @@
+"""The episode catalog: every episode of the fleet in one table, searchable."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flywheel_pipelines.lib.episodes.standardize import EPISODE_SCHEMA
+
+CATALOG_KEY = "catalog/episodes.parquet"
+
+
+def build_catalog(tables: Iterable[pa.Table]) -> pa.Table:
+    """Concatenate robot-day episode tables into one, ordered by robot, day and start time."""
+    parts = [t.cast(EPISODE_SCHEMA) for t in tables if t.num_rows]
+    table = pa.concat_tables(parts) if parts else EPISODE_SCHEMA.empty_table()
+    if table.num_rows:
+        table = table.sort_by([("robot", "ascending"), ("date", "ascending"), ("start_ns", "ascending")])
+    ids = table.column("episode_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"episode ids are not unique across the fleet: {dupes}")
+    return table
+
+
+def catalog_hash(table: pa.Table) -> str:
+    """A content hash of the catalog rows (Arrow IPC bytes: independent of Parquet encoding)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.combine_chunks())
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class EpisodeQuery:
+    """A catalog search; every field is optional and they combine with AND."""
+
+    robots: tuple[str, ...] = ()
+    date_from: str | None = None
+    date_to: str | None = None
+    tasks: tuple[str, ...] = ()
+    outcomes: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()  # an episode matches if it carries every tag
+    intervention: bool | None = None
+    quality_ok: bool | None = None
+
+
+def search(table: pa.Table, query: EpisodeQuery) -> pa.Table:
+    """The catalog rows matching ``query``."""
+    mask = np.ones(table.num_rows, dtype=bool)
+
+    def keep(condition) -> None:
+        nonlocal mask
+        mask &= np.asarray(condition.to_numpy(zero_copy_only=False), dtype=bool)
+
+    if query.robots:
+        keep(pc.is_in(table["robot"], pa.array(query.robots)))
+    if query.date_from:
+        keep(pc.greater_equal(table["date"], query.date_from))
+    if query.date_to:
+        keep(pc.less_equal(table["date"], query.date_to))
+    if query.tasks:
+        keep(pc.is_in(table["task"], pa.array(query.tasks)))
+    if query.outcomes:
+        keep(pc.is_in(table["outcome"], pa.array(query.outcomes)))
+    if query.intervention is not None:
+        keep(pc.equal(table["intervention"], query.intervention))
+    if query.quality_ok is not None:
+        keep(pc.equal(table["quality_ok"], query.quality_ok))
+    if query.tags:
+        wanted = set(query.tags)
+        mask &= np.array([wanted <= set(t or []) for t in table["tags"].to_pylist()], dtype=bool)
+    return table.filter(pa.array(mask))

@@ -1,0 +1,227 @@
+"""Curation: a spec selects catalog episodes, splits them deterministically and writes a
+LeRobot v3.0 dataset whose version is a content hash of what went in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib.catalog import EpisodeQuery, search
+from flywheel_pipelines.lib.datasets.lerobot import FeatureSpec, write_lerobot_v3
+from flywheel_pipelines.lib.episodes.embodiment import Embodiment
+
+MANIFEST = "manifest.json"
+CARD = "README.md"
+FORMAT_VERSION = 1  # bump when the way a dataset is built changes, so versions change too
+
+
+class CurationError(ValueError):
+    """A curation spec that selects nothing usable, or inconsistent inputs."""
+
+
+@dataclass(frozen=True)
+class CurationSpec:
+    """What goes into a dataset. Every field takes part in the dataset's version hash."""
+
+    name: str = "reach"
+    robots: tuple[str, ...] = ()
+    date_from: str | None = None
+    date_to: str | None = None
+    tasks: tuple[str, ...] = ()
+    outcomes: tuple[str, ...] = ("success",)
+    include_interventions: bool = False
+    include_quality_issues: bool = False
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    min_frames: int = 5
+
+    def __post_init__(self):
+        ids.name(self.name, what="dataset name")
+        for robot in self.robots:
+            ids.robot_id(robot)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise CurationError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    def query(self) -> EpisodeQuery:
+        return EpisodeQuery(
+            robots=tuple(self.robots), date_from=self.date_from, date_to=self.date_to, tasks=tuple(self.tasks),
+            outcomes=tuple(self.outcomes),
+            intervention=None if self.include_interventions else False,
+            quality_ok=None if self.include_quality_issues else True,
+        )
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def select_episodes(catalog: pa.Table, spec: CurationSpec) -> pa.Table:
+    """The catalog rows the spec admits, ordered by episode id."""
+    chosen = search(catalog, spec.query())
+    chosen = chosen.filter(pc.greater_equal(chosen["num_frames"], spec.min_frames))
+    return chosen.sort_by("episode_id")
+
+
+def split_episodes(episode_ids: list[str], *, val_fraction: float, seed: int) -> dict[str, str]:
+    """Deterministic split: an episode's side depends only on its id and the seed.
+
+    Hashing each id (rather than shuffling the list) keeps an episode on the same side when
+    other episodes are added or removed, so val never leaks into train across dataset versions.
+    """
+    out = {}
+    for episode_id in episode_ids:
+        h = int.from_bytes(hashlib.sha256(f"{seed}:{episode_id}".encode()).digest()[:8], "big") / 2**64
+        out[episode_id] = "val" if h < val_fraction else "train"
+    if val_fraction > 0 and len(episode_ids) >= 2 and "val" not in out.values():
+        # Tiny selections would otherwise get no validation data at all.
+        out[min(episode_ids, key=lambda e: hashlib.sha256(f"{seed}:{e}".encode()).digest())] = "val"
+    return out
+
+
+@dataclass(frozen=True)
+class BuiltDataset:
+    name: str
+    version: str
+    episodes: int
+    frames: int
+    splits: dict[str, int]
+    manifest: dict = field(repr=False)
+
+
+def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size-list float column as a (rows, dim) float32 array, without Python objects."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    dim = arr.type.list_size
+    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+
+
+def _hash_dir(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def build_dataset(
+    out_dir: Path,
+    *,
+    selected: pa.Table,
+    load_frames: Callable[[str, str], pa.Table],
+    spec: CurationSpec,
+    emb: Embodiment,
+) -> BuiltDataset:
+    """Write the curated dataset into ``out_dir`` (an empty staging folder).
+
+    Args:
+        out_dir: where to write; the caller publishes it atomically at datasets/<name>/<version>/.
+        selected: catalog rows chosen by :func:`select_episodes`.
+        load_frames: (robot, day) -> that robot-day's standardized frames table.
+        spec: the curation spec (recorded in the manifest).
+        emb: the embodiment mapping the frames were standardized with.
+    """
+    if selected.num_rows == 0:
+        raise CurationError(f"curation spec {spec.name!r} selects no episodes: {spec.to_dict()}")
+    rows = selected.to_pylist()
+    sides = split_episodes([r["episode_id"] for r in rows], val_fraction=spec.val_fraction, seed=spec.split_seed)
+    # LeRobot splits are index ranges, so train episodes come first, then val.
+    rows.sort(key=lambda r: (sides[r["episode_id"]] != "train", r["episode_id"]))
+    tasks = sorted({r["task"] for r in rows})
+    feature_keys = [f.key for f in emb.features]
+    cache: dict[tuple[str, str], pa.Table] = {}
+    columns: dict[str, list] = {k: [] for k in feature_keys}
+    episode_index, frame_index, timestamp, task_index = [], [], [], []
+    manifest_episodes = []
+    for idx, row in enumerate(rows):
+        part = (row["robot"], row["date"])
+        if part not in cache:
+            cache[part] = load_frames(*part)
+        frames = cache[part].filter(pc.equal(cache[part]["episode_id"], row["episode_id"]))
+        if frames.num_rows != row["num_frames"]:
+            raise CurationError(
+                f"episode {row['episode_id']}: catalog says {row['num_frames']} frames, "
+                f"episodes/robot={part[0]}/date={part[1]} has {frames.num_rows}; re-materialize the catalog"
+            )
+        frames = frames.sort_by("frame_index")
+        for key in feature_keys:
+            columns[key].append(fixed_list_to_numpy(frames[key]))
+        ts = frames["timestamp_ns"].to_numpy()
+        n = len(ts)
+        episode_index.append(np.full(n, idx, np.int64))
+        frame_index.append(np.arange(n, dtype=np.int64))
+        timestamp.append(((ts - ts[0]) / 1e9).astype(np.float32))
+        task_index.append(np.full(n, tasks.index(row["task"]), np.int64))
+        manifest_episodes.append({
+            "episode_index": idx, "episode_id": row["episode_id"], "split": sides[row["episode_id"]],
+            "robot": row["robot"], "date": row["date"], "task": row["task"], "outcome": row["outcome"],
+            "num_frames": n, "start_ns": int(ts[0]), "end_ns": int(ts[-1]),
+            "raw_files": [{"key": k, "sha256": s} for k, s in zip(row["source_keys"], row["source_sha256"])],
+        })
+    table = {}
+    for key in feature_keys:
+        arr = np.concatenate(columns[key])
+        table[key] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), pa.float32()), arr.shape[1])
+    table.update({
+        "timestamp": pa.array(np.concatenate(timestamp)), "frame_index": pa.array(np.concatenate(frame_index)),
+        "episode_index": pa.array(np.concatenate(episode_index)), "task_index": pa.array(np.concatenate(task_index)),
+    })
+    features = {f.key: FeatureSpec("float32", (f.dim,), list(f.names)) for f in emb.features}
+    split_idx = {s: [m["episode_index"] for m in manifest_episodes if m["split"] == s] for s in ("train", "val")}
+    write_lerobot_v3(
+        out_dir, frames=pa.table(table), features=features, fps=emb.fps, robot_type=emb.robot_type,
+        tasks=tasks, splits={k: v for k, v in split_idx.items() if v},
+    )
+    identity = json.dumps({"data": _hash_dir(out_dir), "spec": spec.to_dict(), "embodiment": emb.content_hash,
+                           "format": FORMAT_VERSION}, sort_keys=True)
+    version = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    manifest = {
+        "name": spec.name, "version": version, "format_version": FORMAT_VERSION,
+        "layout": "lerobot-v3.0", "spec": spec.to_dict(),
+        "embodiment": {"name": emb.name, "version": emb.version, "hash": emb.content_hash},
+        "episodes": manifest_episodes,
+        "splits": {s: len(v) for s, v in split_idx.items()},
+        "frames": int(sum(m["num_frames"] for m in manifest_episodes)),
+        "raw_files": sorted({(f["key"], f["sha256"]) for m in manifest_episodes for f in m["raw_files"]}),
+    }
+    manifest["raw_files"] = [{"key": k, "sha256": s} for k, s in manifest["raw_files"]]
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (out_dir / "meta" / "embodiment.yaml").write_text(emb.source_text)
+    (out_dir / CARD).write_text(dataset_card(manifest))
+    return BuiltDataset(spec.name, version, len(rows), manifest["frames"], manifest["splits"], manifest)
+
+
+def dataset_card(manifest: dict) -> str:
+    robots = sorted({e["robot"] for e in manifest["episodes"]})
+    days = sorted({e["date"] for e in manifest["episodes"]})
+    outcomes: dict[str, int] = {}
+    for e in manifest["episodes"]:
+        outcomes[e["outcome"]] = outcomes.get(e["outcome"], 0) + 1
+    return "\n".join([
+        f"# Dataset `{manifest['name']}` version `{manifest['version']}`",
+        "",
+        "LeRobotDataset v3.0 layout (meta/info.json, meta/stats.json, meta/tasks.parquet, meta/episodes/, data/).",
+        "",
+        f"- episodes: {len(manifest['episodes'])} (train {manifest['splits'].get('train', 0)}, "
+        f"val {manifest['splits'].get('val', 0)}), frames: {manifest['frames']}",
+        f"- robots: {', '.join(robots)}",
+        f"- days: {days[0]} .. {days[-1]}" if days else "- days: none",
+        f"- outcomes: {json.dumps(outcomes, sort_keys=True)}",
+        f"- embodiment mapping: {manifest['embodiment']['name']} v{manifest['embodiment']['version']} "
+        f"({manifest['embodiment']['hash']}), copied to meta/embodiment.yaml",
+        f"- raw files: {len(manifest['raw_files'])} (each with sha256 in manifest.json)",
+        "",
+        "## Curation spec",
+        "",
+        "```json",
+        json.dumps(manifest["spec"], indent=2, sort_keys=True),
+        "```",
+        "",
+    ])

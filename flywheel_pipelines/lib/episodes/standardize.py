@@ -1,0 +1,373 @@
+"""Decode a robot-day's logs, segment them into episodes and align every stream onto one clock.
+
+Time is int64 nanoseconds from the log to the Parquet file: float seconds would make frames of
+a 250 Hz stream collide after a few hours of epoch time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from flywheel_pipelines.lib.episodes.embodiment import Embodiment, FeatureMapping
+from flywheel_pipelines.lib.rosbag.reader import ReadStats, iter_decoded
+
+_NS_PER_MS = 1_000_000
+
+
+class StandardizeError(ValueError):
+    """A log that cannot be standardized with the given mapping (names the file and problem)."""
+
+
+@dataclass
+class Stream:
+    """One topic's samples on the mapping's clock, in time order."""
+
+    topic: str
+    stamps: np.ndarray  # int64 ns
+    values: np.ndarray  # float64 (n, dim)
+    non_monotonic: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    t_ns: int
+    payload: dict
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    key: str
+    path: Path
+    sha256: str
+
+
+@dataclass
+class EpisodeSpan:
+    """One episode as delimited by the event topic."""
+
+    episode_id: str
+    start_ns: int
+    end_ns: int
+    task: str
+    outcome: str
+    operator: str | None = None
+    tags: list[str] = field(default_factory=list)
+    interventions: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Standardized:
+    """The standardized frames and the episode table of one robot-day."""
+
+    frames: pa.Table
+    episodes: pa.Table
+    undecodable: int
+
+
+def _field(msg, path: str):
+    value = msg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _message_values(msg, feature: FeatureMapping) -> np.ndarray:
+    out = []
+    for path in feature.fields:
+        value = _field(msg, path)
+        if isinstance(value, (list, tuple, np.ndarray)):
+            arr = np.asarray(value, dtype=np.float64)
+            if feature.joint_names is not None:
+                names = list(msg.name)
+                if arr.size == 0:
+                    arr = np.full(len(feature.joint_names), np.nan)
+                else:
+                    arr = np.array([arr[names.index(j)] if j in names else np.nan for j in feature.joint_names])
+            out.extend(arr.tolist())
+        else:
+            out.append(float(value))
+    if len(out) != feature.dim:
+        out = (out + [np.nan] * feature.dim)[: feature.dim]
+    return np.asarray(out, dtype=np.float64)
+
+
+def _stamp(raw, msg, clock: str) -> int:
+    if clock == "header":
+        header = getattr(msg, "header", None)
+        if header is not None:
+            return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+        # Messages without a header (events) carry the publisher's send time.
+        return int(raw.publish_time_ns or raw.log_time_ns)
+    return int(raw.log_time_ns)
+
+
+def _parse_event(text: str) -> dict:
+    try:
+        payload = json.loads(text)
+        if isinstance(payload, dict) and "event" in payload:
+            return payload
+    except json.JSONDecodeError:
+        pass
+    return {"event": text.strip()}
+
+
+@dataclass(frozen=True)
+class Extracted:
+    streams: dict[str, Stream]
+    events: list[Event]
+    file_ranges: dict[str, tuple[int, int]]  # key -> (first, last) stamp read from that file
+    undecodable: int
+
+
+def extract_streams(files: Sequence[SourceFile], emb: Embodiment) -> Extracted:
+    """Decode the mapped topics and the event topic of all files, on the mapping's clock."""
+    by_topic: dict[str, list[FeatureMapping]] = {}
+    for feature in emb.features:
+        by_topic.setdefault(feature.topic, []).append(feature)
+    topics = set(by_topic) | {emb.events_topic}
+    stamps: dict[str, list[int]] = {t: [] for t in by_topic}
+    values: dict[str, list[np.ndarray]] = {t: [] for t in by_topic}
+    events: list[Event] = []
+    undecodable = 0
+    file_ranges: dict[str, tuple[int, int]] = {}
+    for source in files:
+        stats = ReadStats(source=source.key)
+        lo, hi = None, None
+        for raw, msg in iter_decoded(source.path, topics=topics, stats=stats):
+            t = _stamp(raw, msg, emb.clock)
+            lo, hi = (t, t) if lo is None else (min(lo, t), max(hi, t))
+            if raw.topic == emb.events_topic:
+                events.append(Event(t, _parse_event(str(msg.data))))
+                continue
+            # A topic feeding several features is decoded once with all their fields.
+            row = np.concatenate([_message_values(msg, f) for f in by_topic[raw.topic]])
+            stamps[raw.topic].append(t)
+            values[raw.topic].append(row)
+        undecodable += stats.undecodable
+        if lo is not None:
+            file_ranges[source.key] = (lo, hi)
+    streams = {}
+    for topic in by_topic:
+        width = sum(f.dim for f in by_topic[topic])
+        st = np.asarray(stamps[topic], dtype=np.int64)
+        vals = np.asarray(values[topic], dtype=np.float64).reshape(len(st), width)
+        non_mono = int(np.sum(np.diff(st) < 0)) if len(st) > 1 else 0
+        order = np.argsort(st, kind="stable")
+        streams[topic] = Stream(topic, st[order], vals[order], non_mono)
+    events.sort(key=lambda e: e.t_ns)
+    return Extracted(streams, events, file_ranges, undecodable)
+
+
+def segment(events: Sequence[Event], *, default_task: str, id_prefix: str) -> list[EpisodeSpan]:
+    """Cut episodes at episode_start / episode_end events.
+
+    An episode that never ends (a truncated log, a crashed recorder) is kept with outcome
+    ``unknown`` and ends at its last event, so it is visible in the catalog and curated out.
+    """
+    spans: list[EpisodeSpan] = []
+    current: EpisodeSpan | None = None
+    open_intervention: int | None = None
+
+    def close(end_ns: int, outcome: str) -> None:
+        nonlocal current, open_intervention
+        if current is None:
+            return
+        if open_intervention is not None:
+            current.interventions.append((open_intervention, end_ns))
+            open_intervention = None
+        current.end_ns, current.outcome = end_ns, outcome
+        spans.append(current)
+        current = None
+
+    for ev in events:
+        kind = ev.payload.get("event")
+        if kind == "episode_start":
+            if current is not None:
+                current.tags.append("aborted")
+                close(ev.t_ns, "unknown")
+            episode_id = str(ev.payload.get("episode_id") or f"{id_prefix}-{len(spans):03d}")
+            current = EpisodeSpan(episode_id, ev.t_ns, ev.t_ns, str(ev.payload.get("task") or default_task),
+                                  "unknown", operator=ev.payload.get("operator"))
+        elif current is None:
+            continue
+        elif kind == "episode_end":
+            close(ev.t_ns, str(ev.payload.get("outcome") or "unknown"))
+        elif kind == "intervention_start":
+            open_intervention = ev.t_ns
+        elif kind == "intervention_end" and open_intervention is not None:
+            current.interventions.append((open_intervention, ev.t_ns))
+            open_intervention = None
+        elif kind == "tag" and ev.payload.get("tag"):
+            current.tags.append(str(ev.payload["tag"]))
+    if current is not None:
+        current.tags.append("truncated")
+        close(max(current.start_ns, events[-1].t_ns), "unknown")
+    return spans
+
+
+def _sample(stream: Stream, grid: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values at grid times, the per-frame skew (ns) and a validity mask."""
+    st, vals = stream.stamps, stream.values
+    n = len(st)
+    if n == 0:
+        return np.full((len(grid), vals.shape[1]), np.nan), np.zeros(len(grid), np.int64), np.zeros(len(grid), bool)
+    right = np.searchsorted(st, grid, side="right")
+    prev = right - 1
+    if rule == "hold":
+        valid = prev >= 0
+        idx = np.clip(prev, 0, n - 1)
+        return vals[idx], np.where(valid, grid - st[idx], 0), valid
+    nxt = np.clip(right, 0, n - 1)
+    prev_c = np.clip(prev, 0, n - 1)
+    d_prev = np.where(prev >= 0, grid - st[prev_c], np.iinfo(np.int64).max)
+    d_next = np.where(right < n, st[nxt] - grid, np.iinfo(np.int64).max)
+    if rule == "nearest":
+        idx = np.where(d_prev <= d_next, prev_c, nxt)
+        return vals[idx], np.minimum(d_prev, d_next), np.ones(len(grid), bool)
+    # linear: interpolate between the bracketing samples; outside them, hold the edge.
+    span = (st[nxt] - st[prev_c]).astype(np.float64)
+    w = np.where(span > 0, (grid - st[prev_c]) / np.where(span > 0, span, 1), 0.0)
+    w = np.clip(w, 0.0, 1.0)[:, None]
+    out = vals[prev_c] * (1 - w) + vals[nxt] * w
+    return out, np.minimum(d_prev, d_next), np.ones(len(grid), bool)
+
+
+def _stream_quality(stream: Stream, start: int, end: int) -> dict:
+    lo, hi = np.searchsorted(stream.stamps, [start, end], side="left")
+    st = stream.stamps[lo:hi]
+    if len(st) < 2:
+        return {"count": int(len(st)), "rate_hz": 0.0, "jitter_ms": 0.0, "max_gap_ms": 0.0}
+    d = np.diff(st)
+    return {
+        "count": int(len(st)),
+        "rate_hz": float((len(st) - 1) / ((st[-1] - st[0]) / 1e9)),
+        "jitter_ms": float(np.std(d) / _NS_PER_MS),
+        "max_gap_ms": float(d.max() / _NS_PER_MS),
+    }
+
+
+def align_episode(span: EpisodeSpan, streams: dict[str, Stream], emb: Embodiment) -> tuple[dict, dict]:
+    """Frames of one episode on a uniform ``fps`` grid, and its quality figures."""
+    period = 1_000_000_000 // emb.fps
+    action = emb.feature("action")
+    anchor, last = span.start_ns, span.end_ns
+    if emb.frame_anchor == "action":
+        a = streams[action.topic].stamps
+        inside = a[(a >= span.start_ns) & (a <= span.end_ns)]
+        if len(inside):
+            anchor, last = int(inside[0]), int(inside[-1])
+    grid = np.arange(anchor, last + 1, period, dtype=np.int64)
+    columns: dict[str, np.ndarray] = {}
+    valid = np.ones(len(grid), bool)
+    max_skew = np.zeros(len(grid), np.int64)
+    quality = {"streams": {}, "skew_violations": 0}
+    skew_ok = True
+    offsets: dict[str, int] = {}
+    for feature in emb.features:
+        stream = streams[feature.topic]
+        off = offsets.get(feature.topic, 0)
+        offsets[feature.topic] = off + feature.dim
+        sub = Stream(stream.topic, stream.stamps, stream.values[:, off : off + feature.dim])
+        vals, skew, ok = _sample(sub, grid, feature.rule)
+        columns[feature.key] = vals.astype(np.float32)
+        valid &= ok
+        tol = emb.skew_tolerance_ns(feature)
+        q = _stream_quality(stream, span.start_ns, span.end_ns)
+        q["max_skew_ms"] = float(skew[ok].max() / _NS_PER_MS) if ok.any() else 0.0
+        q["non_monotonic"] = stream.non_monotonic
+        quality["streams"][feature.key] = q
+        violations = int(np.sum(skew[ok] > tol))
+        quality["skew_violations"] += violations
+        skew_ok &= violations == 0
+        max_skew = np.maximum(max_skew, np.where(feature.max_skew_ms is None, skew, 0))
+    grid, max_skew = grid[valid], max_skew[valid]
+    columns = {k: v[valid] for k, v in columns.items()}
+    inter = np.zeros(len(grid), bool)
+    for s, e in span.interventions:
+        inter |= (grid >= s) & (grid <= e)
+    frames = {"timestamp_ns": grid, "frame_index": np.arange(len(grid), dtype=np.int64),
+              "intervention": inter, "max_skew_ns": max_skew, **columns}
+    nan_count = int(sum(np.isnan(v).sum() for v in columns.values()))
+    state_topic = emb.features[0].key
+    gap_ms = max((q["max_gap_ms"] for k, q in quality["streams"].items()
+                  if emb.feature(k).max_skew_ms is None), default=0.0)
+    issues = []
+    if not skew_ok:
+        issues.append("sync_skew")
+    if gap_ms > emb.max_gap_ms:
+        issues.append("gap")
+    if nan_count:
+        issues.append("nan")
+    if any(q["non_monotonic"] for q in quality["streams"].values()):
+        issues.append("non_monotonic")
+    if len(grid) < 2:
+        issues.append("too_short")
+    quality.update(
+        max_skew_ms=float(max_skew.max() / _NS_PER_MS) if len(max_skew) else 0.0,
+        max_gap_ms=gap_ms,
+        nan_count=nan_count,
+        state_rate_hz=quality["streams"][state_topic]["rate_hz"],
+        state_jitter_ms=quality["streams"][state_topic]["jitter_ms"],
+        issues=issues,
+    )
+    return frames, quality
+
+
+def standardize(files: Sequence[SourceFile], emb: Embodiment, *, robot: str, day: str) -> Standardized:
+    """Standardize every readable file of one robot-day into frames + an episode table."""
+    ex = extract_streams(files, emb)
+    streams = ex.streams
+    spans = segment(ex.events, default_task=emb.default_task, id_prefix=f"{robot}-{day.replace('-', '')}")
+    frame_tables, rows = [], []
+    for span in spans:
+        frames, quality = align_episode(span, streams, emb)
+        n = len(frames["timestamp_ns"])
+        # Which raw files an episode came from is lineage: decided by each file's own time range.
+        sources = [f for f in files if f.key in ex.file_ranges
+                   and ex.file_ranges[f.key][0] <= span.end_ns and ex.file_ranges[f.key][1] >= span.start_ns]
+        tbl = {"episode_id": pa.array([span.episode_id] * n, pa.string())}
+        for key, arr in frames.items():
+            if arr.ndim == 2:
+                tbl[key] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), pa.float32()), arr.shape[1])
+            else:
+                tbl[key] = pa.array(arr)
+        frame_tables.append(pa.table(tbl))
+        rows.append({
+            "episode_id": span.episode_id, "robot": robot, "date": day, "task": span.task,
+            "outcome": span.outcome, "operator": span.operator, "tags": sorted(set(span.tags)),
+            "intervention": bool(span.interventions), "start_ns": span.start_ns, "end_ns": span.end_ns,
+            "duration_s": (span.end_ns - span.start_ns) / 1e9, "num_frames": n,
+            "source_keys": [f.key for f in sources], "source_sha256": [f.sha256 for f in sources],
+            "embodiment": emb.name, "embodiment_version": emb.version,
+            "max_skew_ms": quality["max_skew_ms"], "max_gap_ms": quality["max_gap_ms"],
+            "state_rate_hz": quality["state_rate_hz"], "state_jitter_ms": quality["state_jitter_ms"],
+            "nan_count": quality["nan_count"], "quality_issues": quality["issues"],
+            "quality_ok": not quality["issues"], "stream_quality": json.dumps(quality["streams"], sort_keys=True),
+        })
+    frames_table = pa.concat_tables(frame_tables) if frame_tables else empty_frames(emb)
+    return Standardized(frames_table, pa.Table.from_pylist(rows, schema=EPISODE_SCHEMA), ex.undecodable)
+
+
+EPISODE_SCHEMA = pa.schema([
+    ("episode_id", pa.string()), ("robot", pa.string()), ("date", pa.string()), ("task", pa.string()),
+    ("outcome", pa.string()), ("operator", pa.string()), ("tags", pa.list_(pa.string())),
+    ("intervention", pa.bool_()), ("start_ns", pa.int64()), ("end_ns", pa.int64()),
+    ("duration_s", pa.float64()), ("num_frames", pa.int64()), ("source_keys", pa.list_(pa.string())),
+    ("source_sha256", pa.list_(pa.string())), ("embodiment", pa.string()), ("embodiment_version", pa.int64()),
+    ("max_skew_ms", pa.float64()), ("max_gap_ms", pa.float64()), ("state_rate_hz", pa.float64()),
+    ("state_jitter_ms", pa.float64()), ("nan_count", pa.int64()), ("quality_issues", pa.list_(pa.string())),
+    ("quality_ok", pa.bool_()), ("stream_quality", pa.string()),
+])
+
+
+def empty_frames(emb: Embodiment) -> pa.Table:
+    fields = [("episode_id", pa.string()), ("timestamp_ns", pa.int64()), ("frame_index", pa.int64()),
+              ("intervention", pa.bool_()), ("max_skew_ns", pa.int64())]
+    fields += [(f.key, pa.list_(pa.float32(), f.dim)) for f in emb.features]
+    return pa.schema(fields).empty_table()

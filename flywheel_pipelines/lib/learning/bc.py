@@ -1,0 +1,141 @@
+"""Behaviour cloning: regress the logged actions from the logged observations."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from flywheel_pipelines.lib.learning.policy import Policy, PolicyConfig, residual_indices
+
+
+@dataclass(frozen=True)
+class BCConfig:
+    """Hyperparameters of a behaviour-cloning run (all of them go to MLflow)."""
+
+    epochs: int = 150
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    hidden: int = 128
+    layers: int = 2
+    seed: int = 0
+    device: str = "auto"  # "auto" uses CUDA when present
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Observations and actions of a dataset's train and val splits."""
+
+    obs_features: tuple[str, ...]
+    obs_names: tuple[str, ...]
+    action_names: tuple[str, ...]
+    train_obs: np.ndarray
+    train_act: np.ndarray
+    val_obs: np.ndarray
+    val_act: np.ndarray
+    fps: int
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_action_mae: float
+    seconds: float
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def train_bc(
+    data: TrainingData,
+    config: BCConfig,
+    *,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> tuple[Policy, list[EpochMetrics]]:
+    """Train a policy on ``data``; seeded, so the same data and config give the same weights."""
+    if len(data.train_obs) == 0:
+        raise ValueError("no training frames: the dataset's train split is empty")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = pick_device(config.device)
+    pconf = PolicyConfig(
+        obs_features=data.obs_features, obs_names=data.obs_names, action_names=data.action_names,
+        hidden=config.hidden, layers=config.layers,
+        residual_indices=residual_indices(data.obs_names, data.action_names),
+    )
+    policy = Policy(pconf)
+    obs = torch.as_tensor(data.train_obs, dtype=torch.float32)
+    act = torch.as_tensor(data.train_act, dtype=torch.float32)
+    policy.obs_mean.copy_(obs.mean(0))
+    policy.obs_std.copy_(obs.std(0).clamp_min(1e-6))
+    raw_target = act - obs[:, list(pconf.residual_indices)] if pconf.residual_indices else act
+    policy.act_mean.copy_(raw_target.mean(0))
+    policy.act_std.copy_(raw_target.std(0).clamp_min(1e-6))
+    policy.to(device)
+    obs, act = obs.to(device), act.to(device)
+    target = policy.target(obs, act)
+    vobs = torch.as_tensor(data.val_obs, dtype=torch.float32, device=device)
+    vact = torch.as_tensor(data.val_act, dtype=torch.float32, device=device)
+    opt = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs))
+    history = []
+    n = len(obs)
+    for epoch in range(config.epochs):
+        t0 = time.perf_counter()
+        policy.train()
+        order = torch.as_tensor(rng.permutation(n), device=device)
+        total = 0.0
+        for start in range(0, n, config.batch_size):
+            idx = order[start : start + config.batch_size]
+            loss = torch.nn.functional.mse_loss(policy.normalized_output(obs[idx]), target[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        policy.eval()
+        with torch.no_grad():
+            if len(vobs):
+                val_loss = float(torch.nn.functional.mse_loss(policy.normalized_output(vobs), policy.target(vobs, vact)))
+                mae = float((policy(vobs) - vact).abs().mean())
+            else:
+                val_loss, mae = float("nan"), float("nan")
+        metrics = EpochMetrics(epoch, total / n, val_loss, mae, time.perf_counter() - t0)
+        history.append(metrics)
+        if on_epoch:
+            on_epoch(metrics)
+    return policy.cpu().eval(), history
+
+
+def load_training_data(dataset_root, *, action_key: str = "action") -> TrainingData:
+    """Observations (every observation.* feature, in info.json order) and actions by split."""
+    from flywheel_pipelines.lib.datasets.curation import fixed_list_to_numpy
+    from flywheel_pipelines.lib.datasets.lerobot import read_lerobot_v3
+
+    info, frames, _ = read_lerobot_v3(dataset_root)
+    features = info["features"]
+    obs_keys = tuple(k for k in features if k.startswith("observation.") and features[k]["dtype"] == "float32")
+    obs = np.concatenate([fixed_list_to_numpy(frames[k]) for k in obs_keys], axis=1)
+    act = fixed_list_to_numpy(frames[action_key])
+    names = tuple(n for k in obs_keys for n in features[k]["names"])
+    episode = frames["episode_index"].to_numpy()
+    masks = {}
+    for split, spec in info.get("splits", {}).items():
+        lo, hi = (int(x) for x in spec.split(":"))
+        masks[split] = (episode >= lo) & (episode < hi)
+    train = masks.get("train", np.ones(len(episode), bool))
+    val = masks.get("val", np.zeros(len(episode), bool))
+    return TrainingData(obs_keys, names, tuple(features[action_key]["names"]),
+                        obs[train], act[train], obs[val], act[val], int(info["fps"]))

@@ -1,0 +1,910 @@
+"""Tolerant, CRC-checked reading of MCAP robot logs.
+
+Robot logs arrive damaged more often than not: a recorder killed mid-write leaves no footer, a
+flaky disk flips bits, a preallocated file ends in zeros. ``mcap``'s own readers either trust the
+summary section (and raise when it is missing) or raise at the first bad byte. This module walks
+the file record by record itself, so it can keep everything that is intact and say precisely what
+was not:
+
+* **Pass 1 (index)** reads only record headers: chunk headers, top-level schema/channel records,
+  message-index sizes and the prefix of top-level messages. Chunk payloads are skipped with a
+  seek, so this pass is cheap even for multi-gigabyte files. A record whose length runs past the
+  end of the file is where a truncated file stops; if the footer and summary are intact, the
+  summary's chunk indexes let the scan jump over a corrupt stretch to the next chunk.
+* **Pass 2 (messages)** merges the chunks in log-time order with a heap keyed by each chunk's
+  start time (the same strategy as ``mcap``'s seeking reader, so memory is bounded by the chunks
+  that overlap in time). Each chunk is decompressed and its CRC checked on its own; a bad chunk is
+  skipped and recorded, never half-trusted.
+
+At the end, if the file has a readable summary with statistics, the per-channel counts read are
+compared with it: that comparison is what turns "a chunk failed" into "N messages were lost".
+
+Nothing here imports Dagster; the pipeline code calls :func:`iter_messages` /
+:func:`iter_decoded` and :func:`flywheel_pipelines.lib.rosbag.manifest.inspect_log`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import struct
+import zlib
+from collections import Counter
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Self
+
+from mcap.data_stream import ReadDataStream
+from mcap.exceptions import McapError
+from mcap.opcode import Opcode
+from mcap.records import Channel, ChunkIndex, Schema, Statistics
+
+try:
+    import zstandard
+except ImportError:  # pragma: no cover - zstandard ships with mcap's usual installs
+    zstandard = None  # type: ignore[assignment]
+try:
+    import lz4.frame as lz4_frame
+except ImportError:  # pragma: no cover
+    lz4_frame = None  # type: ignore[assignment]
+
+__all__ = [
+    "MCAP_MAGIC",
+    "LogReadError",
+    "RawMessage",
+    "ReadStats",
+    "iter_decoded",
+    "iter_messages",
+]
+
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+_RECORD_HEADER = struct.Struct("<BQ")  # opcode, body length
+_MESSAGE_PREFIX = struct.Struct("<HIQQ")  # channel id, sequence, log time, publish time
+_CHUNK_FIXED = struct.Struct("<QQQII")  # start, end, uncompressed size, crc, compression len
+_FOOTER = struct.Struct("<BQQQI")  # opcode, length, summary start, summary offset start, crc
+_FOOTER_SIZE = _FOOTER.size
+# Records (and decompressed chunks) larger than this are treated as a corrupt length field rather
+# than allocated; ``mcap`` uses the same 4 GiB default.
+_MAX_RECORD = 4 * 2**30
+# A damaged compression-name length would otherwise make us read megabytes as a string.
+_MAX_COMPRESSION_NAME = 64
+# Record kinds a data section may legitimately contain; other spec-defined opcodes belong to the
+# summary section only.
+_DATA_OPCODES = frozenset(
+    {
+        Opcode.HEADER,
+        Opcode.SCHEMA,
+        Opcode.CHANNEL,
+        Opcode.MESSAGE,
+        Opcode.CHUNK,
+        Opcode.MESSAGE_INDEX,
+        Opcode.ATTACHMENT,
+        Opcode.METADATA,
+        Opcode.DATA_END,
+    }
+)
+_PARSE_ERRORS = (McapError, struct.error, ValueError, EOFError)
+
+
+class LogReadError(Exception):
+    """A log that cannot be read at all (missing, empty, not MCAP, or damaged before any message).
+
+    The message always starts with the file it is about, e.g.
+    ``"raw/2024/run3.mcap: not an MCAP file (starts with b'hello')"``.
+
+    Attributes:
+        source: The file (path or lake key) the error is about, when known.
+        problem: The problem alone, without the file name, when known.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.source = source
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One message as stored in the log, payload still serialized.
+
+    Attributes:
+        topic: Topic name, e.g. ``"/joint_states"``.
+        schema_name: Message type from the channel's schema, e.g. ``"sensor_msgs/msg/JointState"``;
+            ``""`` for a schemaless channel.
+        log_time_ns: Time the recorder received the message (ns since the epoch).
+        publish_time_ns: Time the publisher sent it (ns since the epoch).
+        data: The serialized payload (CDR for ROS 2 logs).
+    """
+
+    topic: str
+    schema_name: str
+    log_time_ns: int
+    publish_time_ns: int
+    data: bytes
+
+
+@dataclass
+class ReadStats:
+    """What happened while reading one log; pass one in to learn about damage and skips.
+
+    The reader fills it in as it goes, so it is complete once the iterator is exhausted (a
+    consumer that stops early sees the counts up to that point).
+
+    Attributes:
+        source: The file the stats are about (its path, or the label given by the caller).
+        messages: Messages read from the log so far (for :func:`iter_decoded` this includes the
+            ``undecodable`` ones it skipped).
+        undecodable: Messages :func:`iter_decoded` skipped because they did not decode.
+        undecodable_by_topic: ``undecodable`` split by topic.
+        first_decode_error: The first decode failure, as ``"<topic>: <error>"``.
+        problems: Damage found, one entry per problem, without the file name (see
+            :meth:`describe`). Empty for an intact file.
+        lost_messages: Messages known to be lost to damage among the requested topics (from the
+            summary statistics when the file has them, else from the message indexes of skipped
+            chunks); ``None`` when damage was found but the loss cannot be counted (a truncated
+            file has no summary to compare with).
+    """
+
+    source: str = ""
+    messages: int = 0
+    undecodable: int = 0
+    undecodable_by_topic: dict[str, int] = field(default_factory=dict)
+    first_decode_error: str | None = None
+    problems: list[str] = field(default_factory=list)
+    lost_messages: int | None = 0
+
+    @property
+    def damaged(self) -> bool:
+        """Whether any damage was found."""
+        return bool(self.problems)
+
+    def describe(self) -> str | None:
+        """The problems as one line naming the file, or ``None`` if there were none."""
+        if not self.problems:
+            return None
+        return f"{self.source}: " + "; ".join(self.problems)
+
+
+def iter_messages(
+    path: str | Path,
+    *,
+    topics: Collection[str] | None = None,
+    stats: ReadStats | None = None,
+) -> Iterator[RawMessage]:
+    """Iterates over the messages of an MCAP file in log-time order.
+
+    Reading is tolerant: chunks are CRC-checked one by one, a damaged chunk is skipped, a
+    truncated file yields everything before the cut, and the damage is recorded in ``stats``
+    instead of raised. Equal log times keep their file order.
+
+    Args:
+        path: The ``.mcap`` file.
+        topics: Only yield these topics (``None``: all). Chunks whose message indexes show none of
+            these topics are not even decompressed.
+        stats: Filled in with counts and the damage found (see :class:`ReadStats`).
+
+    Yields:
+        The messages, oldest log time first.
+
+    Raises:
+        LogReadError: Only before the first message: the file is missing, empty, not MCAP, or so
+            damaged that no message could be read. Never raised once a message was yielded.
+    """
+    for raw, _channel, _schema in _iter_scan(path, topics, stats):
+        yield raw
+
+
+def iter_decoded(
+    path: str | Path,
+    *,
+    topics: Collection[str] | None = None,
+    stats: ReadStats | None = None,
+) -> Iterator[tuple[RawMessage, Any]]:
+    """Iterates over an MCAP file's ROS 2 messages, decoded, in log-time order.
+
+    Each message is decoded with ``mcap_ros2``'s :class:`~mcap_ros2.decoder.DecoderFactory`, using
+    the message definition stored in the file's schema (so no ROS installation is needed).
+    Messages that cannot be decoded (non-CDR channels, schemas the decoder cannot parse, payloads
+    that do not match their schema) are skipped and counted in ``stats.undecodable``.
+
+    Args:
+        path: The ``.mcap`` file.
+        topics: Only yield these topics (``None``: all).
+        stats: Filled in with counts, decode failures and damage (see :class:`ReadStats`).
+
+    Yields:
+        ``(raw, decoded)`` pairs; ``decoded`` has the ROS fields as attributes
+        (``decoded.header.stamp.sec``, ``decoded.position``, ...).
+
+    Raises:
+        LogReadError: As for :func:`iter_messages`.
+    """
+    from mcap_ros2.decoder import DecoderFactory
+
+    stats = stats if stats is not None else ReadStats()
+    factory = DecoderFactory()
+    # Per channel: a decoder, or the reason there is none (so a bad schema costs one attempt).
+    decoders: dict[int, Any] = {}
+    for raw, channel, schema in _iter_scan(path, topics, stats):
+        decoder = decoders.get(channel.id)
+        if decoder is None:
+            try:
+                decoder = factory.decoder_for(channel.message_encoding, schema)
+            except Exception as exc:  # noqa: BLE001 - the schema text is untrusted input
+                decoder = f"schema {raw.schema_name!r} cannot be parsed: {exc}"
+            if decoder is None:
+                encoding = schema.encoding if schema is not None else "none"
+                decoder = (
+                    f"no ROS 2 decoder for message encoding {channel.message_encoding!r} "
+                    f"with schema encoding {encoding!r}"
+                )
+            decoders[channel.id] = decoder
+        if isinstance(decoder, str):
+            _count_undecodable(stats, raw.topic, decoder)
+            continue
+        try:
+            decoded = decoder(raw.data)
+        except Exception as exc:  # noqa: BLE001 - a payload that does not match its schema
+            _count_undecodable(stats, raw.topic, f"{type(exc).__name__}: {exc}")
+            continue
+        yield raw, decoded
+
+
+def _count_undecodable(stats: ReadStats, topic: str, why: str) -> None:
+    stats.undecodable += 1
+    stats.undecodable_by_topic[topic] = stats.undecodable_by_topic.get(topic, 0) + 1
+    if stats.first_decode_error is None:
+        stats.first_decode_error = f"{topic}: {why}"
+
+
+def _topic_set(topics: Collection[str] | None) -> frozenset[str] | None:
+    if topics is None:
+        return None
+    if isinstance(topics, str):
+        # A lone string is a common slip; treating it as a set of characters would match nothing.
+        return frozenset({topics})
+    return frozenset(topics)
+
+
+def _iter_scan(
+    path: str | Path,
+    topics: Collection[str] | None,
+    stats: ReadStats | None,
+    label: str | None = None,
+) -> Iterator[tuple[RawMessage, Channel, Schema | None]]:
+    p = Path(path)
+    stats = stats if stats is not None else ReadStats()
+    label = label if label is not None else str(p)
+    stats.source = label
+    with _McapScan(p, label, _topic_set(topics), stats) as scan:
+        scan.index()
+        yield from scan.messages()
+        readable = scan.readable
+    if stats.messages == 0 and stats.problems and not readable:
+        raise LogReadError(
+            f"{stats.describe()}; no message could be read",
+            source=label,
+            problem="; ".join(stats.problems),
+        )
+
+
+@dataclass(slots=True)
+class _Unit:
+    """A piece of the data section that pass 2 loads as a whole: a chunk or a top-level message."""
+
+    offset: int  # byte offset of the record's opcode
+    start_time: int  # earliest log time it may contain: the heap key
+    is_chunk: bool
+    body_length: int = 0  # top-level message: record body length
+    channel_id: int = -1  # top-level message: its channel
+    data_offset: int = 0  # chunk: where its (compressed) records start
+    data_length: int = 0
+    compression: str = ""
+    uncompressed_size: int = 0
+    uncompressed_crc: int = 0
+    # chunk: channel id -> messages, from the MessageIndex records that follow it (None: absent)
+    index_counts: dict[int, int] | None = None
+    loaded: bool = False
+
+
+@dataclass
+class _Summary:
+    schemas: dict[int, Schema]
+    channels: dict[int, Channel]
+    chunk_indexes: list[ChunkIndex]
+    statistics: Statistics | None
+
+
+class _Damage(Exception):
+    """A damaged chunk; the message says what is wrong with it."""
+
+
+class _McapScan:
+    """One tolerant read of one MCAP file (see the module docstring for the two passes).
+
+    Used by :func:`iter_messages` and by ``manifest.inspect_log``; not part of the public API.
+    """
+
+    def __init__(
+        self, path: Path, label: str, topics: frozenset[str] | None, stats: ReadStats
+    ) -> None:
+        self.path = path
+        self.label = label
+        self.topics = topics
+        self.stats = stats
+        self.size = 0
+        self.schemas: dict[int, Schema] = {}
+        self.channels: dict[int, Channel] = {}
+        self.summary: _Summary | None = None
+        self.has_footer = False
+        self.data_end_offset: int | None = None
+        self.data_section_crc = 0
+        self.read_by_channel: Counter[int] = Counter()
+        self._units: list[_Unit] = []
+        self._defs_loaded_before = 0  # units [0, n) have been loaded for their definitions
+        self._orphans: Counter[int] = Counter()
+        # Whether some part of the data section proved intact (or was skipped unread by the topic
+        # filter): only a damaged file where nothing is is "unreadable".
+        self.readable = False
+        self._fh: BinaryIO | None = None
+
+    # -- opening --------------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self._open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def _fatal(self, problem: str) -> LogReadError:
+        return LogReadError(f"{self.label}: {problem}", source=self.label, problem=problem)
+
+    def _open(self) -> None:
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed in __exit__
+        except IsADirectoryError:
+            raise self._fatal("is a directory, not an MCAP file") from None
+        except OSError as exc:
+            raise self._fatal(f"cannot open: {exc.strerror or exc}") from None
+        self._fh = fh
+        self.size = fh.seek(0, io.SEEK_END)
+        fh.seek(0)
+        head = fh.read(len(MCAP_MAGIC))
+        if self.size == 0:
+            fh.close()
+            raise self._fatal("empty file (0 bytes)")
+        if head != MCAP_MAGIC:
+            fh.close()
+            raise self._fatal(f"not an MCAP file (starts with {head!r})")
+
+    def _read_at(self, offset: int, length: int) -> bytes:
+        assert self._fh is not None
+        self._fh.seek(offset)
+        return self._fh.read(length)
+
+    def _problem(self, text: str) -> None:
+        self.stats.problems.append(text)
+
+    def _add_lost(self, count: int | None) -> None:
+        if count is None:
+            self.stats.lost_messages = None
+        elif self.stats.lost_messages is not None:
+            self.stats.lost_messages += count
+
+    # -- footer and summary ---------------------------------------------------------------------
+
+    def _read_footer_and_summary(self) -> int:
+        """Reads the footer and, if its CRC holds, the summary; returns where the data section ends.
+
+        A file without a valid footer was not closed (or lost its tail): the data section then
+        runs to the end of the file and pass 1 finds where it breaks off.
+        """
+        tail_size = _FOOTER_SIZE + len(MCAP_MAGIC)
+        if self.size < len(MCAP_MAGIC) + tail_size:
+            return self.size
+        tail = self._read_at(self.size - tail_size, tail_size)
+        if tail[_FOOTER_SIZE:] != MCAP_MAGIC:
+            return self.size
+        opcode, length, summary_start, _summary_offset_start, summary_crc = _FOOTER.unpack(
+            tail[:_FOOTER_SIZE]
+        )
+        if opcode != Opcode.FOOTER or length != _FOOTER_SIZE - 9:
+            return self.size
+        self.has_footer = True
+        footer_offset = self.size - tail_size
+        if summary_start == 0:
+            return footer_offset
+        if not len(MCAP_MAGIC) <= summary_start < footer_offset:
+            self._problem(f"footer points to a summary at byte {summary_start}, outside the file")
+            return footer_offset
+        # The summary CRC covers the summary and the footer up to its own CRC field.
+        covered = self._read_at(summary_start, footer_offset - summary_start + _FOOTER_SIZE - 4)
+        if summary_crc != 0 and zlib.crc32(covered) != summary_crc:
+            self._problem("summary section CRC mismatch; summary ignored")
+            return footer_offset
+        try:
+            self.summary = _parse_summary(covered[: footer_offset - summary_start])
+        except _PARSE_ERRORS as exc:
+            self._problem(f"summary section unreadable ({_error_text(exc)}); summary ignored")
+            return footer_offset
+        # Definitions from the data section, read later, take precedence over these copies.
+        self.schemas.update(self.summary.schemas)
+        self.channels.update(self.summary.channels)
+        return summary_start
+
+    # -- pass 1 -----------------------------------------------------------------------------------
+
+    def index(self) -> None:
+        """Pass 1: frames every record of the data section without decompressing anything."""
+        limit = self._read_footer_and_summary()
+        pos = len(MCAP_MAGIC)
+        first = True
+        while True:
+            if pos >= limit:
+                if not self.has_footer:
+                    self._problem(
+                        f"truncated: the file ends at byte {self.size} without a DataEnd record "
+                        "or footer (the recording was not closed)"
+                    )
+                break
+            if limit - pos < _RECORD_HEADER.size:
+                pos = self._framing_damage(pos, f"only {limit - pos} bytes left, a partial record")
+                if pos is None:
+                    break
+                continue
+            opcode, length = _RECORD_HEADER.unpack(self._read_at(pos, _RECORD_HEADER.size))
+            end = pos + _RECORD_HEADER.size + length
+            if opcode == 0:
+                why = "zero bytes where a record should start (zero-filled or overwritten)"
+            elif end > limit:
+                why = (
+                    f"a record (opcode 0x{opcode:02x}) declares {length} bytes but only "
+                    f"{limit - pos - _RECORD_HEADER.size} remain"
+                )
+            else:
+                why = None
+            if why is not None:
+                pos = self._framing_damage(pos, why)
+                if pos is None:
+                    break
+                continue
+            if first and opcode != Opcode.HEADER:
+                self._problem(f"the first record is opcode 0x{opcode:02x}, not a Header")
+            first = False
+            if opcode == Opcode.DATA_END:
+                self.data_end_offset = pos
+                if length >= 4:
+                    (self.data_section_crc,) = struct.unpack("<I", self._read_at(pos + 9, 4))
+                if not self.has_footer:
+                    # Every message was written before the cut, but the file is still damaged.
+                    self._problem(
+                        f"truncated after the data section: no valid footer at the end of the "
+                        f"file ({self.size} bytes); no message is lost"
+                    )
+                break
+            if opcode == Opcode.FOOTER:
+                break  # a writer that skipped DataEnd: the summary or footer starts here
+            self._index_record(pos, opcode, length)
+            pos = end
+
+    def _index_record(self, pos: int, opcode: int, length: int) -> None:
+        body = pos + _RECORD_HEADER.size
+        if opcode == Opcode.CHUNK:
+            self._index_chunk(pos, length)
+        elif opcode == Opcode.MESSAGE_INDEX:
+            # Message indexes follow their chunk; their sizes give its per-channel message counts,
+            # which let pass 2 skip chunks of unwanted topics and count what a bad chunk lost.
+            if length >= 6 and self._units and self._units[-1].is_chunk:
+                channel_id, records_length = struct.unpack("<HI", self._read_at(body, 6))
+                counts = self._units[-1].index_counts
+                if counts is None:
+                    counts = self._units[-1].index_counts = {}
+                counts[channel_id] = counts.get(channel_id, 0) + records_length // 16
+        elif opcode == Opcode.MESSAGE:
+            if length < _MESSAGE_PREFIX.size:
+                self._problem(f"message record at byte {pos} is too short ({length} bytes)")
+                self._add_lost(1)
+                return
+            channel_id, _seq, log_time, _pub = _MESSAGE_PREFIX.unpack(
+                self._read_at(body, _MESSAGE_PREFIX.size)
+            )
+            channel = self.channels.get(channel_id)
+            if channel is not None and not self._wanted(channel):
+                self.readable = True  # intact, merely not asked for
+                return
+            self._units.append(
+                _Unit(pos, log_time, False, body_length=length, channel_id=channel_id)
+            )
+        elif opcode in (Opcode.SCHEMA, Opcode.CHANNEL):
+            try:
+                self._define(opcode, self._read_at(body, length))
+            except _PARSE_ERRORS as exc:
+                kind = "schema" if opcode == Opcode.SCHEMA else "channel"
+                self._problem(f"{kind} record at byte {pos} unreadable ({_error_text(exc)})")
+        elif opcode not in _DATA_OPCODES and opcode < 0x80:
+            # 0x80-0xff are user records and fine to skip; anything else this low is either a
+            # summary record out of place or a damaged opcode byte.
+            self._problem(f"unexpected record opcode 0x{opcode:02x} at byte {pos} skipped")
+
+    def _index_chunk(self, pos: int, length: int) -> None:
+        body = pos + _RECORD_HEADER.size
+        fixed = self._read_at(body, _CHUNK_FIXED.size)
+        if len(fixed) < _CHUNK_FIXED.size or length < _CHUNK_FIXED.size + 8:
+            self._problem(f"chunk at byte {pos}: header cut short")
+            self._add_lost(None)
+            return
+        start, _end, usize, crc, name_length = _CHUNK_FIXED.unpack(fixed)
+        header_length = _CHUNK_FIXED.size + name_length + 8
+        if name_length > _MAX_COMPRESSION_NAME or header_length > length:
+            self._problem(f"chunk at byte {pos}: corrupt header (compression name length)")
+            self._add_lost(None)
+            return
+        rest = self._read_at(body + _CHUNK_FIXED.size, name_length + 8)
+        try:
+            compression = rest[:name_length].decode()
+        except UnicodeDecodeError:
+            compression = repr(rest[:name_length])
+        (records_length,) = struct.unpack("<Q", rest[name_length:])
+        if records_length > length - header_length:
+            self._problem(f"chunk at byte {pos}: corrupt header (records length)")
+            self._add_lost(None)
+            return
+        self._units.append(
+            _Unit(
+                pos,
+                start,
+                True,
+                data_offset=body + header_length,
+                data_length=records_length,
+                compression=compression,
+                uncompressed_size=usize,
+                uncompressed_crc=crc,
+            )
+        )
+
+    def _framing_damage(self, pos: int, why: str) -> int | None:
+        """Records a record that cannot be framed; returns where to resume, or None to stop."""
+        resume = self._resync_after(pos)
+        if resume is not None:
+            self._problem(
+                f"unreadable record at byte {pos}: {why}; skipped {resume - pos} bytes to the "
+                f"next indexed chunk at byte {resume}"
+            )
+            # Whatever lay in the skipped stretch is only countable against the summary.
+            self._add_lost(None)
+            return resume
+        if self.has_footer:
+            self._problem(f"unreadable record at byte {pos}: {why}; nothing after it is indexed")
+        else:
+            self._problem(f"truncated at byte {pos} of {self.size}: {why}")
+        self._add_lost(None)
+        return None
+
+    def _resync_after(self, pos: int) -> int | None:
+        """The next chunk after ``pos`` that the summary indexes and that still looks intact."""
+        if self.summary is None:
+            return None
+        for index in sorted(self.summary.chunk_indexes, key=lambda c: c.chunk_start_offset):
+            offset = index.chunk_start_offset
+            if offset <= pos or offset + index.chunk_length > self.size:
+                continue
+            header = self._read_at(offset, _RECORD_HEADER.size)
+            if len(header) < _RECORD_HEADER.size:
+                continue
+            opcode, length = _RECORD_HEADER.unpack(header)
+            if opcode == Opcode.CHUNK and length + _RECORD_HEADER.size == index.chunk_length:
+                return offset
+        return None
+
+    def _define(self, opcode: int, body: bytes) -> None:
+        stream = ReadDataStream(io.BytesIO(body))
+        if opcode == Opcode.SCHEMA:
+            schema = Schema.read(stream)
+            self.schemas[schema.id] = schema
+        else:
+            channel = Channel.read(stream)
+            self.channels[channel.id] = channel
+
+    def _wanted(self, channel: Channel) -> bool:
+        return self.topics is None or channel.topic in self.topics
+
+    def _chunk_wanted(self, unit: _Unit) -> bool:
+        if self.topics is None or unit.index_counts is None:
+            return True
+        for channel_id in unit.index_counts:
+            channel = self.channels.get(channel_id)
+            if channel is None or channel.topic in self.topics:
+                return True
+        return False
+
+    # -- pass 2 -----------------------------------------------------------------------------------
+
+    def messages(self) -> Iterator[tuple[RawMessage, Channel, Schema | None]]:
+        """Pass 2: yields the messages in log-time order, then checks the counts."""
+        # Heap entries: (time, 0 = unit to load | 1 = message, unit number, record number, item).
+        # Units sort before messages of the same time so that loading one can still place its
+        # messages ahead; unit and record numbers keep equal times in file order.
+        heap: list[tuple[int, int, int, int, Any]] = []
+        for number, unit in enumerate(self._units):
+            if not unit.is_chunk or self._chunk_wanted(unit):
+                heap.append((unit.start_time, 0, number, 0, None))
+            else:
+                self.readable = True  # not read, but nothing says it is damaged
+        heapq.heapify(heap)
+        while heap:
+            _time, kind, number, _record, item = heapq.heappop(heap)
+            if kind == 0:
+                self._load(number, heap)
+                continue
+            channel, message = item
+            self.read_by_channel[channel.id] += 1
+            self.stats.messages += 1
+            schema = self.schemas.get(channel.schema_id) if channel.schema_id else None
+            yield (
+                RawMessage(
+                    topic=channel.topic,
+                    schema_name=schema.name if schema is not None else "",
+                    log_time_ns=message[2],
+                    publish_time_ns=message[3],
+                    data=message[4],
+                ),
+                channel,
+                schema,
+            )
+        self._finish()
+
+    def _load(self, number: int, heap: list[tuple[int, int, int, int, Any]]) -> None:
+        unit = self._units[number]
+        if unit.loaded:
+            return
+        unit.loaded = True
+        if not unit.is_chunk:
+            body = self._read_at(unit.offset + _RECORD_HEADER.size, unit.body_length)
+            if len(body) < unit.body_length:  # the file shrank since pass 1
+                self._problem(f"message at byte {unit.offset} could not be read back")
+                self._add_lost(1)
+                return
+            message = _MESSAGE_PREFIX.unpack_from(body) + (body[_MESSAGE_PREFIX.size :],)
+            self._place(number, 0, message, heap)
+            self.readable = True
+            return
+        try:
+            records = self._chunk_records(unit)
+        except _Damage as exc:
+            self._problem(f"chunk at byte {unit.offset}: {exc}; skipped")
+            self._add_lost(self._chunk_message_count(unit))
+            return
+        position = 0
+        end = len(records)
+        record_number = 0
+        while position < end:
+            if end - position < _RECORD_HEADER.size:
+                self._chunk_malformed(unit, position, record_number)
+                return
+            opcode, length = _RECORD_HEADER.unpack_from(records, position)
+            body_start = position + _RECORD_HEADER.size
+            body_end = body_start + length
+            if body_end > end:
+                self._chunk_malformed(unit, position, record_number)
+                return
+            if opcode == Opcode.MESSAGE:
+                if length < _MESSAGE_PREFIX.size:
+                    self._chunk_malformed(unit, position, record_number)
+                    return
+                message = _MESSAGE_PREFIX.unpack_from(records, body_start) + (
+                    bytes(records[body_start + _MESSAGE_PREFIX.size : body_end]),
+                )
+                self._place(number, record_number, message, heap)
+                # Set per message: a chunk of bare definitions does not make a file readable.
+                self.readable = True
+            elif opcode in (Opcode.SCHEMA, Opcode.CHANNEL):
+                try:
+                    self._define(opcode, bytes(records[body_start:body_end]))
+                except _PARSE_ERRORS:
+                    self._chunk_malformed(unit, position, record_number)
+                    return
+            position = body_end
+            record_number += 1
+
+    def _place(
+        self,
+        number: int,
+        record_number: int,
+        message: tuple[int, int, int, int, bytes],
+        heap: list[tuple[int, int, int, int, Any]],
+    ) -> None:
+        channel_id = message[0]
+        channel = self.channels.get(channel_id)
+        if channel is None and channel_id not in self._orphans:
+            # The definition may sit in a chunk that is earlier in the file but later in log time,
+            # so not loaded yet. Once an id proved undefined, later messages do not retry: loading
+            # every earlier chunk again and again would pull a whole damaged file into memory.
+            self._load_definitions_before(number, heap)
+            channel = self.channels.get(channel_id)
+        if channel is None:
+            self._orphans[channel_id] += 1
+            return
+        if self._wanted(channel):
+            heapq.heappush(heap, (message[2], 1, number, record_number, (channel, message)))
+
+    def _load_definitions_before(
+        self, number: int, heap: list[tuple[int, int, int, int, Any]]
+    ) -> None:
+        while self._defs_loaded_before < number:
+            self._load(self._defs_loaded_before, heap)
+            self._defs_loaded_before += 1
+
+    def _chunk_records(self, unit: _Unit) -> bytes:
+        if unit.uncompressed_size > _MAX_RECORD:
+            raise _Damage(f"implausible uncompressed size {unit.uncompressed_size}")
+        data = self._read_at(unit.data_offset, unit.data_length)
+        if len(data) < unit.data_length:
+            raise _Damage("file ends inside the chunk")
+        if unit.compression == "":
+            records = data
+        elif unit.compression == "zstd" and zstandard is not None:
+            try:
+                # A bounded read: a corrupt frame header must not make us allocate its claimed size.
+                reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+                records = reader.read(unit.uncompressed_size + 1)
+            except zstandard.ZstdError as exc:
+                raise _Damage(f"zstd data corrupt ({exc})") from None
+        elif unit.compression == "lz4" and lz4_frame is not None:
+            try:
+                records = lz4_frame.LZ4FrameDecompressor().decompress(
+                    data, max_length=unit.uncompressed_size + 1
+                )
+            except RuntimeError as exc:
+                raise _Damage(f"lz4 data corrupt ({exc})") from None
+        else:
+            raise _Damage(f"unsupported compression {unit.compression!r}")
+        if len(records) != unit.uncompressed_size:
+            raise _Damage(
+                f"decompressed to {len(records)} bytes, header says {unit.uncompressed_size}"
+            )
+        if unit.uncompressed_crc != 0:
+            crc = zlib.crc32(records)
+            if crc != unit.uncompressed_crc:
+                raise _Damage(
+                    f"CRC mismatch (stored {unit.uncompressed_crc:#010x}, computed {crc:#010x})"
+                )
+        return records
+
+    def _chunk_message_count(self, unit: _Unit) -> int | None:
+        if unit.index_counts is None:
+            return None
+        total = 0
+        for channel_id, count in unit.index_counts.items():
+            channel = self.channels.get(channel_id)
+            if channel is None:
+                if self.topics is not None:
+                    return None  # cannot tell whether they were wanted
+            elif not self._wanted(channel):
+                continue
+            total += count
+        return total
+
+    def _chunk_malformed(self, unit: _Unit, position: int, record_number: int) -> None:
+        # The CRC held (or there was none), so the records before this one are trusted as written.
+        checked = "despite a matching CRC" if unit.uncompressed_crc else "(chunk has no CRC)"
+        self._problem(
+            f"chunk at byte {unit.offset}: malformed record {record_number} at chunk offset "
+            f"{position} {checked}; rest of the chunk skipped"
+        )
+        self._add_lost(None)
+
+    def _finish(self) -> None:
+        if self._orphans:
+            ids = ", ".join(str(i) for i in sorted(self._orphans))
+            self._problem(
+                f"{sum(self._orphans.values())} messages reference undefined channel id(s) {ids}"
+            )
+            self._add_lost(sum(self._orphans.values()))
+        self._compare_with_statistics()
+
+    def _compare_with_statistics(self) -> None:
+        """Compares what was read with the summary's statistics, which then decide the loss."""
+        stats = self.summary.statistics if self.summary is not None else None
+        if stats is None:
+            return
+        expected: dict[int, int]
+        if stats.channel_message_counts:
+            expected = {
+                cid: n
+                for cid, n in stats.channel_message_counts.items()
+                if cid not in self.channels or self._wanted(self.channels[cid])
+            }
+        elif self.topics is None:
+            expected = {-1: stats.message_count}  # only a total to compare with
+        else:
+            return
+        read = dict(self.read_by_channel)
+        if -1 in expected:
+            read = {-1: sum(read.values())}
+        missing = {cid: n - read.get(cid, 0) for cid, n in expected.items() if n > read.get(cid, 0)}
+        extra = {cid: n - expected.get(cid, 0) for cid, n in read.items() if n > expected.get(cid, 0)}
+        if missing:
+            total_missing = sum(missing.values())
+            self._problem(
+                f"read {sum(read.values())} of the {sum(expected.values())} messages the summary "
+                f"lists ({self._describe_counts(missing)} missing)"
+            )
+            # The statistics count every lost message, including those of chunks that could not
+            # be counted individually, so they replace the running estimate.
+            self.stats.lost_messages = total_missing
+        elif extra:
+            self._problem(
+                f"read more messages than the summary lists ({self._describe_counts(extra)} "
+                "extra); the summary is stale or corrupt"
+            )
+        elif self.stats.lost_messages is None:
+            # Everything the summary lists was read, so the damage cost no messages.
+            self.stats.lost_messages = 0
+
+    def _describe_counts(self, counts: dict[int, int]) -> str:
+        parts = []
+        for cid, n in sorted(counts.items()):
+            channel = self.channels.get(cid)
+            name = "all topics" if cid == -1 else (channel.topic if channel else f"channel {cid}")
+            parts.append(f"{name}: {n}")
+        return ", ".join(parts)
+
+    # -- data section CRC (used by inspect_log) --------------------------------------------------
+
+    def verify_data_crc(self) -> None:
+        """Checks the DataEnd CRC, which also covers records outside chunks; reads the data section.
+
+        Only reported when nothing else was found: damage inside a chunk breaks this CRC too,
+        and saying so twice adds nothing.
+        """
+        if not self.data_section_crc or self.data_end_offset is None or self.stats.problems:
+            return
+        assert self._fh is not None
+        self._fh.seek(0)
+        crc = 0
+        remaining = self.data_end_offset
+        while remaining > 0:
+            block = self._fh.read(min(remaining, 1 << 20))
+            if not block:
+                break
+            crc = zlib.crc32(block, crc)
+            remaining -= len(block)
+        if crc != self.data_section_crc:
+            self._problem(
+                f"data section CRC mismatch (stored {self.data_section_crc:#010x}, computed "
+                f"{crc:#010x}): some record outside the CRC-checked chunks is damaged"
+            )
+            self._add_lost(None)
+
+
+def _parse_summary(data: bytes) -> _Summary:
+    summary = _Summary(schemas={}, channels={}, chunk_indexes=[], statistics=None)
+    position = 0
+    while position < len(data):
+        opcode, length = _RECORD_HEADER.unpack_from(data, position)
+        body = data[position + _RECORD_HEADER.size : position + _RECORD_HEADER.size + length]
+        if len(body) < length:
+            raise McapError(f"summary record at summary offset {position} is cut short")
+        stream = ReadDataStream(io.BytesIO(body))
+        if opcode == Opcode.SCHEMA:
+            schema = Schema.read(stream)
+            summary.schemas[schema.id] = schema
+        elif opcode == Opcode.CHANNEL:
+            channel = Channel.read(stream)
+            summary.channels[channel.id] = channel
+        elif opcode == Opcode.CHUNK_INDEX:
+            summary.chunk_indexes.append(ChunkIndex.read(stream))
+        elif opcode == Opcode.STATISTICS:
+            summary.statistics = Statistics.read(stream)
+        position += _RECORD_HEADER.size + length
+    return summary
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
