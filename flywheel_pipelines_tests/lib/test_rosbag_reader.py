@@ -270,6 +270,19 @@ def test_truncated_file_yields_what_precedes_the_cut(tmp_path: Path) -> None:
     assert stats.describe().startswith(str(path))
 
 
+def test_problems_name_the_source_the_caller_set(tmp_path: Path) -> None:
+    path = tmp_path / "cut.mcap"
+    write_test_log(path)
+    path.write_bytes(path.read_bytes()[:100])
+    stats = ReadStats(source="raw/robot-7/cut.mcap")
+
+    with pytest.raises(LogReadError) as info:
+        list(iter_decoded(path, stats=stats))
+
+    assert str(info.value).startswith("raw/robot-7/cut.mcap: truncated at byte")
+    assert stats.describe().startswith("raw/robot-7/cut.mcap: ")
+
+
 def test_truncated_out_of_order_file_finds_definitions_in_later_chunks(tmp_path: Path) -> None:
     # Without a summary, channels are only defined inside the first chunk of the file, which
     # holds the latest messages: the earliest chunk must still resolve its channel.

@@ -133,7 +133,9 @@ class ReadStats:
     consumer that stops early sees the counts up to that point).
 
     Attributes:
-        source: The file the stats are about (its path, or the label given by the caller).
+        source: The name problems and :class:`LogReadError` use for the file. Set it before
+            reading (e.g. to the lake key) to have them name that; left empty, the reader sets it
+            to the path.
         messages: Messages read from the log so far (for :func:`iter_decoded` this includes the
             ``undecodable`` ones it skipped).
         undecodable: Messages :func:`iter_decoded` skipped because they did not decode.
@@ -276,7 +278,8 @@ def _iter_scan(
 ) -> Iterator[tuple[RawMessage, Channel, Schema | None]]:
     p = Path(path)
     stats = stats if stats is not None else ReadStats()
-    label = label if label is not None else str(p)
+    # A caller that set ``stats.source`` (e.g. to the lake key) wants problems to name that.
+    label = label or stats.source or str(p)
     stats.source = label
     with _McapScan(p, label, _topic_set(topics), stats) as scan:
         scan.index()
@@ -297,6 +300,7 @@ class _Unit:
     offset: int  # byte offset of the record's opcode
     start_time: int  # earliest log time it may contain: the heap key
     is_chunk: bool
+    end_time: int = 0  # chunk: latest log time, per its header
     body_length: int = 0  # top-level message: record body length
     channel_id: int = -1  # top-level message: its channel
     data_offset: int = 0  # chunk: where its (compressed) records start
@@ -345,8 +349,8 @@ class _McapScan:
         self._units: list[_Unit] = []
         self._defs_loaded_before = 0  # units [0, n) have been loaded for their definitions
         self._orphans: Counter[int] = Counter()
-        # Whether some part of the data section proved intact (or was skipped unread by the topic
-        # filter): only a damaged file where nothing is is "unreadable".
+        # Whether some message record was found intact, or some part was left unread by the topic
+        # filter: a damaged file with neither is "unreadable" (LogReadError), not merely empty.
         self.readable = False
         self._fh: BinaryIO | None = None
 
@@ -538,7 +542,7 @@ class _McapScan:
             self._problem(f"chunk at byte {pos}: header cut short")
             self._add_lost(None)
             return
-        start, _end, usize, crc, name_length = _CHUNK_FIXED.unpack(fixed)
+        start, end, usize, crc, name_length = _CHUNK_FIXED.unpack(fixed)
         header_length = _CHUNK_FIXED.size + name_length + 8
         if name_length > _MAX_COMPRESSION_NAME or header_length > length:
             self._problem(f"chunk at byte {pos}: corrupt header (compression name length)")
@@ -559,6 +563,7 @@ class _McapScan:
                 pos,
                 start,
                 True,
+                end_time=end,
                 data_offset=body + header_length,
                 data_length=records_length,
                 compression=compression,
@@ -682,6 +687,7 @@ class _McapScan:
         position = 0
         end = len(records)
         record_number = 0
+        first_time = last_time = None
         while position < end:
             if end - position < _RECORD_HEADER.size:
                 self._chunk_malformed(unit, position, record_number)
@@ -702,6 +708,11 @@ class _McapScan:
                 self._place(number, record_number, message, heap)
                 # Set per message: a chunk of bare definitions does not make a file readable.
                 self.readable = True
+                log_time = message[2]
+                if first_time is None or log_time < first_time:
+                    first_time = log_time
+                if last_time is None or log_time > last_time:
+                    last_time = log_time
             elif opcode in (Opcode.SCHEMA, Opcode.CHANNEL):
                 try:
                     self._define(opcode, bytes(records[body_start:body_end]))
@@ -710,6 +721,14 @@ class _McapScan:
                     return
             position = body_end
             record_number += 1
+        if first_time is not None and not (
+            unit.start_time <= first_time and last_time <= unit.end_time
+        ):
+            # The CRC does not cover the chunk header, and the merge trusts its start time.
+            self._problem(
+                f"chunk at byte {unit.offset}: its header's time range does not cover its "
+                f"messages ({first_time}..{last_time}); log-time order may be off around it"
+            )
 
     def _place(
         self,

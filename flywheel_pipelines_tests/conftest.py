@@ -1,0 +1,28 @@
+"""Shared fixtures: every test gets its own FLYWHEEL_HOME, lake and Dagster home."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REAL_LOGS = Path(__file__).resolve().parents[2] / "shared" / "real-logs"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_env():
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    yield
+
+
+@pytest.fixture
+def flywheel_home(tmp_path, monkeypatch) -> Path:
+    """An isolated embedded default: lake, Dagster home and MLflow store under tmp_path."""
+    home = tmp_path / "flywheel"
+    monkeypatch.setenv("FLYWHEEL_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    monkeypatch.delenv("FLYWHEEL_LAKE", raising=False)
+    monkeypatch.delenv("FLYWHEEL_MLFLOW_URI", raising=False)
+    (home / "dagster_home").mkdir(parents=True)
+    return home

@@ -1,0 +1,130 @@
+"""Ingest assets and the upload sensor against a real local lake and real simulated MCAP logs."""
+
+import json
+import os
+import shutil
+
+import dagster as dg
+import pytest
+
+from flywheel_pipelines.defs.episodes.assets import episodes
+from flywheel_pipelines.defs.ingest.assets import log_manifest, raw_fleet_logs
+from flywheel_pipelines.defs.ingest.sensors import raw_log_sensor
+from flywheel_pipelines.defs.partitions import ROBOTS, robot_day_key
+from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.lib.sim.fleet import simulate_robot_day
+from flywheel_pipelines.lib.sim.robot import sample_profile
+from flywheel_pipelines.lib.storage import LocalLake
+
+DAY = "2026-11-02"
+
+
+@pytest.fixture
+def lake(tmp_path) -> LocalLake:
+    return LocalLake(tmp_path / "lake")
+
+
+def upload(lake: LocalLake, robot: str, *, episodes: int = 3, seed: int = 0, index: int = 0):
+    return simulate_robot_day(lake, sample_profile(robot, seed=seed, index=index), DAY, episodes=episodes, seed=seed)
+
+
+def tick(instance, lake, cursor=None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": LakeResource(root=str(lake.root))})
+    return raw_log_sensor(context)
+
+
+def test_new_upload_registers_robot_and_requests_its_partition(lake):
+    upload(lake, "r201")
+    with dg.instance_for_test() as instance:
+        result = tick(instance, lake)
+        assert [r.partition_key for r in result.run_requests] == [robot_day_key("r201", DAY)]
+        assert result.dynamic_partitions_requests[0].partition_keys == ["r201"]
+        assert json.loads(result.cursor)["watermark_ns"] > 0
+
+
+def test_same_file_again_requests_nothing(lake):
+    upload(lake, "r201")
+    with dg.instance_for_test() as instance:
+        first = tick(instance, lake)
+        instance.add_dynamic_partitions(ROBOTS.name, ["r201"])
+        # Next tick, nothing new: past the grace window nothing is re-read.
+        obj = lake.list("raw/")[0]
+        later = json.dumps({"watermark_ns": obj.mtime_ns + 10_000_000_000})
+        assert tick(instance, lake, later).run_requests == []
+        # The same bytes uploaded again (new mtime): same run key, so Dagster launches nothing new...
+        again = tick(instance, lake, first.cursor)
+        assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
+
+
+def test_reupload_of_ingested_content_requests_nothing_but_a_changed_day_does(lake, tmp_path):
+    day = upload(lake, "r201")
+    resources = {"lake": LakeResource(root=str(lake.root))}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(ROBOTS.name, ["r201"])
+        result = dg.materialize([raw_fleet_logs, log_manifest], selection=[log_manifest], instance=instance,
+                                resources=resources, partition_key=robot_day_key("r201", DAY))
+        assert result.success
+        # Touch every file: a re-upload of identical bytes.
+        for key in day.keys:
+            os.utime(lake.path(key))
+        assert tick(instance, lake).run_requests == []
+        # A late upload for the same day changes the content: one new run for that partition.
+        other = tmp_path / "late.mcap"
+        shutil.copyfile(lake.path(day.keys[0]), other)
+        lake.put_raw(f"raw/robot=r201/date={DAY}/late-session.mcap", other)
+        requests = tick(instance, lake).run_requests
+        assert [r.partition_key for r in requests] == [robot_day_key("r201", DAY)]
+
+
+def test_bad_keys_are_skipped_not_fatal(lake, tmp_path):
+    upload(lake, "r201")
+    bad = lake.root / "raw" / "robot=../date=2026-11-02"
+    bad.mkdir(parents=True)
+    (bad / "x.mcap").write_bytes(b"junk")
+    (lake.root / "raw" / "robot=UPPER" / f"date={DAY}").mkdir(parents=True)
+    (lake.root / "raw" / "robot=UPPER" / f"date={DAY}" / "y.mcap").write_bytes(b"junk")
+    with dg.instance_for_test() as instance:
+        result = tick(instance, lake)
+        assert [r.partition_key for r in result.run_requests] == [robot_day_key("r201", DAY)]
+
+
+def test_log_manifest_and_episodes_materialize_with_checks(lake):
+    upload(lake, "r201", episodes=4)
+    (lake.root / "raw" / "robot=r201" / f"date={DAY}" / "broken.mcap").write_bytes(b"not an mcap file")
+    resources = {"lake": LakeResource(root=str(lake.root))}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(ROBOTS.name, ["r201"])
+        result = dg.materialize([raw_fleet_logs, log_manifest, episodes], selection=[log_manifest, episodes],
+                                instance=instance, resources=resources, partition_key=robot_day_key("r201", DAY))
+        assert result.success
+        manifest = lake.read_json(f"manifests/robot=r201/date={DAY}/manifest.json")
+        verdicts = {f["key"].rsplit("/", 1)[-1]: f["verdict"] for f in manifest["files"]}
+        assert verdicts["broken.mcap"] == "rejected"
+        assert list(verdicts.values()).count("ok") == 1
+        meta = result.asset_materializations_for_node("log_manifest")[0].metadata
+        assert meta["rejected"].value == 1
+        assert meta["rejected_files"].value == [f"raw/robot=r201/date={DAY}/broken.mcap"]
+        ep_meta = result.asset_materializations_for_node("episodes")[0].metadata
+        assert ep_meta["episodes"].value == 4
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert checks == {"monotonic_time": True, "no_nan": True, "sync_skew": True}
+        assert lake.exists(f"episodes/robot=r201/date={DAY}/frames.parquet")
+        # The raw files are untouched, the broken one included.
+        assert (lake.root / "raw" / "robot=r201" / f"date={DAY}" / "broken.mcap").read_bytes() == b"not an mcap file"
+
+
+def test_flaky_network_fails_the_sync_check_as_a_warning(lake):
+    from dataclasses import replace
+
+    profile = replace(sample_profile("r202", seed=0), burst_drop_rate=4.0)
+    simulate_robot_day(lake, profile, DAY, episodes=4, seed=3)
+    resources = {"lake": LakeResource(root=str(lake.root))}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(ROBOTS.name, ["r202"])
+        result = dg.materialize([raw_fleet_logs, log_manifest, episodes], selection=[log_manifest, episodes],
+                                instance=instance, resources=resources, partition_key=robot_day_key("r202", DAY))
+        assert result.success
+        evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert not evals["sync_skew"].passed
+        assert evals["sync_skew"].severity == dg.AssetCheckSeverity.WARN
+        assert evals["sync_skew"].metadata["episodes_failing"].value
