@@ -17,6 +17,8 @@ from flywheel_pipelines.lib import settings
 from flywheel_pipelines.lib.sim.fleet import day_range, simulate_fleet
 from flywheel_pipelines.lib.storage import open_lake
 
+# The demo prints its own progress; Dagster's per-event debug log would drown it.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 TEMPLATE = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
 
@@ -69,10 +71,11 @@ def run_demo(
     for i, d in enumerate(sim, 1):
         log(f"[{i}/{len(sim)}] ingest robot={d.robot} date={d.day}")
         result = ingest.execute_in_process(partition_key=robot_day_key(d.robot, d.day), instance=instance,
-                                           raise_on_error=True)
+                                           run_config=QUIET, raise_on_error=True)
         assert result.success
     log("fleet assets: episode_catalog -> curated_dataset -> policy_candidate -> eval_report -> release_bundle")
-    result = defs.resolve_job_def("nightly_retrain").execute_in_process(instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def("nightly_retrain").execute_in_process(instance=instance, run_config=QUIET,
+                                                                         raise_on_error=False)
     metadata = {}
     for key in ("episode_catalog", "curated_dataset", "policy_candidate", "eval_report", "release_bundle"):
         event = instance.get_latest_materialization_event(dg.AssetKey(key))
