@@ -43,7 +43,7 @@ def fleet_simulate(robots: int, days: int, episodes_per_day: int, seed: int, sta
     from flywheel_pipelines.lib.sim.fleet import day_range, simulate_fleet
 
     store = _lake(lake)
-    first = start_date or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days)).isoformat()
+    first = start_date or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)).isoformat()
     day_list = day_range(first, days)
     with click.progressbar(length=robots * len(day_list), label="simulating robot-days") as bar:
         out = simulate_fleet(store, robots=robots, days=day_list, episodes_per_day=episodes_per_day, seed=seed,

@@ -51,15 +51,15 @@ def run_demo(
     home = prepare_dagster_home()
     lake_root = settings.default_lake_root()
     lake = open_lake(lake_root)
-    first = start_date or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=days)).isoformat()
+    first = start_date or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)).isoformat()
     day_list = day_range(first, days)
     log(f"simulating {robots} robots x {days} days x {episodes_per_day} episodes into {lake_root}/raw")
     sim = simulate_fleet(
         lake, robots=robots, days=day_list, episodes_per_day=episodes_per_day, seed=seed,
         progress=lambda d: log(f"  raw/robot={d.robot}/date={d.day}: {len(d.keys)} MCAP files, {d.messages} messages"),
     )
-    from flywheel_pipelines.defs.partitions import ROBOTS, robot_day_key
     from flywheel_pipelines.definitions import defs as load_defs
+    from flywheel_pipelines.defs.partitions import ROBOTS, robot_day_key
 
     defs = load_defs() if callable(load_defs) else load_defs
     instance = dg.DagsterInstance.get()

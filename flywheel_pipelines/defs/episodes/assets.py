@@ -65,7 +65,7 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
     ids = table.column("episode_id").to_pylist()
 
     def failing(issue: str) -> list[str]:
-        return [i for i, iss in zip(ids, issues) if issue in iss]
+        return [i for i, iss in zip(ids, issues, strict=True) if issue in iss]
 
     skew_bad = sorted(set(failing("sync_skew")) | set(failing("gap")))
     checks = [

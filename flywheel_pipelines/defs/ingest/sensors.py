@@ -31,7 +31,7 @@ def plan_runs(lake: Lake, cursor: dict, *, known_robots: set[str], already_inges
     """
     watermark = int(cursor.get("watermark_ns", 0))
     objects = lake.list(RAW_PREFIX)
-    touched: dict[tuple[str, str], list[ObjectInfo]] = defaultdict(list)
+    touched: set[tuple[str, str]] = set()
     skipped = []
     by_partition: dict[tuple[str, str], list[ObjectInfo]] = defaultdict(list)
     for obj in objects:
@@ -43,9 +43,9 @@ def plan_runs(lake: Lake, cursor: dict, *, known_robots: set[str], already_inges
             continue
         by_partition[(robot, day)].append(obj)
         if obj.mtime_ns >= watermark - GRACE_NS:
-            touched[(robot, day)] = by_partition[(robot, day)]
+            touched.add((robot, day))
     requests, new_robots = [], set()
-    for (robot, day), objs in sorted(touched.items()):
+    for robot, day in sorted(touched):
         with_sha = []
         for obj in by_partition[(robot, day)]:
             with lake.local_path(obj.key) as path:

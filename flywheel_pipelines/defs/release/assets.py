@@ -65,7 +65,7 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
             (bundle / "parity.json").write_text(json.dumps(parity, indent=2, sort_keys=True) + "\n")
             (bundle / "evaluation.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
             release = {"name": name, "version": version, "dagster_run_id": context.run.run_id,
-                       "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                       "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
             policy_info = {"name": name, "version": version, "uri": store.uri(pol["prefix"]),
                            "mlflow_run_id": pol["mlflow_run_id"], "registered_model": pol["registered_model"],
                            "registered_version": pol["registered_version"], "code": policy_cfg["code"],

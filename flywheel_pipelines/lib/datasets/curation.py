@@ -163,7 +163,7 @@ def build_dataset(
             "episode_index": idx, "episode_id": row["episode_id"], "split": sides[row["episode_id"]],
             "robot": row["robot"], "date": row["date"], "task": row["task"], "outcome": row["outcome"],
             "num_frames": n, "start_ns": int(ts[0]), "end_ns": int(ts[-1]),
-            "raw_files": [{"key": k, "sha256": s} for k, s in zip(row["source_keys"], row["source_sha256"])],
+            "raw_files": [{"key": k, "sha256": s} for k, s in zip(row["source_keys"], row["source_sha256"], strict=True)],
         })
     table = {}
     for key in feature_keys:

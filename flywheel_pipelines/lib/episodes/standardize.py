@@ -242,10 +242,10 @@ def _stream_quality(stream: Stream, start: int, end: int) -> dict:
     lo, hi = np.searchsorted(stream.stamps, [start, end], side="left")
     st = stream.stamps[lo:hi]
     if len(st) < 2:
-        return {"count": int(len(st)), "rate_hz": 0.0, "jitter_ms": 0.0, "max_gap_ms": 0.0}
+        return {"count": len(st), "rate_hz": 0.0, "jitter_ms": 0.0, "max_gap_ms": 0.0}
     d = np.diff(st)
     return {
-        "count": int(len(st)),
+        "count": len(st),
         "rate_hz": float((len(st) - 1) / ((st[-1] - st[0]) / 1e9)),
         "jitter_ms": float(np.std(d) / _NS_PER_MS),
         "max_gap_ms": float(d.max() / _NS_PER_MS),

@@ -70,7 +70,7 @@ class Policy(nn.Module):
         self.config = config
         dims = [config.obs_dim] + [config.hidden] * config.layers
         blocks: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
             blocks += [nn.Linear(a, b), nn.GELU()]
         blocks.append(nn.Linear(dims[-1], config.action_dim))
         self.net = nn.Sequential(*blocks)

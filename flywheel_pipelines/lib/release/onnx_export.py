@@ -40,7 +40,7 @@ def onnx_parity(policy: Policy, onnx_path: Path, inputs: np.ndarray) -> dict:
     with torch.no_grad():
         torch_out = policy.eval()(torch.from_numpy(inputs)).numpy()
     diff = np.abs(onnx_out - torch_out)
-    return {"max_abs_error": float(diff.max()), "mean_abs_error": float(diff.mean()), "inputs": int(len(inputs))}
+    return {"max_abs_error": float(diff.max()), "mean_abs_error": float(diff.mean()), "inputs": len(inputs)}
 
 
 def onnx_policy_fn(onnx_path: Path):

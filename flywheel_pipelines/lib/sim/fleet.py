@@ -177,7 +177,7 @@ def simulate_robot_day(
     robot, day = ids.robot_id(profile.robot_id), ids.day(day)
     rng = _rng_for("day", seed, robot, day)
     sim = ArmSim(profile, seed=int(rng.integers(2**31)))
-    start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc) + dt.timedelta(hours=8)
+    start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC) + dt.timedelta(hours=8)
     t_ns = int(start.timestamp()) * _NS + int(rng.integers(0, 3600)) * _NS
     keys, total = [], 0
     for first in range(0, episodes, EPISODES_PER_FILE):
@@ -188,7 +188,7 @@ def simulate_robot_day(
             end_ns, _ = record_episode(rec, sim, rng, t0_ns=t_ns, episode_id=episode_id,
                                        operator=str(rng.choice(OPERATORS)))
             t_ns = end_ns + int(rng.uniform(4.0, 15.0) * _NS)
-        clock = dt.datetime.fromtimestamp(session_start / _NS, dt.timezone.utc).strftime("%H%M%S")
+        clock = dt.datetime.fromtimestamp(session_start / _NS, dt.UTC).strftime("%H%M%S")
         name = f"session-{clock}.mcap"
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
