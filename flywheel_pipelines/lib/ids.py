@@ -16,7 +16,7 @@ class InvalidIdentifier(ValueError):
 
 def robot_id(value: str) -> str:
     """Return ``value`` if it is a valid robot id (lowercase, digits, ``-``/``_``, <= 63 chars)."""
-    if not isinstance(value, str) or not _ROBOT_RE.match(value):
+    if not isinstance(value, str) or not _ROBOT_RE.fullmatch(value):
         raise InvalidIdentifier(f"invalid robot id {value!r}: expected [a-z0-9][a-z0-9_-]{{0,62}}")
     return value
 
@@ -34,14 +34,14 @@ def day(value: str) -> str:
 
 def name(value: str, *, what: str = "name") -> str:
     """Return ``value`` if it is a safe single path component (no ``/``, no ``..``)."""
-    if not isinstance(value, str) or not _NAME_RE.match(value) or ".." in value:
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or ".." in value:
         raise InvalidIdentifier(f"invalid {what} {value!r}: expected [A-Za-z0-9][A-Za-z0-9_.-]*")
     return value
 
 
 def parse_raw_key(key: str) -> tuple[str, str, str]:
     """Split ``raw/robot=<id>/date=<day>/<file>`` into validated (robot, day, file)."""
-    match = _RAW_KEY_RE.match(key)
+    match = _RAW_KEY_RE.fullmatch(key)
     if not match:
         raise InvalidIdentifier(f"not a raw log key {key!r}: expected raw/robot=<id>/date=<YYYY-MM-DD>/<file>")
     robot, d, file = match.groups()

@@ -142,7 +142,7 @@ class LocalLake(Lake):
         return self.root / _check_key(key)
 
     def list(self, prefix: str) -> list[ObjectInfo]:
-        base = self.root / prefix if prefix else self.root
+        base = self.path(prefix.rstrip("/")) if prefix.strip("/") else self.root
         if not base.exists():
             return []
         out = []
@@ -191,10 +191,12 @@ class LocalLake(Lake):
     def local_dir(self, prefix: str) -> Iterator[Path]:
         path = self.path(prefix.rstrip("/"))
         if not path.is_dir():
-            raise LakeError(f"{self.uri(prefix)} does not exist")
+            raise LakeError(f"{self.uri(prefix.rstrip('/'))} does not exist")
         yield path
 
     def publish_dir(self, prefix: str, local_dir: Path, *, replace: bool = False) -> bool:
+        if (prefix.rstrip("/") + "/").startswith(RAW_PREFIX):
+            raise LakeError(f"refusing to publish to {prefix!r}: raw logs are immutable")
         target = self.path(prefix.rstrip("/"))
         if target.exists() and not replace:
             return False

@@ -223,7 +223,10 @@ def _episodes_from_events(paths) -> dict[str, dict]:
 
 def test_events_delimit_every_episode(sim_day: SimDay):
     episodes = _episodes_from_events(sim_day.paths)
-    assert list(episodes) == [f"{ROBOT}-20260302-{k:03d}" for k in range(EPISODES)]
+    # <robot>-<YYYYMMDD>-<HHMMSS start>-<index>: unique even when a day is simulated twice.
+    assert len(set(list(episodes))) == EPISODES
+    assert [re.fullmatch(rf"{ROBOT}-20260302-\d{{6}}-{k:03d}", e) is not None
+            for k, e in enumerate(list(episodes))] == [True] * EPISODES
     for ep in episodes.values():
         assert ep["outcome"] in ("success", "failure")
         assert ep["task"] == "reach_target" and ep["operator"] in ("alice", "bao", "carmen")

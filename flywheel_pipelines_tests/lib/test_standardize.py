@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -289,7 +290,10 @@ def test_frames_are_on_a_50ms_int64_grid_per_episode(standardized: Standardized)
 
 def test_episode_ids_are_unique_and_follow_the_robot_day(standardized: Standardized):
     ids = standardized.episodes["episode_id"].to_pylist()
-    assert ids == [f"{ROBOT}-20260302-{k:03d}" for k in range(EPISODES)]
+    # <robot>-<YYYYMMDD>-<HHMMSS start>-<index>: unique even when a day is simulated twice.
+    assert len(set(ids)) == EPISODES
+    assert [re.fullmatch(rf"{ROBOT}-20260302-\d{{6}}-{k:03d}", e) is not None
+            for k, e in enumerate(ids)] == [True] * EPISODES
     assert set(standardized.frames["episode_id"].to_pylist()) == set(ids)
 
 
@@ -362,7 +366,7 @@ def test_frame_values_come_from_the_logged_streams(standardized: Standardized, s
     for m in read_ros2_messages(str(sim_day.paths[0]), topics=["/joint_commands"]):
         t = m.ros_msg.header.stamp.sec * 1_000_000_000 + m.ros_msg.header.stamp.nanosec
         commands[t] = list(m.ros_msg.position)
-    for t, action in zip(frames["timestamp_ns"].to_pylist(), frames["action"].to_pylist()):
+    for t, action in zip(frames["timestamp_ns"].to_pylist(), frames["action"].to_pylist(), strict=True):
         np.testing.assert_allclose(action, commands[t], rtol=1e-6)  # frames sit on command stamps
 
 
@@ -392,3 +396,16 @@ def test_burst_drops_are_flagged(tmp_path, emb):
     for e in episodes:
         ts = _frames_of(out, e["episode_id"])["timestamp_ns"].to_numpy()
         assert set(np.diff(ts).tolist()) == {50_000_000}
+
+
+def test_reused_episode_ids_are_kept_and_made_unique():
+    """A robot whose counter restarted after a reboot logs the same id twice: both survive."""
+    events = [
+        Event(1, {"event": "episode_start", "episode_id": "e-1"}),
+        Event(2, {"event": "episode_end", "outcome": "success"}),
+        Event(3, {"event": "episode_start", "episode_id": "e-1"}),
+        Event(4, {"event": "episode_end", "outcome": "failure"}),
+    ]
+    spans = segment(events, default_task="t", id_prefix="p")
+    assert [(s.episode_id, s.outcome) for s in spans] == [("e-1", "success"), ("e-1~2", "failure")]
+    assert "duplicate_id" in spans[1].tags

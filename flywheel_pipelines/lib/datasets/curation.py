@@ -80,9 +80,15 @@ def split_episodes(episode_ids: list[str], *, val_fraction: float, seed: int) ->
     for episode_id in episode_ids:
         h = int.from_bytes(hashlib.sha256(f"{seed}:{episode_id}".encode()).digest()[:8], "big") / 2**64
         out[episode_id] = "val" if h < val_fraction else "train"
+    def rank(e: str) -> bytes:
+        return hashlib.sha256(f"{seed}:{e}".encode()).digest()
+
     if val_fraction > 0 and len(episode_ids) >= 2 and "val" not in out.values():
         # Tiny selections would otherwise get no validation data at all.
-        out[min(episode_ids, key=lambda e: hashlib.sha256(f"{seed}:{e}".encode()).digest())] = "val"
+        out[min(episode_ids, key=rank)] = "val"
+    if episode_ids and "train" not in out.values():
+        # ...or nothing to train on.
+        out[max(episode_ids, key=rank)] = "train"
     return out
 
 

@@ -106,7 +106,7 @@ def parse_embodiment(text: str, *, source: str = "<mapping>") -> Embodiment:
         )
     except MappingError:
         raise
-    except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise MappingError(f"{source}: invalid embodiment mapping ({type(exc).__name__}: {exc})") from None
     if "action" not in {f.key for f in emb.features}:
         raise MappingError(f"{source}: a mapping needs an 'action' feature")

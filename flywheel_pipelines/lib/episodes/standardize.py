@@ -208,6 +208,14 @@ def segment(events: Sequence[Event], *, default_task: str, id_prefix: str) -> li
     if current is not None:
         current.tags.append("truncated")
         close(max(current.start_ns, events[-1].t_ns), "unknown")
+    # A robot whose episode counter restarted (a reboot) reuses ids: keep every episode, uniquely.
+    seen: dict[str, int] = {}
+    for span in spans:
+        n = seen.get(span.episode_id, 0)
+        seen[span.episode_id] = n + 1
+        if n:
+            span.episode_id = f"{span.episode_id}~{n + 1}"
+            span.tags.append("duplicate_id")
     return spans
 
 

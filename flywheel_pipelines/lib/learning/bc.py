@@ -135,7 +135,9 @@ def load_training_data(dataset_root, *, action_key: str = "action") -> TrainingD
     for split, spec in info.get("splits", {}).items():
         lo, hi = (int(x) for x in spec.split(":"))
         masks[split] = (episode >= lo) & (episode < hi)
-    train = masks.get("train", np.ones(len(episode), bool))
+    if not masks:
+        masks["train"] = np.ones(len(episode), bool)  # a dataset without splits is all training data
+    train = masks.get("train", np.zeros(len(episode), bool))
     val = masks.get("val", np.zeros(len(episode), bool))
     return TrainingData(obs_keys, names, tuple(features[action_key]["names"]),
                         obs[train], act[train], obs[val], act[val], int(info["fps"]))

@@ -184,7 +184,8 @@ def simulate_robot_day(
         rec = _Recorder(profile, rng)
         session_start = t_ns
         for k in range(first, min(first + EPISODES_PER_FILE, episodes)):
-            episode_id = f"{robot}-{day.replace('-', '')}-{k:03d}"
+            clock = dt.datetime.fromtimestamp(t_ns / _NS, dt.UTC).strftime("%H%M%S")
+            episode_id = f"{robot}-{day.replace('-', '')}-{clock}-{k:03d}"
             end_ns, _ = record_episode(rec, sim, rng, t0_ns=t_ns, episode_id=episode_id,
                                        operator=str(rng.choice(OPERATORS)))
             t_ns = end_ns + int(rng.uniform(4.0, 15.0) * _NS)
