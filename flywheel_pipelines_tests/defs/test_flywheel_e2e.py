@@ -16,14 +16,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """Run the demo once for the module: 2 robots x 1 day x 12 episodes."""
+    """Run the demo once for the module: 2 robots x 1 day x 20 episodes."""
     home = tmp_path_factory.mktemp("flywheel")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FLYWHEEL_HOME", str(home))
         mp.setenv("DAGSTER_HOME", str(home / "dagster_home"))
         from flywheel_pipelines.demo import run_demo
 
-        result = run_demo(robots=2, days=1, episodes_per_day=12, seed=0, start_date="2026-11-01", log=lambda m: None)
+        result = run_demo(robots=2, days=1, episodes_per_day=20, seed=0, start_date="2026-11-01", log=lambda m: None)
         yield home, result
 
 
