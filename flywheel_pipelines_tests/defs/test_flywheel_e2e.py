@@ -136,3 +136,20 @@ def test_release_refuses_a_candidate_that_failed_the_gate(demo):
     assert not alone.success
     failure = next(e for e in alone.all_events if e.is_step_failure)
     assert "failed the evaluation gate" in str(failure.event_specific_data.error.message)
+
+
+def test_rerunning_the_nightly_job_reproduces_dataset_and_policy_versions(demo):
+    home, result = demo
+    from flywheel_pipelines.definitions import defs
+    from flywheel_pipelines.demo import QUIET
+
+    instance = dg.DagsterInstance.from_config(str(home / "dagster_home"))
+    again = defs().resolve_job_def("nightly_retrain").execute_in_process(
+        instance=instance, run_config=QUIET, raise_on_error=False,
+        asset_selection=[dg.AssetKey(k) for k in ("episode_catalog", "curated_dataset", "policy_candidate")])
+    assert again.success
+    meta = {m.asset_key.to_user_string(): m.metadata for m in again.get_asset_materialization_events()
+            for m in [m.event_specific_data.materialization]}
+    assert meta["curated_dataset"]["dataset_version"].value == result.metadata["curated_dataset"]["dataset_version"]
+    assert meta["policy_candidate"]["policy_version"].value == result.metadata["policy_candidate"]["policy_version"]
+    assert meta["policy_candidate"]["mlflow_run_id"].value != result.metadata["policy_candidate"]["mlflow_run_id"]

@@ -233,3 +233,12 @@ def test_val_only_dataset_does_not_train_on_its_val_frames(tmp_path, catalog, st
     data = load_training_data(tmp_path / "val_only")
     assert len(data.val_obs) == frames.num_rows
     assert len(data.train_obs) == 0, "val frames leaked into the train split"
+
+
+def test_policy_version_ignores_bookkeeping_but_not_identity(tmp_path):
+    policy = _policy()
+    v1 = save_policy(policy, tmp_path / "a", extra={"mlflow_run_id": "run-1"}, identity={"dataset": "d1"})
+    v2 = save_policy(policy, tmp_path / "b", extra={"mlflow_run_id": "run-2"}, identity={"dataset": "d1"})
+    v3 = save_policy(policy, tmp_path / "c", extra={"mlflow_run_id": "run-1"}, identity={"dataset": "d2"})
+    assert v1 == v2
+    assert v3 != v1

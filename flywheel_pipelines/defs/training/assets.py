@@ -75,7 +75,8 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
             extra = {"dataset": {"name": ds["dataset_name"], "version": ds["dataset_version"]},
                      "embodiment": dataset_manifest["embodiment"], "fps": data.fps,
                      "training": bc.to_dict(), "code": code, "mlflow_run_id": run.info.run_id}
-            version = save_policy(policy, out, extra=extra)
+            version = save_policy(policy, out, extra=extra,
+                                  identity={"dataset": extra["dataset"], "training": extra["training"]})
             export_onnx(policy, out / POLICY_ONNX)
             (out / METRICS).write_text(json.dumps([m.__dict__ for m in history], indent=2) + "\n")
             mlf.set_tag("policy.version", version)

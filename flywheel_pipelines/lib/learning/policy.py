@@ -96,14 +96,20 @@ class Policy(nn.Module):
         return (action - self.act_mean) / self.act_std
 
 
-def save_policy(policy: Policy, out_dir: Path, *, extra: dict | None = None) -> str:
-    """Write weights + config; returns the policy's content hash (its version)."""
+def save_policy(policy: Policy, out_dir: Path, *, extra: dict | None = None, identity: dict | None = None) -> str:
+    """Write weights + config; returns the policy's version.
+
+    The version hashes the weights, the interface and ``identity`` (what it was trained from
+    and how), not bookkeeping in ``extra`` such as the MLflow run id, so retraining the same
+    data with the same seed yields the same version.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
     save_file(tensors, str(out_dir / WEIGHTS), metadata={"format": "flywheel-policy-v1"})
     config = {"policy": policy.config.to_dict(), **(extra or {})}
     (out_dir / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    digest = hashlib.sha256((out_dir / WEIGHTS).read_bytes() + (out_dir / CONFIG).read_bytes())
+    digest = hashlib.sha256((out_dir / WEIGHTS).read_bytes())
+    digest.update(json.dumps({"policy": policy.config.to_dict(), "identity": identity or {}}, sort_keys=True).encode())
     return digest.hexdigest()[:12]
 
 
