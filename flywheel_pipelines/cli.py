@@ -42,9 +42,14 @@ def fleet_simulate(robots: int, days: int, episodes_per_day: int, seed: int, sta
 
     from flywheel_pipelines.lib.sim.fleet import day_range, simulate_fleet
 
+    from flywheel_pipelines.lib.ids import InvalidIdentifier
+
     store = _lake(lake)
     first = start_date or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)).isoformat()
-    day_list = day_range(first, days)
+    try:
+        day_list = day_range(first, days)
+    except InvalidIdentifier as exc:
+        raise click.BadParameter(str(exc), param_hint="--start-date") from None
     with click.progressbar(length=robots * len(day_list), label="simulating robot-days") as bar:
         out = simulate_fleet(store, robots=robots, days=day_list, episodes_per_day=episodes_per_day, seed=seed,
                              progress=lambda _d: bar.update(1))
