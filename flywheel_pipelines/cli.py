@@ -40,9 +40,8 @@ def fleet_simulate(robots: int, days: int, episodes_per_day: int, seed: int, sta
     """Write a simulated fleet's ROS2 MCAP logs into raw/robot=<id>/date=<day>/."""
     import datetime as dt
 
-    from flywheel_pipelines.lib.sim.fleet import day_range, simulate_fleet
-
     from flywheel_pipelines.lib.ids import InvalidIdentifier
+    from flywheel_pipelines.lib.sim.fleet import day_range, simulate_fleet
 
     store = _lake(lake)
     first = start_date or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)).isoformat()
