@@ -61,7 +61,7 @@ def run_demo(
     from flywheel_pipelines.definitions import defs as load_defs
     from flywheel_pipelines.defs.partitions import ROBOTS, robot_day_key
 
-    defs = load_defs() if callable(load_defs) else load_defs
+    defs = load_defs()
     instance = dg.DagsterInstance.get()
     known = set(instance.get_dynamic_partitions(ROBOTS.name))
     new = sorted({d.robot for d in sim} - known)

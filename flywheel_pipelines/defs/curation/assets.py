@@ -5,11 +5,11 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipelines.defs.catalog.assets import episode_catalog
-from flywheel_pipelines.defs.episodes.assets import DEFAULT_EMBODIMENT, FRAMES, episodes_prefix
+from flywheel_pipelines.defs.episodes.assets import FRAMES, episodes_prefix
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.datasets.curation import CurationError, CurationSpec, build_dataset, select_episodes
-from flywheel_pipelines.lib.episodes.embodiment import load_embodiment
+from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, load_embodiment
 from flywheel_pipelines.lib.storage import staging_dir
 
 

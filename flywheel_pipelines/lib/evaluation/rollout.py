@@ -14,9 +14,9 @@ from flywheel_pipelines.lib.sim.robot import (
     SUCCESS_HOLD_STEPS,
     SUCCESS_RADIUS_M,
     ArmSim,
-    _rng_for,
     sample_profile,
     sample_task,
+    seeded_rng,
 )
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
@@ -58,7 +58,7 @@ def run_suite(policy: PolicyFn, *, name: str, episodes: int, seed: int) -> list[
     """
     results = []
     for i in range(episodes):
-        rng = _rng_for("eval", seed, i)
+        rng = seeded_rng("eval", seed, i)
         profile = sample_profile(f"eval{i}", seed=seed, faults=False)
         sim = ArmSim(profile, seed=int(rng.integers(2**31)))
         q0, goal = sample_task(rng)

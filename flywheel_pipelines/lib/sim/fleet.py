@@ -33,9 +33,9 @@ from flywheel_pipelines.lib.sim.robot import (
     ArmSim,
     JointSample,
     RobotProfile,
-    _rng_for,
     sample_profile,
     sample_task,
+    seeded_rng,
 )
 from flywheel_pipelines.lib.storage import Lake
 
@@ -175,7 +175,7 @@ def simulate_robot_day(
 ) -> SimulatedDay:
     """Simulate one robot's day and upload its logs (one MCAP per session of 5 episodes)."""
     robot, day = ids.robot_id(profile.robot_id), ids.day(day)
-    rng = _rng_for("day", seed, robot, day)
+    rng = seeded_rng("day", seed, robot, day)
     sim = ArmSim(profile, seed=int(rng.integers(2**31)))
     start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC) + dt.timedelta(hours=8)
     t_ns = int(start.timestamp()) * _NS + int(rng.integers(0, 3600)) * _NS

@@ -49,7 +49,7 @@ class RobotProfile:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-def _rng_for(*parts: object) -> np.random.Generator:
+def seeded_rng(*parts: object) -> np.random.Generator:
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
@@ -60,7 +60,7 @@ def sample_profile(robot_id: str, *, seed: int, index: int = 0, faults: bool = T
     Every fifth robot (index 2, 7, ...) has a miscalibrated elbow encoder, and one in four has a
     flaky network that drops bursts of messages.
     """
-    rng = _rng_for("profile", seed, robot_id)
+    rng = seeded_rng("profile", seed, robot_id)
     profile = RobotProfile(
         robot_id=robot_id,
         calibration_offset=tuple(float(x) for x in rng.normal(0.0, 0.006, 2)),
