@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export FLYWHEEL_HOME ?= $(CURDIR)/.flywheel
 export DAGSTER_HOME ?= $(FLYWHEEL_HOME)/dagster_home
 
-.PHONY: install demo test test-fast dev lint clean
+.PHONY: install demo test test-fast dev bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,12 @@ dev: install
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+## Ingest throughput beside mcap-ros2-support (prints the ratio)
+bench: install
+	$(BIN)/python benchmarks/bench_ingest.py
+
 lint: install
-	$(BIN)/ruff check flywheel_pipelines flywheel_pipelines_tests
+	$(BIN)/ruff check flywheel_pipelines flywheel_pipelines_tests benchmarks
 
 clean:
 	rm -rf $(VENV) .flywheel
