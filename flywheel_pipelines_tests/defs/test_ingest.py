@@ -104,6 +104,7 @@ def test_log_manifest_and_episodes_materialize_with_checks(lake):
         meta = result.asset_materializations_for_node("log_manifest")[0].metadata
         assert meta["rejected"].value == 1
         assert meta["rejected_files"].value == [f"raw/robot=r201/date={DAY}/broken.mcap"]
+        assert "| broken.mcap | rejected |" in meta["files_table"].value
         ep_meta = result.asset_materializations_for_node("episodes")[0].metadata
         assert ep_meta["episodes"].value == 4
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}

@@ -8,6 +8,7 @@ import dagster as dg
 from flywheel_pipelines.defs.automation import FOLLOW_UPSTREAM
 from flywheel_pipelines.defs.episodes.assets import EPISODE_TABLE, episodes
 from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.lib import markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, build_catalog, catalog_hash
 
 
@@ -28,11 +29,11 @@ def episode_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
     rows = table.to_pylist()
     by_outcome = collections.Counter(r["outcome"] for r in rows)
     by_robot = collections.Counter(r["robot"] for r in rows)
-    preview = ["| robot | episodes | success | failure | quality issues |", "| --- | --- | --- | --- | --- |"]
+    per_robot = []
     for robot in sorted(by_robot):
         mine = [r for r in rows if r["robot"] == robot]
-        preview.append(f"| {robot} | {len(mine)} | {sum(r['outcome'] == 'success' for r in mine)} | "
-                       f"{sum(r['outcome'] == 'failure' for r in mine)} | {sum(not r['quality_ok'] for r in mine)} |")
+        per_robot.append((robot, len(mine), sum(r["outcome"] == "success" for r in mine),
+                          sum(r["outcome"] == "failure" for r in mine), sum(not r["quality_ok"] for r in mine)))
     return dg.MaterializeResult(
         metadata={
             "uri": dg.MetadataValue.path(store.uri(CATALOG_KEY)),
@@ -43,7 +44,8 @@ def episode_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
             "outcomes": dict(by_outcome),
             "quality_ok": sum(r["quality_ok"] for r in rows),
             "interventions": sum(r["intervention"] for r in rows),
-            "by_robot": dg.MetadataValue.md("\n".join(preview)),
+            "by_robot": dg.MetadataValue.md(
+                markdown.table(["robot", "episodes", "success", "failure", "quality issues"], per_robot)),
         },
         data_version=dg.DataVersion(catalog_hash(table)),
     )

@@ -11,6 +11,7 @@ from pydantic import Field
 from flywheel_pipelines.defs.ingest.assets import log_manifest, manifest_key
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.lib import markdown
 from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, load_embodiment
 from flywheel_pipelines.lib.episodes.standardize import SourceFile, standardize
 from flywheel_pipelines.lib.storage import staging_dir
@@ -80,10 +81,11 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
                                       "tolerance_skew_ms": emb.max_skew_ms, "tolerance_gap_ms": emb.max_gap_ms}),
     ]
     outcomes = table.column("outcome").to_pylist()
-    preview = ["| episode | outcome | frames | max skew ms | max gap ms | issues |", "| --- | --- | --- | --- | --- | --- |"]
-    for row in table.select(["episode_id", "outcome", "num_frames", "max_skew_ms", "max_gap_ms", "quality_issues"]).to_pylist():
-        preview.append(f"| {row['episode_id']} | {row['outcome']} | {row['num_frames']} | {row['max_skew_ms']:.1f} "
-                       f"| {row['max_gap_ms']:.1f} | {', '.join(row['quality_issues'])} |")
+    preview = markdown.table(
+        ["episode", "outcome", "frames", "max skew ms", "max gap ms", "issues"],
+        [(r["episode_id"], r["outcome"], r["num_frames"], f"{r['max_skew_ms']:.1f}", f"{r['max_gap_ms']:.1f}",
+          ", ".join(r["quality_issues"])) for r in table.to_pylist()],
+    )
     return dg.MaterializeResult(
         metadata={
             "uri": dg.MetadataValue.path(store.uri(episodes_prefix(robot, day))),
@@ -94,7 +96,7 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
             "quality_ok": int(sum(table.column("quality_ok").to_pylist())),
             "undecodable_messages": result.undecodable,
             "embodiment": f"{emb.name} v{emb.version} ({emb.content_hash})",
-            "episodes_table": dg.MetadataValue.md("\n".join(preview)),
+            "episodes_table": dg.MetadataValue.md(preview),
         },
         check_results=checks,
     )

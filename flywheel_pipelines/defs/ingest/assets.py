@@ -5,6 +5,7 @@ import dagster as dg
 
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.lib import markdown
 from flywheel_pipelines.lib.rosbag.manifest import inspect_log
 from flywheel_pipelines.lib.storage import Lake, raw_fingerprint
 
@@ -54,10 +55,8 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
     store.write_json(manifest_key(robot, day), manifest)
     files = manifest["files"]
     verdicts = {v: sum(f["verdict"] == v for f in files) for v in ("ok", "recovered", "rejected")}
-    rows = ["| file | verdict | messages | topics | MB | reason |", "| --- | --- | --- | --- | --- | --- |"]
-    for f in files:
-        rows.append(f"| {f['key'].rsplit('/', 1)[-1]} | {f['verdict']} | {f['message_count']} | {len(f['topics'])} "
-                    f"| {f['size'] / 1e6:.2f} | {f.get('reason') or ''} |")
+    rows = [(f["key"].rsplit("/", 1)[-1], f["verdict"], f["message_count"], len(f["topics"]),
+             f"{f['size'] / 1e6:.2f}", f.get("reason") or "") for f in files]
     for f in files:
         if f["verdict"] != "ok":
             context.log.warning(f"{f['key']}: {f['verdict']}: {f.get('reason')}")
@@ -72,6 +71,7 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
             "recovered": verdicts["recovered"],
             "rejected": verdicts["rejected"],
             "rejected_files": [f["key"] for f in files if f["verdict"] == "rejected"],
-            "files_table": dg.MetadataValue.md("\n".join(rows)),
+            "files_table": dg.MetadataValue.md(
+                markdown.table(["file", "verdict", "messages", "topics", "MB", "reason"], rows)),
         }
     )
