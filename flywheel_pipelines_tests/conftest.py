@@ -26,3 +26,13 @@ def flywheel_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("FLYWHEEL_MLFLOW_URI", raising=False)
     (home / "dagster_home").mkdir(parents=True)
     return home
+
+
+def require_real_logs() -> Path:
+    """The shared real logs; in CI their absence is a failure, on a laptop a skip."""
+    if not REAL_LOGS.is_dir():
+        message = f"real logs not present at {REAL_LOGS} (../shared/real-logs beside the repository)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return REAL_LOGS

@@ -2,11 +2,10 @@
 
 import json
 
-import pytest
 from click.testing import CliRunner
 
 from flywheel_pipelines.cli import main
-from flywheel_pipelines_tests.conftest import REAL_LOGS
+from flywheel_pipelines_tests.conftest import require_real_logs
 
 
 def test_fleet_simulate_writes_the_raw_layout(tmp_path):
@@ -25,9 +24,8 @@ def test_fleet_simulate_rejects_a_bad_date(tmp_path):
     assert "invalid date '2026-13-01'" in out.output
 
 
-@pytest.mark.skipif(not REAL_LOGS.is_dir(), reason="../shared/real-logs is not checked out beside the project")
 def test_logs_inspect_json_on_a_real_log():
-    path = REAL_LOGS / "mcap" / "evo__nav2_turtlebot.mcap"
+    path = require_real_logs() / "mcap" / "evo__nav2_turtlebot.mcap"
     out = CliRunner().invoke(main, ["logs", "inspect", str(path), "--json"])
     assert out.exit_code == 0, out.output
     doc = json.loads(out.output)

@@ -28,6 +28,16 @@ def upload(lake: LocalLake, robot: str, *, episodes: int = 3, seed: int = 0, ind
     return simulate_robot_day(lake, sample_profile(robot, seed=seed, index=index), DAY, episodes=episodes, seed=seed)
 
 
+def ingest(instance, lake, robot: str, assets=(log_manifest, episodes)):
+    """Materialize one robot-day partition of the ingest assets against the real local lake."""
+    instance.add_dynamic_partitions(ROBOTS.name, [robot])
+    result = dg.materialize([raw_fleet_logs, log_manifest, episodes], selection=list(assets), instance=instance,
+                            resources={"lake": LakeResource(root=str(lake.root))},
+                            partition_key=robot_day_key(robot, DAY))
+    assert result.success
+    return result
+
+
 def tick(instance, lake, cursor=None):
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": LakeResource(root=str(lake.root))})
     return raw_log_sensor(context)
@@ -58,12 +68,8 @@ def test_same_file_again_requests_nothing(lake):
 
 def test_reupload_of_ingested_content_requests_nothing_but_a_changed_day_does(lake, tmp_path):
     day = upload(lake, "r201")
-    resources = {"lake": LakeResource(root=str(lake.root))}
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(ROBOTS.name, ["r201"])
-        result = dg.materialize([raw_fleet_logs, log_manifest], selection=[log_manifest], instance=instance,
-                                resources=resources, partition_key=robot_day_key("r201", DAY))
-        assert result.success
+        ingest(instance, lake, "r201", assets=(log_manifest,))
         # Touch every file: a re-upload of identical bytes.
         for key in day.keys:
             os.utime(lake.path(key))
@@ -91,12 +97,8 @@ def test_bad_keys_are_skipped_not_fatal(lake, tmp_path):
 def test_log_manifest_and_episodes_materialize_with_checks(lake):
     upload(lake, "r201", episodes=4)
     (lake.root / "raw" / "robot=r201" / f"date={DAY}" / "broken.mcap").write_bytes(b"not an mcap file")
-    resources = {"lake": LakeResource(root=str(lake.root))}
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(ROBOTS.name, ["r201"])
-        result = dg.materialize([raw_fleet_logs, log_manifest, episodes], selection=[log_manifest, episodes],
-                                instance=instance, resources=resources, partition_key=robot_day_key("r201", DAY))
-        assert result.success
+        result = ingest(instance, lake, "r201")
         manifest = lake.read_json(f"manifests/robot=r201/date={DAY}/manifest.json")
         verdicts = {f["key"].rsplit("/", 1)[-1]: f["verdict"] for f in manifest["files"]}
         assert verdicts["broken.mcap"] == "rejected"
@@ -119,12 +121,8 @@ def test_flaky_network_fails_the_sync_check_as_a_warning(lake):
 
     profile = replace(sample_profile("r202", seed=0), burst_drop_rate=4.0)
     simulate_robot_day(lake, profile, DAY, episodes=4, seed=3)
-    resources = {"lake": LakeResource(root=str(lake.root))}
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(ROBOTS.name, ["r202"])
-        result = dg.materialize([raw_fleet_logs, log_manifest, episodes], selection=[log_manifest, episodes],
-                                instance=instance, resources=resources, partition_key=robot_day_key("r202", DAY))
-        assert result.success
+        result = ingest(instance, lake, "r202")
         evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
         assert not evals["sync_skew"].passed
         assert evals["sync_skew"].severity == dg.AssetCheckSeverity.WARN

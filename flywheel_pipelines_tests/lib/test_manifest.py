@@ -18,6 +18,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from flywheel_pipelines.lib.rosbag.manifest import FileManifest, TopicStats, inspect_log
 from flywheel_pipelines.lib.rosbag.reader import iter_messages
+from flywheel_pipelines_tests.conftest import require_real_logs
 from flywheel_pipelines_tests.lib.test_rosbag_reader import (
     JOINT_STATE_MSGDEF,
     PERIOD_NS,
@@ -106,8 +107,7 @@ def chunk_indexes(path: Path) -> list:
 
 @pytest.mark.parametrize("relative", sorted(REAL_LOG_COUNTS))
 def test_real_logs(relative: str) -> None:
-    if not REAL_LOGS.is_dir():
-        pytest.skip(f"real logs not present at {REAL_LOGS} (a sibling of the repository)")
+    require_real_logs()
     path = REAL_LOGS / relative
 
     manifest = inspect_log(path)
@@ -132,8 +132,7 @@ def test_real_logs(relative: str) -> None:
 
 
 def test_joint_state_stream_has_its_rate() -> None:
-    if not REAL_LOGS.is_dir():
-        pytest.skip(f"real logs not present at {REAL_LOGS} (a sibling of the repository)")
+    require_real_logs()
     manifest = inspect_log(REAL_LOGS / "ros1/plotjuggler__fake_joint_state.bag")
     (topic,) = manifest.topics
     assert topic.rate_hz == pytest.approx(1000, rel=0.01)  # "about 1 kHz", says the README
@@ -404,8 +403,7 @@ def test_rosbag2_folder_without_metadata_is_recovered(tmp_path: Path) -> None:
 
 
 def test_truncated_ros1_bag_is_rejected_not_raised(tmp_path: Path) -> None:
-    if not REAL_LOGS.is_dir():
-        pytest.skip(f"real logs not present at {REAL_LOGS} (a sibling of the repository)")
+    require_real_logs()
     source = REAL_LOGS / "ros1/plotjuggler__fake_joint_state.bag"
     path = tmp_path / source.name
     path.write_bytes(source.read_bytes()[:100_000])
@@ -417,8 +415,7 @@ def test_truncated_ros1_bag_is_rejected_not_raised(tmp_path: Path) -> None:
 
 
 def test_sqlite_rosbag2_with_corrupt_database_is_rejected(tmp_path: Path) -> None:
-    if not REAL_LOGS.is_dir():
-        pytest.skip(f"real logs not present at {REAL_LOGS} (a sibling of the repository)")
+    require_real_logs()
     folder = tmp_path / "bag"
     folder.mkdir()
     source = REAL_LOGS / "rosbag2/plotjuggler__rosbag2_test"

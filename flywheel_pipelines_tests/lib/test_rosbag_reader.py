@@ -19,6 +19,7 @@ from flywheel_pipelines.lib.rosbag.reader import (
     iter_decoded,
     iter_messages,
 )
+from flywheel_pipelines_tests.conftest import require_real_logs
 
 REAL_LOGS = Path(__file__).resolve().parents[3] / "shared" / "real-logs"
 
@@ -236,8 +237,7 @@ def test_undecodable_messages_are_skipped_and_counted(tmp_path: Path) -> None:
     ],
 )
 def test_real_logs_match_mcap_reader_and_decode(relative: str) -> None:
-    if not REAL_LOGS.is_dir():
-        pytest.skip(f"real logs not present at {REAL_LOGS} (a sibling of the repository)")
+    require_real_logs()
     path = REAL_LOGS / relative
     stats = ReadStats()
 
