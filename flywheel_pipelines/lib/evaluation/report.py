@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from flywheel_pipelines.lib import markdown
 from flywheel_pipelines.lib.evaluation.rollout import EpisodeResult
 from flywheel_pipelines.lib.evaluation.stats import wilson_interval
 
@@ -116,15 +117,16 @@ def report_markdown(
         f"Suite: {suite['episodes']} episodes, seed {suite['seed']}, per-robot physics randomized "
         "(friction, damping, actuator gain and latency, sensor noise).",
         "",
-        "| policy | success | 95% CI | mean time to goal | mean final error | joint-limit hits |",
-        "| --- | --- | --- | --- | --- | --- |",
+        markdown.table(
+            ["policy", "success", "95% CI", "mean time to goal", "mean final error", "joint-limit hits"],
+            [(s.policy, f"{s.successes}/{s.episodes} ({s.success_rate:.1%})", f"{s.ci_low:.1%} – {s.ci_high:.1%}",
+              f"{_fmt(s.mean_time_to_goal_s, '.2f')} s", f"{s.mean_final_error_m * 100:.1f} cm", s.joint_limit_hits)
+             for s in summaries],
+        ),
+        "",
+        f"![success by policy]({plot_name})",
+        "",
     ]
-    for s in summaries:
-        lines.append(
-            f"| {s.policy} | {s.successes}/{s.episodes} ({s.success_rate:.1%}) | {s.ci_low:.1%} – {s.ci_high:.1%} "
-            f"| {_fmt(s.mean_time_to_goal_s, '.2f')} s | {s.mean_final_error_m * 100:.1f} cm | {s.joint_limit_hits} |"
-        )
-    lines += ["", f"![success by policy]({plot_name})", ""]
     return "\n".join(lines)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from flywheel_pipelines.lib import markdown
+from flywheel_pipelines.lib.storage import sha256_file
 
 SUMS = "SHA256SUMS"
 LINEAGE = "lineage.json"
@@ -17,7 +19,7 @@ def write_sha256sums(bundle_dir: Path) -> str:
     """Write SHA256SUMS (``sha256sum -c`` format) over every other file; returns its text."""
     lines = []
     for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file() and p.name != SUMS):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_file(path)
         lines.append(f"{digest}  {path.relative_to(bundle_dir).as_posix()}")
     text = "\n".join(lines) + "\n"
     (bundle_dir / SUMS).write_text(text)
@@ -52,7 +54,7 @@ def verify_bundle(bundle_dir: Path) -> Verification:
             problems.append(f"{sums}:{lineno}: path {rel!r} escapes the bundle")
         elif not path.is_file():
             problems.append(f"{rel}: missing")
-        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        elif sha256_file(path) != digest:
             problems.append(f"{rel}: checksum mismatch")
     for path in bundle_dir.rglob("*"):
         rel = path.relative_to(bundle_dir).as_posix()
@@ -64,9 +66,10 @@ def verify_bundle(bundle_dir: Path) -> Verification:
 def model_card(*, release: dict, policy: dict, dataset: dict, evaluation: dict, parity: dict) -> str:
     """The human-readable summary that ships with a release."""
     cand = evaluation["summaries"][0]
-    rows = "\n".join(
-        f"| {s['policy']} | {s['success_rate']:.1%} | {s['ci_low']:.1%} – {s['ci_high']:.1%} |"
-        for s in evaluation["summaries"]
+    rows = markdown.table(
+        ["policy", "success", "95% CI"],
+        [(s["policy"], f"{s['success_rate']:.1%}", f"{s['ci_low']:.1%} – {s['ci_high']:.1%}")
+         for s in evaluation["summaries"]],
     )
     return f"""# Model card: {release['name']} {release['version']}
 
@@ -84,8 +87,6 @@ Control rate: {policy['fps']} Hz. Runtime: ONNX (opset {parity['opset']}), file 
 - full lineage down to raw files and their sha256: `{LINEAGE}`
 
 ## How well it works (simulation, {cand['episodes']} episodes, randomized physics)
-| policy | success | 95% CI |
-| --- | --- | --- |
 {rows}
 
 Gate: {'passed' if evaluation['gate']['passed'] else 'FAILED'} — {'; '.join(evaluation['gate']['reasons'])}
