@@ -310,6 +310,9 @@ class _Unit:
     uncompressed_crc: int = 0
     # chunk: channel id -> messages, from the MessageIndex records that follow it (None: absent)
     index_counts: dict[int, int] | None = None
+    # chunk: (file offset, body length) of each MessageIndex record after it; the columnar reader
+    # reads their (log time, offset) entries to find messages without walking the chunk.
+    index_records: list[tuple[int, int]] = field(default_factory=list)
     loaded: bool = False
 
 
@@ -509,6 +512,7 @@ class _McapScan:
                 if counts is None:
                     counts = self._units[-1].index_counts = {}
                 counts[channel_id] = counts.get(channel_id, 0) + records_length // 16
+                self._units[-1].index_records.append((body, length))
         elif opcode == Opcode.MESSAGE:
             if length < _MESSAGE_PREFIX.size:
                 self._problem(f"message record at byte {pos} is too short ({length} bytes)")
