@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from flywheel_pipelines.lib.episodes.embodiment import Embodiment, FeatureMapping
-from flywheel_pipelines.lib.rosbag.reader import ReadStats, iter_decoded
+from flywheel_pipelines.lib.rosbag.columnar import TopicColumns, TopicRequest, read_columns
+from flywheel_pipelines.lib.rosbag.reader import ReadStats
 
 _NS_PER_MS = 1_000_000
 
@@ -70,43 +71,6 @@ class Standardized:
     undecodable: int
 
 
-def _field(msg, path: str):
-    value = msg
-    for part in path.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def _message_values(msg, feature: FeatureMapping) -> np.ndarray:
-    out = []
-    for path in feature.fields:
-        value = _field(msg, path)
-        if isinstance(value, (list, tuple, np.ndarray)):
-            arr = np.asarray(value, dtype=np.float64)
-            if feature.joint_names is not None:
-                names = list(msg.name)
-                if arr.size == 0:
-                    arr = np.full(len(feature.joint_names), np.nan)
-                else:
-                    arr = np.array([arr[names.index(j)] if j in names else np.nan for j in feature.joint_names])
-            out.extend(arr.tolist())
-        else:
-            out.append(float(value))
-    if len(out) != feature.dim:
-        out = (out + [np.nan] * feature.dim)[: feature.dim]
-    return np.asarray(out, dtype=np.float64)
-
-
-def _stamp(raw, msg, clock: str) -> int:
-    if clock == "header":
-        header = getattr(msg, "header", None)
-        if header is not None:
-            return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-        # Messages without a header (events) carry the publisher's send time.
-        return int(raw.publish_time_ns or raw.log_time_ns)
-    return int(raw.log_time_ns)
-
-
 def _parse_event(text: str) -> dict:
     try:
         payload = json.loads(text)
@@ -125,38 +89,111 @@ class Extracted:
     undecodable: int
 
 
+def _requests(emb: Embodiment) -> dict[str, TopicRequest]:
+    numeric: dict[str, list[str]] = {}
+    names: set[str] = set()
+    for feature in emb.features:
+        paths = numeric.setdefault(feature.topic, [])
+        paths.extend(f for f in feature.fields if f not in paths)
+        if feature.joint_names is not None:
+            names.add(feature.topic)
+    stamp = emb.clock == "header"
+    requests = {t: TopicRequest(tuple(p), ("name",) if t in names else (), stamp) for t, p in numeric.items()}
+    if emb.events_topic:
+        requests[emb.events_topic] = TopicRequest((), ("data",), stamp)
+    return requests
+
+
+def _feature_values(columns: TopicColumns, feature: FeatureMapping) -> np.ndarray:
+    """The (n, dim) values of one feature; JointState-style arrays reordered by joint name."""
+    n = len(columns)
+    parts = []
+    for path in feature.fields:
+        values = columns.numeric[path]
+        if feature.joint_names is not None:
+            values = _by_joint_name(columns, values, feature.joint_names)
+        parts.append(values)
+    out = np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
+    if out.shape[1] != feature.dim:
+        fixed = np.full((n, feature.dim), np.nan)
+        width = min(out.shape[1], feature.dim)
+        fixed[:, :width] = out[:, :width]
+        out = fixed
+    return out
+
+
+def _by_joint_name(columns: TopicColumns, values: np.ndarray, joints: tuple[str, ...]) -> np.ndarray:
+    """Columns in the mapping's joint order, NaN for a joint the message does not carry.
+
+    Done once per message layout (a stream almost always keeps its names), per message only for
+    messages decoded on their own.
+    """
+    out = np.full((len(values), len(joints)), np.nan)
+    padded = np.concatenate([values, np.full((len(values), 1), np.nan)], axis=1)  # column -1: NaN
+
+    def order(names: list[str]) -> np.ndarray:
+        index = {name: i for i, name in enumerate(names)}
+        return np.array([index.get(j, -1) if index.get(j, -1) < values.shape[1] else -1 for j in joints])
+
+    for layout in np.unique(columns.layout).tolist():
+        rows = np.flatnonzero(columns.layout == layout)
+        if layout >= 0:
+            out[rows] = padded[rows][:, order(columns.text_of_layout[layout]["name"])]
+        else:
+            names = columns.text["name"]
+            for r in rows.tolist():
+                out[r] = padded[r, order(names[r])]
+    return out
+
+
+def _clock(columns: TopicColumns, clock: str) -> np.ndarray:
+    if clock == "header":
+        if columns.stamp is not None:
+            return columns.stamp
+        # Messages without a header (events, Float64MultiArray commands) carry the send time.
+        return np.where(columns.publish_time > 0, columns.publish_time, columns.log_time)
+    return columns.log_time
+
+
 def extract_streams(files: Sequence[SourceFile], emb: Embodiment) -> Extracted:
     """Decode the mapped topics and the event topic of all files, on the mapping's clock."""
     by_topic: dict[str, list[FeatureMapping]] = {}
     for feature in emb.features:
         by_topic.setdefault(feature.topic, []).append(feature)
-    topics = set(by_topic) | {emb.events_topic}
-    stamps: dict[str, list[int]] = {t: [] for t in by_topic}
+    requests = _requests(emb)
+    stamps: dict[str, list[np.ndarray]] = {t: [] for t in by_topic}
     values: dict[str, list[np.ndarray]] = {t: [] for t in by_topic}
     events: list[Event] = []
     undecodable = 0
     file_ranges: dict[str, tuple[int, int]] = {}
     for source in files:
         stats = ReadStats(source=source.key)
+        columns = read_columns(source.path, requests, stats=stats)
+        undecodable += stats.undecodable
         lo, hi = None, None
-        for raw, msg in iter_decoded(source.path, topics=topics, stats=stats):
-            t = _stamp(raw, msg, emb.clock)
-            lo, hi = (t, t) if lo is None else (min(lo, t), max(hi, t))
-            if raw.topic == emb.events_topic:
-                events.append(Event(t, _parse_event(str(msg.data))))
+        for topic, cols in columns.items():
+            if not len(cols):
+                continue
+            # Log-time order first, so that "stamps going backwards" means what the robot sent.
+            order = np.argsort(cols.log_time, kind="stable")
+            t = _clock(cols, emb.clock)[order]
+            lo = int(t.min()) if lo is None else min(lo, int(t.min()))
+            hi = int(t.max()) if hi is None else max(hi, int(t.max()))
+            if topic == emb.events_topic:
+                data = cols.text["data"]
+                events.extend(Event(int(ti), _parse_event(str(data[i]))) for ti, i in zip(t, order.tolist(), strict=True))
                 continue
             # A topic feeding several features is decoded once with all their fields.
-            row = np.concatenate([_message_values(msg, f) for f in by_topic[raw.topic]])
-            stamps[raw.topic].append(t)
-            values[raw.topic].append(row)
-        undecodable += stats.undecodable
+            row = np.concatenate([_feature_values(cols, f) for f in by_topic[topic]], axis=1)
+            stamps[topic].append(t)
+            values[topic].append(row[order])
         if lo is not None:
             file_ranges[source.key] = (lo, hi)
     streams = {}
     for topic in by_topic:
         width = sum(f.dim for f in by_topic[topic])
-        st = np.asarray(stamps[topic], dtype=np.int64)
-        vals = np.asarray(values[topic], dtype=np.float64).reshape(len(st), width)
+        st = np.concatenate(stamps[topic]) if stamps[topic] else np.zeros(0, np.int64)
+        vals = np.concatenate(values[topic]) if values[topic] else np.zeros((0, width))
         non_mono = int(np.sum(np.diff(st) < 0)) if len(st) > 1 else 0
         order = np.argsort(st, kind="stable")
         streams[topic] = Stream(topic, st[order], vals[order], non_mono)

@@ -1,0 +1,631 @@
+"""Columnar decoding of ROS 2 (CDR) messages: one layout per stream, numpy gathers per batch.
+
+A robot's streams keep their layout from message to message: a JointState carries the same joint
+names, the same array lengths and the same frame id for hours. So the offsets of the wanted
+fields are the same too. This module walks one message with a small CDR interpreter to find them
+(a :class:`Template`), then reads a whole batch of messages at once with numpy: it gathers the
+bytes that decide the layout (every length prefix, plus the strings the caller asked for) and
+compares them with the template's, and for the messages that match it gathers each wanted field
+at its offset. A message that does not match gets a template of its own (streams with a few
+layouts, e.g. a gripper that comes and goes) and past :data:`MAX_TEMPLATES` per stream it is
+walked on its own (the general decoder), which is still a walk over offsets, not a tree of
+Python objects.
+
+Only what precedes the last wanted field matters: a CompressedImage whose caller wants the header
+stamp never has its image bytes looked at, whatever their size.
+
+Message definitions come from the log itself (MCAP schemas, rosbag2 type descriptions) and are
+parsed with rosbags' type system; nothing here needs a ROS installation.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.base import Nodetype
+
+__all__ = ["MAX_TEMPLATES", "CdrError", "Columns", "MessageType", "StreamDecoder", "parse_path"]
+
+# Beyond this many distinct layouts a stream's odd messages are walked one by one.
+MAX_TEMPLATES = 16
+_SIZES = {
+    "bool": 1, "byte": 1, "char": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2,
+    "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "float32": 4, "float64": 8,
+}
+_KINDS = {
+    "bool": "u", "byte": "u", "char": "u", "uint8": "u", "uint16": "u", "uint32": "u", "uint64": "u",
+    "int8": "i", "int16": "i", "int32": "i", "int64": "i", "float32": "f", "float64": "f",
+}
+_U32 = {True: struct.Struct("<I"), False: struct.Struct(">I")}
+
+
+class CdrError(ValueError):
+    """A message that does not match its definition, or a definition that cannot be used."""
+
+
+def parse_path(path: str) -> tuple[str | int, ...]:
+    """``"transforms[0].transform.translation.x"`` -> ``("transforms", 0, "transform", ...)``."""
+    parts: list[str | int] = []
+    for piece in path.split("."):
+        name, _, rest = piece.partition("[")
+        if not name:
+            raise CdrError(f"field path {path!r}: empty name")
+        parts.append(name)
+        while rest:
+            index, _, rest = rest.partition("]")
+            if not index.isdigit():
+                raise CdrError(f"field path {path!r}: index must be a number")
+            parts.append(int(index))
+            rest = rest.removeprefix("[")
+    return tuple(parts)
+
+
+# -- message definitions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One field of a compiled message definition."""
+
+    name: str
+    kind: str  # prim | string | msg | prim_array | string_array | msg_array
+    base: str = ""  # primitive type name
+    length: int | None = None  # fixed array length; None: a sequence (length prefix)
+    sub: str = ""  # nested message type
+
+
+class MessageType:
+    """A ROS 2 message type and the types it uses, compiled to field lists for the walker."""
+
+    def __init__(self, name: str, fielddefs: dict[str, tuple]):
+        self.name = name
+        self._ops: dict[str, list[_Op]] = {}
+        self._compile(name, fielddefs)
+
+    @classmethod
+    def from_msgdef(cls, name: str, text: str) -> MessageType:
+        """From the concatenated ``.msg`` text a ROS 2 recorder stores as its schema (cached)."""
+        return _from_msgdef(cls, name, text)
+
+    @classmethod
+    def _parse_msgdef(cls, name: str, text: str) -> MessageType:
+        try:
+            types = get_types_from_msg(text, name)
+        except Exception as exc:  # noqa: BLE001 - the definition text is untrusted input
+            raise CdrError(f"message definition of {name!r} cannot be parsed: {exc}") from None
+        return cls.from_types(name, types)
+
+    @classmethod
+    def from_types(cls, name: str, types: dict) -> MessageType:
+        store = get_typestore(Stores.EMPTY)
+        try:
+            store.register(types)
+        except Exception as exc:  # noqa: BLE001
+            raise CdrError(f"message definition of {name!r} cannot be used: {exc}") from None
+        return cls(name, store.fielddefs)
+
+    def ops(self, typename: str | None = None) -> list[_Op]:
+        return self._ops[typename or self.name]
+
+    def _compile(self, typename: str, fielddefs: dict[str, tuple]) -> None:
+        if typename in self._ops:
+            return
+        if typename not in fielddefs:
+            raise CdrError(f"message type {typename!r} is used but not defined")
+        ops: list[_Op] = []
+        self._ops[typename] = ops
+        for fname, (nodetype, desc) in fielddefs[typename][1]:
+            length: int | None = None
+            suffix = ""
+            if nodetype in (Nodetype.ARRAY, Nodetype.SEQUENCE):
+                (element, desc), bound = desc
+                length = bound if nodetype == Nodetype.ARRAY else None
+                nodetype, suffix = element, "_array"
+            if nodetype == Nodetype.BASE:
+                base = desc[0]
+                if base == "string" or base == "wstring":
+                    ops.append(_Op(fname, "string" + suffix, base, length))
+                elif base in _SIZES:
+                    ops.append(_Op(fname, "prim" + suffix, base, length))
+                else:
+                    raise CdrError(f"{typename}.{fname}: unsupported primitive type {base!r}")
+            else:
+                self._compile(desc, fielddefs)
+                ops.append(_Op(fname, "msg" + suffix, length=length, sub=desc))
+
+
+@functools.lru_cache(maxsize=256)
+def _from_msgdef(cls: type[MessageType], name: str, text: str) -> MessageType:
+    return cls._parse_msgdef(name, text)
+
+
+# -- the walker --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Found:
+    """What walking one message found: the wanted fields' places and the bytes deciding them."""
+
+    numeric: dict[str, tuple[int, str, int]] = field(default_factory=dict)  # path -> (offset, dtype, count)
+    text: dict[str, object] = field(default_factory=dict)  # path -> str | list[str]
+    structure: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) of layout bytes
+    end: int = 0  # one past the last byte read
+
+
+class _Trie(dict):
+    """Wanted paths: name -> sub-trie; a leaf (whole field wanted) is an empty trie with ``path``."""
+
+    path: str | None = None
+
+
+def _build_trie(paths: Iterable[str]) -> _Trie:
+    root = _Trie()
+    for path in paths:
+        node = root
+        for part in parse_path(path):
+            node = node.setdefault(part, _Trie())
+        node.path = path
+    return root
+
+
+class _Walker:
+    """Finds the wanted fields of one CDR payload (encapsulation header included)."""
+
+    def __init__(self, mtype: MessageType, wanted: Iterable[str], keep_text: Iterable[str] = ()):
+        self.mtype = mtype
+        self.trie = _build_trie(wanted)
+        self.keep_text = frozenset(keep_text)  # string fields whose content decides a template
+        self._check(self.trie, mtype.name, "")
+
+    def _check(self, trie: _Trie, typename: str, prefix: str) -> None:
+        ops = {op.name: op for op in self.mtype.ops(typename)}
+        for name, sub in trie.items():
+            op = ops.get(name) if isinstance(name, str) else None
+            where = f"{self.mtype.name}: field {prefix}{name}"
+            if op is None:
+                raise CdrError(f"{where} does not exist (fields: {', '.join(ops)})")
+            if op.kind.startswith("msg"):
+                if op.kind == "msg_array":
+                    for index, elem in sub.items():
+                        if not isinstance(index, int):
+                            raise CdrError(f"{where} is an array of {op.sub}: give an index, e.g. {name}[0]")
+                        self._check(elem, op.sub, f"{prefix}{name}[{index}].")
+                else:
+                    if sub.path is not None and not sub:
+                        raise CdrError(f"{where} is a {op.sub} message: name one of its fields")
+                    self._check(sub, op.sub, f"{prefix}{name}.")
+            elif sub:
+                raise CdrError(f"{where} is a {op.base}{'[]' if 'array' in op.kind else ''}, it has no subfields")
+
+    def walk(self, data: bytes | memoryview, start: int = 0, length: int | None = None) -> _Found:
+        """Walks the payload ``data[start:start+length]``; offsets in the result are from ``start``."""
+        length = len(data) - start if length is None else length
+        if length < 4:
+            raise CdrError(f"payload of {length} bytes is shorter than the CDR encapsulation header")
+        kind = data[start + 1]
+        if data[start] != 0 or kind not in (0, 1):
+            raise CdrError(f"unknown CDR encapsulation {bytes(data[start:start + 2]).hex()}")
+        found = _Found(structure=[(0, 2)])
+        self._le = kind == 1
+        self._u32 = _U32[self._le]
+        self._data, self._base, self._limit = data, start + 4, length - 4
+        try:
+            pos = self._walk(self.mtype.name, self.trie, 0, found, True)
+        except (struct.error, IndexError):
+            raise CdrError("payload ends before its last field") from None
+        found.end = pos + 4
+        return found
+
+    def _need(self, pos: int, size: int) -> None:
+        if pos + size > self._limit:
+            raise CdrError(f"payload ends at byte {self._limit + 4}, a field needs bytes up to {pos + size + 4}")
+
+    def _count(self, pos: int, found: _Found) -> tuple[int, int]:
+        pos = (pos + 3) & -4
+        self._need(pos, 4)
+        (n,) = self._u32.unpack_from(self._data, self._base + pos)
+        found.structure.append((pos + 4, 4))
+        return n, pos + 4
+
+    def _string(self, pos: int, found: _Found, keep: bool) -> tuple[str | None, int]:
+        n, pos = self._count(pos, found)
+        self._need(pos, n)
+        if keep:
+            found.structure.append((pos + 4, n))
+        text = bytes(self._data[self._base + pos : self._base + pos + max(n - 1, 0)])
+        return (text.decode("utf-8", "replace") if keep else None), pos + n
+
+    def _walk(self, typename: str, trie: _Trie | None, pos: int, found: _Found, last_wanted: bool) -> int:
+        """Walks one message; ``last_wanted``: nothing after it is wanted, so it may stop early."""
+        ops = self.mtype.ops(typename)
+        if trie is not None and last_wanted:
+            # Nothing after the last wanted field can move a wanted offset: stop there.
+            ops = ops[: max((i for i, op in enumerate(ops) if op.name in trie), default=-1) + 1]
+        final = len(ops) - 1
+        for number, op in enumerate(ops):
+            sub = trie.get(op.name) if trie is not None else None
+            kind = op.kind
+            if kind == "prim":
+                size = _SIZES[op.base]
+                pos = (pos + size - 1) & -size
+                self._need(pos, size)
+                if sub is not None:
+                    found.numeric[sub.path] = (pos + 4, self._dtype(op.base), 1)
+                pos += size
+            elif kind == "prim_array":
+                size = _SIZES[op.base]
+                if op.length is None:
+                    n, pos = self._count(pos, found)
+                else:
+                    n = op.length
+                if n:
+                    pos = (pos + size - 1) & -size
+                self._need(pos, n * size)
+                if sub is not None:
+                    found.numeric[sub.path] = (pos + 4, self._dtype(op.base), n)
+                pos += n * size
+            elif kind == "string":
+                keep = sub is not None
+                value, pos = self._string(pos, found, keep)
+                if keep:
+                    found.text[sub.path] = value
+            elif kind == "string_array":
+                if op.length is None:
+                    n, pos = self._count(pos, found)
+                else:
+                    n = op.length
+                keep = sub is not None
+                values = []
+                for _ in range(n):
+                    value, pos = self._string(pos, found, keep)
+                    values.append(value)
+                if keep:
+                    found.text[sub.path] = values
+            elif kind == "msg":
+                pos = self._walk(op.sub, sub, pos, found, last_wanted and number == final)
+            else:  # msg_array
+                if op.length is None:
+                    n, pos = self._count(pos, found)
+                else:
+                    n = op.length
+                wanted = [i for i in (sub or {}) if isinstance(i, int)]
+                last = max(wanted, default=-1)
+                stop = last_wanted and number == final and sub is not None
+                for index in range(min(n, last + 1) if stop else n):
+                    elem = sub.get(index) if sub is not None else None
+                    pos = self._walk(op.sub, elem, pos, found, stop and index == last)
+                if sub is not None and last >= n:
+                    # The element is absent in this message: the field reads as missing (NaN).
+                    for index in wanted:
+                        if index >= n:
+                            _missing(sub[index], found)
+        return pos
+
+    def _dtype(self, base: str) -> str:
+        return ("<" if self._le else ">") + _KINDS[base] + str(_SIZES[base])
+
+
+def _missing(trie: _Trie, found: _Found) -> None:
+    if trie.path is not None:
+        found.numeric.setdefault(trie.path, (0, "<f8", 0))
+    for sub in trie.values():
+        _missing(sub, found)
+
+
+# -- the general decoder: a walk compiled to Python per stream ---------------------------------------
+
+
+_GUARD = "if c > L - r: raise CdrError('a sequence length runs past the payload')"
+
+
+def _strings(data: bytes, misalign: int, length: int | None) -> list[str]:
+    """A CDR string array from its bytes (with its count when ``length`` is None)."""
+    pos, out = 0, []
+    if length is None:
+        (length,) = _U32[True].unpack_from(data, 0)
+        pos = 4
+    for _ in range(length):
+        pos = ((pos + misalign + 3) & -4) - misalign
+        (n,) = _U32[True].unpack_from(data, pos)
+        out.append(data[pos + 4 : pos + 3 + n].decode("utf-8", "replace"))
+        pos += 4 + n
+    return out
+
+
+class _FastWalk:
+    """A per-message walk compiled to straight-line Python for one type and one set of wanted paths.
+
+    Used for messages no template covers. It computes the wanted fields' offsets and counts (the
+    values are then gathered for all such messages at once) and decodes the wanted strings, and
+    never builds the message's object tree, which is why it is quicker than a full deserializer.
+    Little-endian CDR only; anything else goes to :class:`_Walker`.
+    """
+
+    def __init__(self, mtype: MessageType, numeric: Sequence[str], text: Sequence[str]):
+        self.numeric, self.text = tuple(numeric), tuple(text)
+        self.dtypes: dict[str, str] = {}
+        self._lines: list[str] = []
+        self._functions: dict[tuple[str, int | None], str] = {}
+        self._tries: list[_Trie] = []
+        trie = _build_trie([*numeric, *text])
+        slots = {path: i for i, path in enumerate([*self.numeric, *self.text])}
+        entry = self._function(mtype, mtype.name, trie, slots, True)
+        self.cache: dict[bytes, list[str]] = {}
+        namespace = {"U": _U32[True].unpack_from, "CdrError": CdrError, "strings": _strings, "S": self.cache}
+        exec(compile("\n".join(self._lines), f"<cdr walk {mtype.name}>", "exec"), namespace)  # noqa: S102 - our own generated code
+        # entry(data, origin, 0, payload length - 4, out) -> end; fills out with, in order of the
+        # numeric then the text paths, (offset from the origin, count) or the decoded text.
+        self.entry = namespace[entry]
+        self.slots = len(slots)
+
+    def _function(self, mtype: MessageType, typename: str, trie: _Trie | None, slots: dict[str, int], tail: bool) -> str:
+        key = (typename, None if trie is None else id(trie), tail)
+        if key in self._functions:
+            return self._functions[key]
+        name = f"w{len(self._functions)}"
+        self._functions[key] = name
+        if trie is not None:
+            self._tries.append(trie)  # keep alive: its id is part of the key
+        ops = mtype.ops(typename)
+        if trie is not None and tail:
+            ops = ops[: max((i for i, op in enumerate(ops) if op.name in trie), default=-1) + 1]
+        body: list[str] = []
+        final = len(ops) - 1
+        for number, op in enumerate(ops):
+            sub = trie.get(op.name) if trie is not None else None
+            slot = slots.get(sub.path) if sub is not None and sub.path is not None else None
+            last = tail and number == final
+            body.extend(self._op(mtype, op, sub, slot, slots, last))
+        self._lines.append(f"def {name}(d, o, r, L, out):")
+        self._lines.extend("    " + line for line in body or ["pass"])
+        self._lines.append("    return r")
+        return name
+
+    def _op(
+        self, mtype: MessageType, op: _Op, sub: _Trie | None, slot: int | None, slots: dict[str, int], last: bool
+    ) -> list[str]:
+        lines: list[str] = []
+        count = "c" if op.length is None else str(op.length)
+        if op.length is None and op.kind in ("prim_array", "msg_array"):
+            lines += ["r = (r + 3) & -4", "c = U(d, o + r)[0]", "r += 4", _GUARD]
+        if op.kind in ("prim", "prim_array"):
+            size = _SIZES[op.base]
+            n = "1" if op.kind == "prim" else count
+            if sub is not None and slot is not None:
+                self.dtypes[sub.path] = "<" + _KINDS[op.base] + str(size)
+            if size > 1:
+                align = f"r = (r + {size - 1}) & -{size}"
+                lines.append(align if op.kind == "prim" or op.length else f"if c: {align}")
+            if slot is not None:
+                lines.append(f"out[{slot}] = (r, {n})")
+            lines.append(f"r += {size} * {n}" if n != "1" else f"r += {size}")
+        elif op.kind == "string":
+            lines += ["r = (r + 3) & -4", "n = U(d, o + r)[0]"]
+            if slot is not None:
+                lines.append(f"out[{slot}] = d[o + r + 4 : o + r + 3 + n].tobytes().decode('utf-8', 'replace')")
+            lines.append("r += 4 + n")
+        elif op.kind == "string_array":
+            if op.length is None:
+                lines += ["r = (r + 3) & -4", "r0 = r", "c = U(d, o + r)[0]", "r += 4", _GUARD]
+            else:
+                lines.append("r0 = r")
+            lines += [f"for _ in range({count}):", "    r = (r + 3) & -4", "    r += 4 + U(d, o + r)[0]"]
+            if slot is not None:
+                # Joint names and the like repeat: each distinct list is decoded once, cached by
+                # its bytes (the count included).
+                lines += ["k = d[o + r0 : o + r].tobytes()", "v = S.get(k)",
+                          f"if v is None: v = S[k] = strings(k, r0 & 3, {op.length})", f"out[{slot}] = v"]
+        elif op.kind == "msg":
+            fn = self._function(mtype, op.sub, sub, slots, last)
+            lines.append(f"r = {fn}(d, o, r, L, out)")
+        else:  # msg_array
+            wanted = sorted(i for i in (sub or {}) if isinstance(i, int))
+            skip = self._function(mtype, op.sub, None, slots, False)
+            if not wanted:
+                lines += [f"for _ in range({count}):", f"    r = {skip}(d, o, r, L, out)"]
+            else:
+                lines.append(f"for i in range({count}):")
+                for index in wanted:
+                    fn = self._function(mtype, op.sub, sub[index], slots, False)
+                    lines.append(f"    if i == {index}: r = {fn}(d, o, r, L, out); continue")
+                lines.append(f"    r = {skip}(d, o, r, L, out)")
+                for index in wanted:
+                    missing = _Found()
+                    _missing(sub[index], missing)
+                    for path in missing.numeric:
+                        lines.append(f"if {count} <= {index}: out[{slots[path]}] = (0, 0)")
+        return lines
+
+
+# -- templates and batches -----------------------------------------------------------------------
+
+
+@dataclass
+class Template:
+    """The layout one group of messages shares."""
+
+    positions: np.ndarray  # byte offsets (in the payload) that decide the layout
+    expected: np.ndarray  # their values
+    min_length: int
+    numeric: dict[str, tuple[int, str, int]]
+    text: dict[str, object]
+
+    @classmethod
+    def from_found(cls, found: _Found) -> Template:
+        positions = np.concatenate(
+            [np.arange(off, off + n, dtype=np.int64) for off, n in found.structure] or [np.zeros(0, np.int64)]
+        )
+        return cls(positions, np.zeros(0, np.uint8), found.end, found.numeric, found.text)
+
+
+@dataclass
+class Columns:
+    """The wanted fields of a batch of messages, in the order given.
+
+    ``numeric[path]`` is float64 ``(n, k)`` (``k``: the field's element count, NaN-padded where a
+    message has fewer); ``text[path]`` is a list of str (or list of str) per message. ``layout``
+    numbers the message's layout and ``text_of_layout`` gives the text fields of each, so a caller
+    can act once per layout (e.g. reorder joints by name) instead of once per message.
+    """
+
+    numeric: dict[str, np.ndarray]
+    text: dict[str, list]
+    layout: np.ndarray  # int32 per message: index into text_of_layout, -1 for a per-message walk
+    text_of_layout: list[dict[str, object]]
+    bad: np.ndarray  # bool per message: did not decode (the reason is in ``errors``)
+    errors: list[str]
+
+
+class StreamDecoder:
+    """Decodes the wanted fields of one stream (one channel / connection) batch by batch."""
+
+    def __init__(self, mtype: MessageType, numeric: Sequence[str], text: Sequence[str] = ()):
+        self.mtype = mtype
+        self.numeric_paths = tuple(numeric)
+        self.text_paths = tuple(text)
+        self._walker = _Walker(mtype, [*numeric, *text], keep_text=text)
+        self._fast = _FastWalk(mtype, numeric, text)
+        self.templates: list[Template] = []
+        self.walked = 0  # messages decoded one by one (no template)
+        self.fast = 0  # messages decoded by a template gather
+
+    def decode(self, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Columns:
+        """``buf``: uint8 array; message ``i`` is ``buf[starts[i] : starts[i] + lengths[i]]``."""
+        n = len(starts)
+        layout = np.full(n, -1, np.int32)
+        pending = np.arange(n)
+        groups: list[tuple[int, np.ndarray]] = []
+        for number, template in enumerate(self.templates):
+            if not len(pending):
+                break
+            ok = self._matches(template, buf, starts[pending], lengths[pending])
+            if ok.any():
+                groups.append((number, pending[ok]))
+                pending = pending[~ok]
+        # Messages no stored template matches get one of their own, until the cap.
+        while len(pending) and len(self.templates) < MAX_TEMPLATES:
+            i = int(pending[0])
+            try:
+                found = self._walker.walk(buf, int(starts[i]), int(lengths[i]))
+            except CdrError:
+                break  # walked again below, which records the error
+            template = Template.from_found(found)
+            template.expected = buf[int(starts[i]) + template.positions].copy()
+            self.templates.append(template)
+            ok = self._matches(template, buf, starts[pending], lengths[pending])
+            ok[0] = True
+            groups.append((len(self.templates) - 1, pending[ok]))
+            pending = pending[~ok]
+        # Per field: (rows, absolute offsets, count, dtype) pieces to gather.
+        pieces: dict[str, list[tuple[np.ndarray, np.ndarray, int, str]]] = {p: [] for p in self.numeric_paths}
+        text: dict[str, list] = {p: [None] * n for p in self.text_paths}
+        for number, rows in groups:
+            template = self.templates[number]
+            layout[rows] = number
+            for path in self.numeric_paths:
+                offset, dtype, count = template.numeric[path]
+                pieces[path].append((rows, starts[rows] + offset, count, dtype))
+            for path in self.text_paths:
+                value = template.text[path]
+                column = text[path]
+                for r in rows.tolist():
+                    column[r] = value
+        self.fast += n - len(pending)
+        bad = np.zeros(n, bool)
+        errors: list[str] = []
+        if len(pending):
+            self._walk_each(buf, starts, lengths, pending, pieces, text, bad, errors)
+        numeric: dict[str, np.ndarray] = {}
+        for path, parts in pieces.items():
+            out = np.full((n, max((c for _, _, c, _ in parts), default=0)), np.nan)
+            for rows, offsets, count, dtype in parts:
+                if count and len(rows):
+                    out[rows, :count] = _gather(buf, offsets, dtype, count)
+            numeric[path] = out
+        return Columns(numeric, text, layout, [t.text for t in self.templates], bad, errors)
+
+    def _walk_each(self, buf, starts, lengths, pending, pieces, text, bad, errors) -> None:
+        """The general decoder: one compiled walk per message, then one gather per field and count."""
+        self.walked += len(pending)
+        first = starts[pending]
+        little = (lengths[pending] >= 4) & (buf[first] == 0) & (buf[np.minimum(first + 1, len(buf) - 1)] == 1)
+        view = memoryview(buf)  # struct and slicing are quicker on a memoryview than on numpy
+        entry, slots = self._fast.entry, self._fast.slots
+        if len(self._fast.cache) > 4096:
+            self._fast.cache.clear()
+        outs: list[list] = []
+        rows: list[int] = []
+        slow: list[int] = pending[~little].tolist()
+        fast = pending[little]
+        for i, start, length in zip(fast.tolist(), starts[fast].tolist(), lengths[fast].tolist(), strict=True):
+            out = [None] * slots
+            try:
+                end = entry(view, start + 4, 0, length - 4, out)
+            except (struct.error, IndexError, ValueError):  # CdrError is a ValueError
+                slow.append(i)
+                continue
+            if end > length - 4:
+                slow.append(i)
+                continue
+            outs.append(out)
+            rows.append(i)
+        n_numeric = len(self.numeric_paths)
+        if outs:
+            row_array = np.asarray(rows, np.int64)
+            base = starts[row_array] + 4
+            for k, path in enumerate(self.numeric_paths):
+                table = np.asarray([out[k] for out in outs], np.int64).reshape(-1, 2)
+                dtype = self._fast.dtypes.get(path, "<f8")
+                for count in np.unique(table[:, 1]).tolist():
+                    sel = table[:, 1] == count
+                    pieces[path].append((row_array[sel], base[sel] + table[sel, 0], count, dtype))
+            for k, path in enumerate(self.text_paths):
+                column = text[path]
+                for i, out in zip(rows, outs, strict=True):
+                    column[i] = out[n_numeric + k]
+        # Big-endian CDR and damaged payloads: the interpreter, which also words the error.
+        for i in slow:
+            try:
+                found = self._walker.walk(buf, int(starts[i]), int(lengths[i]))
+            except CdrError as exc:
+                bad[i] = True
+                errors.append(str(exc))
+                continue
+            for path in self.numeric_paths:
+                offset, dtype, count = found.numeric[path]
+                pieces[path].append((np.array([i]), np.array([int(starts[i]) + offset]), count, dtype))
+            for path in self.text_paths:
+                text[path][i] = found.text[path]
+
+    @staticmethod
+    def _matches(template: Template, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        ok = lengths >= template.min_length
+        if not len(template.positions) or not ok.any():
+            return ok
+        lo, hi = int(template.positions.min()), int(template.positions.max()) + 1
+        idx = np.flatnonzero(ok)
+        block = _rows(buf, starts[idx] + lo, hi - lo)
+        same = (block[:, template.positions - lo] == template.expected).all(axis=1)
+        ok[idx[~same]] = False
+        return ok
+
+
+def _rows(buf: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """``buf[s : s + width]`` for every s in ``starts``, as one (n, width) array."""
+    usable = len(buf) - width + 1
+    if usable <= 0:
+        return np.zeros((len(starts), width), np.uint8)
+    window = as_strided(buf, shape=(usable, width), strides=(buf.strides[0], buf.strides[0]), writeable=False)
+    return window[starts]
+
+
+def _gather(buf: np.ndarray, starts: np.ndarray, dtype: str, count: int) -> np.ndarray:
+    itemsize = int(dtype[2:])
+    raw = np.ascontiguousarray(_rows(buf, starts, itemsize * count))
+    return raw.view(np.dtype(dtype)).reshape(len(starts), count).astype(np.float64)
