@@ -36,6 +36,16 @@ class FeatureMapping:
 
 
 @dataclass(frozen=True)
+class ImageMapping:
+    """A camera stream. Frames reference the chosen image by its stamp; pixels are not copied."""
+
+    key: str
+    topic: str
+    rule: str = "nearest"
+    max_skew_ms: float | None = None
+
+
+@dataclass(frozen=True)
 class Embodiment:
     """A parsed, validated embodiment mapping."""
 
@@ -46,11 +56,12 @@ class Embodiment:
     clock: str
     default_task: str
     frame_anchor: str
-    events_topic: str
+    events_topic: str | None  # None: no event topic, the whole log is one episode
     features: tuple[FeatureMapping, ...]
     max_skew_ms: float
     max_gap_ms: float
     source_text: str
+    images: tuple[ImageMapping, ...] = ()
 
     @property
     def content_hash(self) -> str:
@@ -62,7 +73,7 @@ class Embodiment:
                 return f
         raise KeyError(key)
 
-    def skew_tolerance_ns(self, feature: FeatureMapping) -> int:
+    def skew_tolerance_ns(self, feature: FeatureMapping | ImageMapping) -> int:
         ms = feature.max_skew_ms if feature.max_skew_ms is not None else self.max_skew_ms
         return int(ms * 1_000_000)
 
@@ -87,6 +98,13 @@ def parse_embodiment(text: str, *, source: str = "<mapping>") -> Embodiment:
                     max_skew_ms=spec.get("max_skew_ms"),
                 )
             )
+        images = []
+        for key, spec in (raw.get("images") or {}).items():
+            rule = spec.get("rule", "nearest")
+            if rule not in ("hold", "nearest"):
+                raise MappingError(f"{source}: image {key!r} has rule {rule!r}; images are picked, not interpolated "
+                                   "(hold or nearest)")
+            images.append(ImageMapping(key, spec["topic"], rule, spec.get("max_skew_ms")))
         clock = raw.get("clock", "header")
         if clock not in CLOCKS:
             raise MappingError(f"{source}: clock must be one of {CLOCKS}, got {clock!r}")
@@ -98,11 +116,12 @@ def parse_embodiment(text: str, *, source: str = "<mapping>") -> Embodiment:
             clock=clock,
             default_task=raw.get("default_task", "default"),
             frame_anchor=raw.get("frame_anchor", "action"),
-            events_topic=raw["events"]["topic"],
+            events_topic=(raw.get("events") or {}).get("topic"),
             features=tuple(feats),
             max_skew_ms=float(raw["tolerance"]["max_skew_ms"]),
             max_gap_ms=float(raw["tolerance"]["max_gap_ms"]),
             source_text=text,
+            images=tuple(images),
         )
     except MappingError:
         raise

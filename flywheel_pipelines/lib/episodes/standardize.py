@@ -99,6 +99,8 @@ def _requests(emb: Embodiment) -> dict[str, TopicRequest]:
             names.add(feature.topic)
     stamp = emb.clock == "header"
     requests = {t: TopicRequest(tuple(p), ("name",) if t in names else (), stamp) for t, p in numeric.items()}
+    for image in emb.images:
+        requests.setdefault(image.topic, TopicRequest((), (), stamp))
     if emb.events_topic:
         requests[emb.events_topic] = TopicRequest((), ("data",), stamp)
     return requests
@@ -129,20 +131,26 @@ def _by_joint_name(columns: TopicColumns, values: np.ndarray, joints: tuple[str,
     messages decoded on their own.
     """
     out = np.full((len(values), len(joints)), np.nan)
-    padded = np.concatenate([values, np.full((len(values), 1), np.nan)], axis=1)  # column -1: NaN
 
-    def order(names: list[str]) -> np.ndarray:
-        index = {name: i for i, name in enumerate(names)}
-        return np.array([index.get(j, -1) if index.get(j, -1) < values.shape[1] else -1 for j in joints])
+    def order(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        index = {name: i for i, name in enumerate(names) if i < values.shape[1]}
+        pairs = [(k, index[j]) for k, j in enumerate(joints) if j in index]
+        return np.array([k for k, _ in pairs], np.int64), np.array([i for _, i in pairs], np.int64)
 
-    for layout in np.unique(columns.layout).tolist():
-        rows = np.flatnonzero(columns.layout == layout)
+    layouts = np.unique(columns.layout).tolist()
+    for layout in layouts:
         if layout >= 0:
-            out[rows] = padded[rows][:, order(columns.text_of_layout[layout]["name"])]
+            dst, src = order(columns.text_of_layout[layout]["name"])
+            if len(layouts) == 1:
+                out[:, dst] = values[:, src]
+            else:
+                rows = np.flatnonzero(columns.layout == layout)
+                out[np.ix_(rows, dst)] = values[np.ix_(rows, src)]
         else:
             names = columns.text["name"]
-            for r in rows.tolist():
-                out[r] = padded[r, order(names[r])]
+            for r in np.flatnonzero(columns.layout == layout).tolist():
+                dst, src = order(names[r])
+                out[r, dst] = values[r, src]
     return out
 
 
@@ -160,6 +168,8 @@ def extract_streams(files: Sequence[SourceFile], emb: Embodiment) -> Extracted:
     by_topic: dict[str, list[FeatureMapping]] = {}
     for feature in emb.features:
         by_topic.setdefault(feature.topic, []).append(feature)
+    for image in emb.images:
+        by_topic.setdefault(image.topic, [])
     requests = _requests(emb)
     stamps: dict[str, list[np.ndarray]] = {t: [] for t in by_topic}
     values: dict[str, list[np.ndarray]] = {t: [] for t in by_topic}
@@ -184,7 +194,7 @@ def extract_streams(files: Sequence[SourceFile], emb: Embodiment) -> Extracted:
                 events.extend(Event(int(ti), _parse_event(str(data[i]))) for ti, i in zip(t, order.tolist(), strict=True))
                 continue
             # A topic feeding several features is decoded once with all their fields.
-            row = np.concatenate([_feature_values(cols, f) for f in by_topic[topic]], axis=1)
+            row = np.concatenate([_feature_values(cols, f) for f in by_topic[topic]] or [np.zeros((len(cols), 0))], axis=1)
             stamps[topic].append(t)
             values[topic].append(row[order])
         if lo is not None:
@@ -256,26 +266,38 @@ def segment(events: Sequence[Event], *, default_task: str, id_prefix: str) -> li
     return spans
 
 
+def _pick(stamps: np.ndarray, grid: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For hold / nearest: the sample index at each grid time, the skew (ns) and a validity mask."""
+    n = len(stamps)
+    right = np.searchsorted(stamps, grid, side="right")
+    prev = right - 1
+    if rule == "hold":
+        valid = prev >= 0
+        idx = np.clip(prev, 0, n - 1)
+        return idx, np.where(valid, grid - stamps[idx], 0), valid
+    nxt = np.clip(right, 0, n - 1)
+    prev_c = np.clip(prev, 0, n - 1)
+    d_prev = np.where(prev >= 0, grid - stamps[prev_c], np.iinfo(np.int64).max)
+    d_next = np.where(right < n, stamps[nxt] - grid, np.iinfo(np.int64).max)
+    return np.where(d_prev <= d_next, prev_c, nxt), np.minimum(d_prev, d_next), np.ones(len(grid), bool)
+
+
 def _sample(stream: Stream, grid: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Values at grid times, the per-frame skew (ns) and a validity mask."""
     st, vals = stream.stamps, stream.values
     n = len(st)
     if n == 0:
         return np.full((len(grid), vals.shape[1]), np.nan), np.zeros(len(grid), np.int64), np.zeros(len(grid), bool)
+    if rule in ("hold", "nearest"):
+        idx, skew, valid = _pick(st, grid, rule)
+        return vals[idx], skew, valid
+    # linear: interpolate between the bracketing samples; outside them, hold the edge.
     right = np.searchsorted(st, grid, side="right")
     prev = right - 1
-    if rule == "hold":
-        valid = prev >= 0
-        idx = np.clip(prev, 0, n - 1)
-        return vals[idx], np.where(valid, grid - st[idx], 0), valid
     nxt = np.clip(right, 0, n - 1)
     prev_c = np.clip(prev, 0, n - 1)
     d_prev = np.where(prev >= 0, grid - st[prev_c], np.iinfo(np.int64).max)
     d_next = np.where(right < n, st[nxt] - grid, np.iinfo(np.int64).max)
-    if rule == "nearest":
-        idx = np.where(d_prev <= d_next, prev_c, nxt)
-        return vals[idx], np.minimum(d_prev, d_next), np.ones(len(grid), bool)
-    # linear: interpolate between the bracketing samples; outside them, hold the edge.
     span = (st[nxt] - st[prev_c]).astype(np.float64)
     w = np.where(span > 0, (grid - st[prev_c]) / np.where(span > 0, span, 1), 0.0)
     w = np.clip(w, 0.0, 1.0)[:, None]
@@ -331,6 +353,23 @@ def align_episode(span: EpisodeSpan, streams: dict[str, Stream], emb: Embodiment
         quality["skew_violations"] += violations
         skew_ok &= violations == 0
         max_skew = np.maximum(max_skew, np.where(feature.max_skew_ms is None, skew, 0))
+    for image in emb.images:
+        stream = streams[image.topic]
+        q = _stream_quality(stream, span.start_ns, span.end_ns)
+        if len(stream.stamps):
+            idx, skew, ok = _pick(stream.stamps, grid, image.rule)
+            # The frame references the raw image message by its stamp; pixels stay in the raw log.
+            columns[f"{image.key}.stamp_ns"] = np.where(ok, stream.stamps[idx], -1)
+        else:
+            skew, ok = np.zeros(len(grid), np.int64), np.zeros(len(grid), bool)
+            columns[f"{image.key}.stamp_ns"] = np.full(len(grid), -1, np.int64)
+        valid &= ok
+        q["max_skew_ms"] = float(skew[ok].max() / _NS_PER_MS) if ok.any() else 0.0
+        q["non_monotonic"] = stream.non_monotonic
+        quality["streams"][image.key] = q
+        violations = int(np.sum(skew[ok] > emb.skew_tolerance_ns(image)))
+        quality["skew_violations"] += violations
+        skew_ok &= violations == 0
     grid, max_skew = grid[valid], max_skew[valid]
     columns = {k: v[valid] for k, v in columns.items()}
     inter = np.zeros(len(grid), bool)
@@ -338,10 +377,10 @@ def align_episode(span: EpisodeSpan, streams: dict[str, Stream], emb: Embodiment
         inter |= (grid >= s) & (grid <= e)
     frames = {"timestamp_ns": grid, "frame_index": np.arange(len(grid), dtype=np.int64),
               "intervention": inter, "max_skew_ns": max_skew, **columns}
-    nan_count = int(sum(np.isnan(v).sum() for v in columns.values()))
+    nan_count = int(sum(np.isnan(v).sum() for v in columns.values() if v.dtype.kind == "f"))
     state_topic = emb.features[0].key
-    gap_ms = max((q["max_gap_ms"] for k, q in quality["streams"].items()
-                  if emb.feature(k).max_skew_ms is None), default=0.0)
+    loose = {f.key for f in emb.features if f.max_skew_ms is not None} | {i.key for i in emb.images if i.max_skew_ms is not None}
+    gap_ms = max((q["max_gap_ms"] for k, q in quality["streams"].items() if k not in loose), default=0.0)
     issues = []
     if not skew_ok:
         issues.append("sync_skew")
@@ -368,7 +407,14 @@ def standardize(files: Sequence[SourceFile], emb: Embodiment, *, robot: str, day
     """Standardize every readable file of one robot-day into frames + an episode table."""
     ex = extract_streams(files, emb)
     streams = ex.streams
-    spans = segment(ex.events, default_task=emb.default_task, id_prefix=f"{robot}-{day.replace('-', '')}")
+    prefix = f"{robot}-{day.replace('-', '')}"
+    if emb.events_topic is None:
+        # No event topic: each recording (file or bag) is one episode.
+        ranges = sorted(ex.file_ranges.values())
+        spans = [EpisodeSpan(f"{prefix}-{k:03d}", lo, hi, emb.default_task, "unknown", tags=["no_events"])
+                 for k, (lo, hi) in enumerate(ranges)]
+    else:
+        spans = segment(ex.events, default_task=emb.default_task, id_prefix=prefix)
     frame_tables, rows = [], []
     for span in spans:
         frames, quality = align_episode(span, streams, emb)
@@ -415,4 +461,5 @@ def empty_frames(emb: Embodiment) -> pa.Table:
     fields = [("episode_id", pa.string()), ("timestamp_ns", pa.int64()), ("frame_index", pa.int64()),
               ("intervention", pa.bool_()), ("max_skew_ns", pa.int64())]
     fields += [(f.key, pa.list_(pa.float32(), f.dim)) for f in emb.features]
+    fields += [(f"{i.key}.stamp_ns", pa.int64()) for i in emb.images]
     return pa.schema(fields).empty_table()

@@ -408,7 +408,7 @@ class _FastWalk:
         elif op.kind == "string":
             lines += ["r = (r + 3) & -4", "n = U(d, o + r)[0]"]
             if slot is not None:
-                lines.append(f"out[{slot}] = d[o + r + 4 : o + r + 3 + n].tobytes().decode('utf-8', 'replace')")
+                lines.append(f"out[{slot}] = d[o + r + 4 : o + r + 3 + n].decode('utf-8', 'replace')")
             lines.append("r += 4 + n")
         elif op.kind == "string_array":
             if op.length is None:
@@ -419,8 +419,9 @@ class _FastWalk:
             if slot is not None:
                 # Joint names and the like repeat: each distinct list is decoded once, cached by
                 # its bytes (the count included).
-                lines += ["k = d[o + r0 : o + r].tobytes()", "v = S.get(k)",
-                          f"if v is None: v = S[k] = strings(k, r0 & 3, {op.length})", f"out[{slot}] = v"]
+                lines += ["k = d[o + r0 : o + r]", "v = S.get(k)",
+                          "if v is None:", f"    v = strings(k, r0 & 3, {op.length})", "    if len(S) < 4096: S[k] = v",
+                          f"out[{slot}] = v"]
         elif op.kind == "msg":
             fn = self._function(mtype, op.sub, sub, slots, last)
             lines.append(f"r = {fn}(d, o, r, L, out)")
@@ -555,18 +556,22 @@ class StreamDecoder:
         self.walked += len(pending)
         first = starts[pending]
         little = (lengths[pending] >= 4) & (buf[first] == 0) & (buf[np.minimum(first + 1, len(buf) - 1)] == 1)
-        view = memoryview(buf)  # struct and slicing are quicker on a memoryview than on numpy
         entry, slots = self._fast.entry, self._fast.slots
-        if len(self._fast.cache) > 4096:
-            self._fast.cache.clear()
         outs: list[list] = []
         rows: list[int] = []
         slow: list[int] = pending[~little].tolist()
         fast = pending[little]
-        for i, start, length in zip(fast.tolist(), starts[fast].tolist(), lengths[fast].tolist(), strict=True):
+        # The walk runs on one bytes object holding just these messages: struct and slicing are
+        # quickest on bytes, and string slices can key the cache directly.
+        view = memoryview(buf)
+        sizes = lengths[fast].tolist()
+        data = b"".join([view[a : a + n] for a, n in zip(starts[fast].tolist(), sizes, strict=True)])
+        local = np.zeros(len(fast), np.int64)
+        np.cumsum(lengths[fast][:-1], out=local[1:])
+        for i, start, length in zip(fast.tolist(), local.tolist(), sizes, strict=True):
             out = [None] * slots
             try:
-                end = entry(view, start + 4, 0, length - 4, out)
+                end = entry(data, start + 4, 0, length - 4, out)
             except (struct.error, IndexError, ValueError):  # CdrError is a ValueError
                 slow.append(i)
                 continue

@@ -146,19 +146,34 @@ def _merge_stats(total: ReadStats, part: ReadStats, name: str) -> None:
 
 
 class _Batch:
-    """Decompressed chunks waiting to be decoded together, with their messages per channel."""
+    """Decompressed chunks waiting to be decoded together, with their messages per channel.
 
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
+    The chunks are copied into one buffer that is reused batch after batch: already-touched
+    memory makes the copy a plain memcpy, where joining fresh bytes objects would page-fault.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.buffer = np.empty(capacity, np.uint8)
         self.size = 0
         self.messages: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # channel -> (base, offsets, lengths)
 
+    def fits(self, n: int) -> bool:
+        return self.size + n <= len(self.buffer)
+
     def add(self, records: bytes, positions: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+        if not self.fits(len(records)):  # one chunk larger than a batch: grow for it
+            grown = np.empty(self.size + len(records), np.uint8)
+            grown[: self.size] = self.buffer[: self.size]
+            self.buffer = grown
         base = self.size
-        self.parts.append(records)
+        self.buffer[base : base + len(records)] = np.frombuffer(records, np.uint8)
         self.size += len(records)
         for channel_id, (offsets, lengths) in positions.items():
             self.messages.setdefault(channel_id, []).append((base, offsets, lengths))
+
+    def clear(self) -> None:
+        self.size = 0
+        self.messages = {}
 
 
 def _read_mcap(
@@ -173,7 +188,7 @@ def _read_mcap(
     stats.source = label
     with _McapScan(path, label, frozenset(requests), stats) as scan:
         scan.index()
-        batch = _Batch()
+        batch = _Batch(batch_bytes)
         for unit in scan._units:
             if unit.is_chunk:
                 if not scan._chunk_wanted(unit):
@@ -207,10 +222,9 @@ def _read_mcap(
                     stats.messages += len(pos[0])
                     scan.readable = True
             if wanted:
+                if not batch.fits(len(records)):
+                    _decode_batch(scan, batch, requests, streams, key_prefix)
                 batch.add(records, wanted)
-            if batch.size >= batch_bytes:
-                _decode_batch(scan, batch, requests, streams, key_prefix)
-                batch = _Batch()
         _decode_batch(scan, batch, requests, streams, key_prefix)
         scan._finish()
         readable = scan.readable
@@ -228,42 +242,46 @@ def _indexed_positions(scan: _McapScan, unit: _Unit, records: bytes) -> dict[int
         return None
     if any(cid not in scan.channels for cid in unit.index_counts):
         return None  # its definitions are inside the chunk: walk it to read them
-    buf = np.frombuffer(records, np.uint8)
-    size = len(records)
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    # The index records follow the chunk back to back: one read for all of them.
+    first = unit.index_records[0][0]
+    last = unit.index_records[-1][0] + unit.index_records[-1][1]
+    block = scan._read_at(first, last - first)
+    if len(block) < last - first:
+        return None
+    channel_ids, parts = [], []
     for offset, length in unit.index_records:
-        body = scan._read_at(offset, length)
-        if len(body) < 10:
+        at = offset - first
+        if length < 6:
             return None
-        channel_id, entries_length = struct.unpack_from("<HI", body)
-        if 6 + entries_length > len(body) or entries_length % 16:
+        channel_id, entries_length = struct.unpack_from("<HI", block, at)
+        if 6 + entries_length > length or entries_length % 16:
             return None
-        entries = np.frombuffer(body, "<u8", count=entries_length // 8, offset=6).reshape(-1, 2)
-        times, offsets = entries[:, 0], entries[:, 1].astype(np.int64)
-        if len(offsets) and (offsets.max() > size - _PREFIX or offsets.min() < 0):
-            return None
-        heads = _rows(buf, offsets, _PREFIX)
-        opcodes = heads[:, 0]
-        lengths = heads[:, 1:9].copy().view("<u8").ravel().astype(np.int64)
-        channels = heads[:, 9:11].copy().view("<u2").ravel()
-        log_times = heads[:, 15:23].copy().view("<u8").ravel()
-        ok = (
-            (opcodes == Opcode.MESSAGE)
-            & (channels == channel_id)
-            & (log_times == times)
-            & (lengths >= _MESSAGE_PREFIX.size)
-            & (offsets + _RECORD_HEADER.size + lengths <= size)
-        )
-        if not ok.all():
-            return None
-        order = np.argsort(offsets, kind="stable")
-        previous = out.get(channel_id)
-        offsets, lengths = offsets[order], lengths[order]
-        if previous is not None:
-            offsets = np.concatenate([previous[0], offsets])
-            lengths = np.concatenate([previous[1], lengths])
-        out[channel_id] = (offsets, lengths)
-    return out
+        parts.append(np.frombuffer(block, "<u8", count=entries_length // 8, offset=at + 6))
+        channel_ids.append(np.full(entries_length // 16, channel_id, np.uint16))
+    entries = np.concatenate(parts).reshape(-1, 2)
+    channels = np.concatenate(channel_ids)
+    offsets = entries[:, 1].astype(np.int64)
+    size = len(records)
+    if len(offsets) and (offsets.max() > size - _PREFIX or offsets.min() < 0):
+        return None
+    buf = np.frombuffer(records, np.uint8)
+    heads = np.ascontiguousarray(_rows(buf, offsets, _PREFIX))
+    lengths = heads[:, 1:9].copy().view("<u8").ravel().astype(np.int64)
+    ok = (
+        (heads[:, 0] == Opcode.MESSAGE)
+        & (heads[:, 9:11].copy().view("<u2").ravel() == channels)
+        & (heads[:, 15:23].copy().view("<u8").ravel() == entries[:, 0])
+        & (lengths >= _MESSAGE_PREFIX.size)
+        & (offsets + _RECORD_HEADER.size + lengths <= size)
+    )
+    if not ok.all():
+        return None
+    order = np.lexsort((offsets, channels))
+    channels, offsets, lengths = channels[order], offsets[order], lengths[order]
+    bounds = np.flatnonzero(np.diff(channels)) + 1
+    starts = np.concatenate([[0], bounds]).tolist()
+    ends = [*bounds.tolist(), len(channels)]
+    return {int(channels[a]): (offsets[a:b], lengths[a:b]) for a, b in zip(starts, ends, strict=True)}
 
 
 def _framed_positions(scan: _McapScan, unit: _Unit, records: bytes) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -304,8 +322,7 @@ def _decode_batch(
 ) -> None:
     if not batch.messages:
         return
-    buf = np.frombuffer(b"".join(batch.parts), np.uint8)
-    batch.parts.clear()
+    buf = batch.buffer[: batch.size]
     for channel_id, pieces in batch.messages.items():
         channel = scan.channels[channel_id]
         key = (key_prefix, channel_id)
@@ -317,6 +334,7 @@ def _decode_batch(
         lengths = np.concatenate([n for _, _, n in pieces])
         times = _rows(buf, offsets + _RECORD_HEADER.size + 6, 16).copy().view("<u8").astype(np.int64)
         _decode_into(stream, scan.stats, buf, offsets + _PREFIX, lengths - _MESSAGE_PREFIX.size, times[:, 0], times[:, 1])
+    batch.clear()
 
 
 _STAMP = ("header.stamp.sec", "header.stamp.nanosec")
@@ -400,8 +418,11 @@ def _read_rosbags(
         try:
             for connection, timestamp, data in reader.messages(connections=connections):
                 if ros1:
+                    # rosbags' ros1_to_cdr mistakes a ROS 1 Header (with seq) for a ROS 2 one, so
+                    # convert through its (correct) ROS 1 deserializer instead.
                     try:
-                        data = reader.typestore.ros1_to_cdr(data, connection.msgtype)
+                        message = reader.deserialize(data, connection.msgtype)
+                        data = reader.typestore.serialize_cdr(message, connection.msgtype)
                     except Exception as exc:  # noqa: BLE001 - a payload that does not match its type
                         _count_undecodable(stats, connection.topic, f"ROS 1 payload does not convert ({exc})")
                         continue
@@ -465,7 +486,7 @@ def _finish(streams: dict[object, _Stream]) -> dict[str, TopicColumns]:
                 layouts.append(np.where(p[2].layout >= 0, p[2].layout + offset, -1))
         stamp = None
         if all(path in numeric for path in _STAMP):
-            sec, nanosec = (numeric.pop(path)[:, 0] for path in _STAMP)
+            sec, nanosec = (numeric[path][:, 0] for path in _STAMP)
             stamp = sec.astype(np.int64) * 1_000_000_000 + nanosec.astype(np.int64)
         out[topic] = TopicColumns(topic, parts[0].type, log_time, publish_time, numeric, text,
                                   np.concatenate(layouts) if layouts else np.zeros(0, np.int32), table, stamp)
