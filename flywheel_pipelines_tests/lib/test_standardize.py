@@ -89,6 +89,10 @@ def test_bad_mapping_file_error_names_the_path(tmp_path):
         load_embodiment(str(path))
 
 
+def test_a_mapping_without_events_makes_each_recording_one_episode():
+    assert parse_embodiment(_GOOD.replace("events: {topic: /ev}", "")).events_topic is None
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -98,7 +102,7 @@ def test_bad_mapping_file_error_names_the_path(tmp_path):
         (_GOOD.replace("fps: 10", "fps: ten"), "invalid embodiment mapping"),
         (_GOOD.replace("  action:", "  observation.goal:"), "needs an 'action' feature"),
         (_GOOD.replace("tolerance: {max_skew_ms: 20, max_gap_ms: 60}", ""), "invalid embodiment mapping"),
-        (_GOOD.replace("events: {topic: /ev}", ""), "invalid embodiment mapping"),
+        (_GOOD.replace("events: {topic: /ev}", "events: {format: json}"), "invalid embodiment mapping"),
         (_GOOD.replace("name: testarm", ""), "invalid embodiment mapping"),
         (_GOOD.replace(", names: [a.pos, b.pos]", ""), "invalid embodiment mapping"),
         ("", "invalid embodiment mapping"),
@@ -108,7 +112,7 @@ def test_bad_mapping_file_error_names_the_path(tmp_path):
         (_GOOD.replace("  action: {topic: /cmd,", "  action: 3\n  x: {topic: /cmd,"), "invalid embodiment mapping"),
         ("name: x\nfeatures: [action]\n", "invalid embodiment mapping"),
     ],
-    ids=["rule", "clock", "fps0", "fps-text", "no-action", "no-tolerance", "no-events", "no-name", "no-names",
+    ids=["rule", "clock", "fps0", "fps-text", "no-action", "no-tolerance", "events-no-topic", "no-name", "no-names",
          "empty", "list", "yaml-syntax", "feature-not-mapping", "features-list"],
 )
 def test_bad_mapping_raises_mapping_error_naming_the_source(text, problem):

@@ -116,7 +116,8 @@ def parse_embodiment(text: str, *, source: str = "<mapping>") -> Embodiment:
             clock=clock,
             default_task=raw.get("default_task", "default"),
             frame_anchor=raw.get("frame_anchor", "action"),
-            events_topic=(raw.get("events") or {}).get("topic"),
+            # No events section: each recording is one episode. A section must name its topic.
+            events_topic=raw["events"]["topic"] if "events" in raw else None,
             features=tuple(feats),
             max_skew_ms=float(raw["tolerance"]["max_skew_ms"]),
             max_gap_ms=float(raw["tolerance"]["max_gap_ms"]),
