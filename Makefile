@@ -3,11 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# lerobot's own LeRobotDataset, in an environment of its own: lerobot 0.4.4 pins torch<2.11,
+# which does not install beside the project's torch. Only the LeRobot compatibility test uses it.
+LEROBOT_VENV := .venv-lerobot
+LEROBOT_REQS := tools/lerobot_check/requirements.txt
+LEROBOT_STAMP := $(LEROBOT_VENV)/.installed-$(shell cksum $(LEROBOT_REQS) | cut -d' ' -f1)
 
 export FLYWHEEL_HOME ?= $(CURDIR)/.flywheel
 export DAGSTER_HOME ?= $(FLYWHEEL_HOME)/dagster_home
 
-.PHONY: install demo test test-fast dev bench lint clean
+.PHONY: install lerobot-env demo test test-fast dev bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +23,28 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# --no-deps: the requirements file is the whole, pinned environment (it says why it leaves
+# lerobot's torch range). The import at the end fails the build here rather than in the test.
+$(LEROBOT_STAMP): $(LEROBOT_REQS)
+	$(PYTHON) -m venv --clear $(LEROBOT_VENV)
+	echo '*' > $(LEROBOT_VENV)/.gitignore
+	$(LEROBOT_VENV)/bin/pip install --quiet --no-deps --only-binary :all: -r $(LEROBOT_REQS)
+	$(LEROBOT_VENV)/bin/python -W ignore -c 'import lerobot.datasets.lerobot_dataset'
+	touch $(LEROBOT_STAMP)
+
+## The separate environment with lerobot 0.4.4 for the LeRobot compatibility test
+lerobot-env: $(LEROBOT_STAMP)
+
 ## Simulate a 3-robot x 2-day fleet and materialize every asset into .flywheel/
 demo: install
 	$(BIN)/flywheel demo
 
 ## The whole test suite (CI runs exactly this)
-test: install
+test: install lerobot-env
 	$(BIN)/pytest
 
 ## The suite without the slow end-to-end tests
-test-fast: install
+test-fast: install lerobot-env
 	$(BIN)/pytest -m "not slow"
 
 ## The Dagster UI on the same code location and lake as the demo
@@ -41,7 +58,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_ingest.py
 
 lint: install
-	$(BIN)/ruff check flywheel_pipelines flywheel_pipelines_tests benchmarks
+	$(BIN)/ruff check flywheel_pipelines flywheel_pipelines_tests benchmarks tools
 
 clean:
-	rm -rf $(VENV) .flywheel
+	rm -rf $(VENV) $(LEROBOT_VENV) .flywheel
