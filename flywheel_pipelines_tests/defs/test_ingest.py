@@ -110,13 +110,14 @@ def test_log_manifest_and_episodes_materialize_with_checks(lake):
         ep_meta = result.asset_materializations_for_node("episodes")[0].metadata
         assert ep_meta["episodes"].value == 4
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-        assert checks == {"monotonic_time": True, "no_nan": True, "sync_skew": True}
+        assert checks == {"monotonic_time": True, "no_nan": True, "sync_skew": True, "gap_tolerance": True,
+                          "frame_count": True}
         assert lake.exists(f"episodes/robot=r201/date={DAY}/frames.parquet")
         # The raw files are untouched, the broken one included.
         assert (lake.root / "raw" / "robot=r201" / f"date={DAY}" / "broken.mcap").read_bytes() == b"not an mcap file"
 
 
-def test_flaky_network_fails_the_sync_check_as_a_warning(lake):
+def test_flaky_network_fails_the_episodes_checks_without_blocking(lake):
     from dataclasses import replace
 
     profile = replace(sample_profile("r202", seed=0), burst_drop_rate=4.0)
@@ -124,6 +125,14 @@ def test_flaky_network_fails_the_sync_check_as_a_warning(lake):
     with dg.instance_for_test() as instance:
         result = ingest(instance, lake, "r202")
         evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
-        assert not evals["sync_skew"].passed
-        assert evals["sync_skew"].severity == dg.AssetCheckSeverity.WARN
-        assert evals["sync_skew"].metadata["episodes_failing"].value
+        episodes_table = lake.read_parquet(f"episodes/robot=r202/date={DAY}/episodes.parquet").to_pylist()
+        flagged = sorted(e["episode_id"] for e in episodes_table if not e["quality_ok"])
+        assert flagged
+        for name in ("sync_skew", "gap_tolerance"):
+            check = evals[name]
+            assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR and not check.blocking
+            assert check.metadata["episodes_failing"].value == flagged
+            assert check.metadata["gx_suite"].value.startswith("episode_quality.")
+            assert "FAIL" in check.metadata["expectations"].value
+        assert evals["sync_skew"].metadata["max_skew_ms"].value > evals["sync_skew"].metadata["tolerance_skew_ms"].value
+        assert evals["no_nan"].passed and evals["frame_count"].passed

@@ -1,8 +1,9 @@
-"""Tests for the episode catalog and dataset curation (selection, splits, LeRobot build, version)."""
+"""Tests for the episode catalog and dataset curation (selection, quality gate, splits, LeRobot build, version)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,16 +16,35 @@ from flywheel_pipelines.lib.datasets.curation import (
     CurationError,
     CurationSpec,
     build_dataset,
+    quality_gate,
     select_episodes,
     split_episodes,
 )
 from flywheel_pipelines.lib.datasets.lerobot import read_lerobot_v3
-from flywheel_pipelines.lib.episodes.standardize import EPISODE_SCHEMA, Standardized
+from flywheel_pipelines.lib.episodes.standardize import EPISODE_SCHEMA, Standardized, standardize
 from flywheel_pipelines.lib.ids import InvalidIdentifier
-from flywheel_pipelines.lib.storage import sha256_file
-from flywheel_pipelines_tests.lib.conftest import CuratedDataset, SimDay, curate
+from flywheel_pipelines.lib.quality import ISSUE_CHECKS, suite_name
+from flywheel_pipelines.lib.sim.fleet import simulate_robot_day
+from flywheel_pipelines.lib.sim.robot import sample_profile
+from flywheel_pipelines.lib.storage import LocalLake, sha256_file
+from flywheel_pipelines_tests.lib.conftest import DAY, CuratedDataset, SimDay, curate, source_files
 
 # --- catalog ---------------------------------------------------------------------------------
+
+
+def _streams(**overrides: dict) -> str:
+    """A stream_quality value within the shipped mapping's tolerances, with per-feature overrides."""
+    streams = {
+        "observation.state": {"count": 500, "rate_hz": 250.0, "jitter_ms": 0.5, "max_gap_ms": 6.0, "max_skew_ms": 4.0,
+                              "non_monotonic": 0},
+        "observation.environment_state": {"count": 4, "rate_hz": 2.0, "jitter_ms": 0.5, "max_gap_ms": 500.0,
+                                          "max_skew_ms": 480.0, "non_monotonic": 0},
+        "action": {"count": 40, "rate_hz": 20.0, "jitter_ms": 0.5, "max_gap_ms": 50.0, "max_skew_ms": 0.0,
+                   "non_monotonic": 0},
+    }
+    for key, figures in overrides.items():
+        streams[key.replace("_", ".", 1) if key.startswith("observation_") else key].update(figures)
+    return json.dumps(streams, sort_keys=True)
 
 
 def _row(episode_id: str, robot: str = "r101", date: str = "2026-03-02", start: int = 0, **overrides) -> dict:
@@ -33,7 +53,7 @@ def _row(episode_id: str, robot: str = "r101", date: str = "2026-03-02", start: 
         "operator": "alice", "tags": [], "intervention": False, "start_ns": start, "end_ns": start + 10,
         "duration_s": 1e-8, "num_frames": 20, "source_keys": [], "source_sha256": [], "embodiment": "flywheel_arm2",
         "embodiment_version": 1, "max_skew_ms": 1.0, "max_gap_ms": 4.0, "state_rate_hz": 250.0,
-        "state_jitter_ms": 0.1, "nan_count": 0, "quality_issues": [], "quality_ok": True, "stream_quality": "{}",
+        "state_jitter_ms": 0.1, "nan_count": 0, "quality_issues": [], "quality_ok": True, "stream_quality": _streams(),
     }
     row.update(overrides)
     return row
@@ -54,7 +74,7 @@ def fleet_catalog() -> pa.Table:
         _table(),
         _table(
             _row("d", robot="r101", date="2026-03-02", start=1, task="stack", quality_ok=False,
-                 quality_issues=["gap"]),
+                 quality_issues=["gap"], max_gap_ms=80.0, stream_quality=_streams(observation_state={"max_gap_ms": 80.0})),
             _row("e", robot="r103", date="2026-03-03", start=2, outcome="unknown", tags=["truncated"]),
             _row("f", robot="r101", date="2026-03-01", start=3),
         ),
@@ -174,10 +194,44 @@ def test_spec_validation(kwargs, error):
 
 
 def test_select_applies_spec_defaults(fleet_catalog):
-    assert select_episodes(fleet_catalog, CurationSpec())["episode_id"].to_pylist() == ["a", "f"]
+    # Quality is judged later, by the quality gate in build_dataset: "d" (a gap) is still a candidate here.
+    assert select_episodes(fleet_catalog, CurationSpec())["episode_id"].to_pylist() == ["a", "d", "f"]
     loose = CurationSpec(outcomes=(), include_interventions=True, include_quality_issues=True)
     assert select_episodes(fleet_catalog, loose)["episode_id"].to_pylist() == ["a", "b", "c", "d", "e", "f"]
     assert select_episodes(fleet_catalog, CurationSpec(min_frames=21)).num_rows == 0
+
+
+# --- quality gate ----------------------------------------------------------------------------
+
+
+def test_quality_gate_leaves_out_what_the_suite_fails(fleet_catalog, emb):
+    candidates = select_episodes(fleet_catalog, CurationSpec())
+    gate = quality_gate(candidates, emb)
+    assert gate.suite == suite_name(emb) and gate.checked == 3
+    assert gate.failures == gate.left_out == {"d": ["gap_tolerance"]}
+    kept = quality_gate(candidates, emb, include_failures=True)
+    assert kept.failures == {"d": ["gap_tolerance"]} and kept.left_out == {}
+
+
+def test_quality_gate_follows_the_suite_not_only_quality_ok(emb):
+    table = _table(
+        _row("ok"),
+        # standardize said fine, but the suite (the mapping's 20 ms) says the state stream lags 35 ms
+        _row("skewed", stream_quality=_streams(observation_state={"max_skew_ms": 35.0})),
+        # the goal's own 1000 ms tolerance is honoured: 900 ms is fine
+        _row("slow_goal", stream_quality=_streams(observation_environment_state={"max_skew_ms": 900.0})),
+        # standardize's own verdict counts too, named by its check
+        _row("nan", quality_ok=False, quality_issues=["nan"]),
+        _row("flagged", quality_ok=False, quality_issues=[]),
+    )
+    gate = quality_gate(table, emb)
+    assert gate.failures == {"flagged": ["quality_ok"], "nan": ["no_nan"], "skewed": ["sync_skew"]}
+    assert gate.by_check() == {"no_nan": 1, "quality_ok": 1, "sync_skew": 1}
+
+
+def test_quality_gate_names_a_catalog_it_cannot_judge(fleet_catalog, emb):
+    with pytest.raises(CurationError, match=r"cannot judge.*lacks column\(s\) \['stream_quality'\]"):
+        quality_gate(fleet_catalog.drop_columns(["stream_quality"]), emb)
 
 
 # --- build_dataset on simulated data ---------------------------------------------------------
@@ -241,6 +295,9 @@ def test_dataset_ships_card_and_mapping(dataset: CuratedDataset, emb):
     assert (dataset.root / "meta" / "embodiment.yaml").read_text() == emb.source_text
     card = (dataset.root / CARD).read_text()
     assert f"version `{dataset.built.version}`" in card and "robots: r101" in card
+    quality = dataset.built.manifest["quality"]
+    assert quality["failed"] == quality["left_out"] == 0 and quality["suite"] == suite_name(emb)
+    assert f"quality: all {quality['checked']} selected episodes pass the episode-quality suite `{quality['suite']}`" in card
 
 
 def test_version_is_stable_for_identical_inputs(tmp_path, dataset, standardized, catalog, emb):
@@ -282,3 +339,78 @@ def test_frame_count_mismatch_raises(tmp_path, standardized, catalog, emb):
                           pc.equal(standardized.frames["frame_index"], 0))))
     with pytest.raises(CurationError, match=f"episode {first}: catalog says"):
         build_dataset(tmp_path / "x", selected=selected, load_frames=lambda r, d: truncated, spec=spec, emb=emb)
+
+
+# --- quality failures in a built dataset -----------------------------------------------------
+
+FLAKY = "r202"
+
+
+@pytest.fixture(scope="module")
+def flaky_fleet(tmp_path_factory, standardized: Standardized, emb):
+    """The clean robot's day plus a day of a robot whose network drops bursts of messages (real logs)."""
+    lake = LocalLake(tmp_path_factory.mktemp("flaky"))
+    profile = replace(sample_profile(FLAKY, seed=0), burst_drop_rate=1.0)
+    day = simulate_robot_day(lake, profile, DAY, episodes=6, seed=2)
+    flaky = standardize(source_files(lake, day.keys), emb, robot=FLAKY, day=DAY)
+    frames = {("r101", DAY): standardized.frames, (FLAKY, DAY): flaky.frames}
+    return build_catalog([standardized.episodes, flaky.episodes]), frames
+
+
+def _build(out_dir, flaky_fleet, spec: CurationSpec, emb, selected: pa.Table | None = None):
+    catalog, frames = flaky_fleet
+    selected = select_episodes(catalog, spec) if selected is None else selected
+    return build_dataset(out_dir, selected=selected, load_frames=lambda r, d: frames[(r, d)], spec=spec, emb=emb)
+
+
+def _flagged(rows: list[dict]) -> dict[str, list[str]]:
+    """What standardize flagged, by check name: the suite must agree with it on real logs."""
+    return {e["episode_id"]: sorted(ISSUE_CHECKS[i] for i in e["quality_issues"]) for e in rows if not e["quality_ok"]}
+
+
+def test_episodes_failing_the_suite_are_left_out_and_counted(tmp_path, flaky_fleet, emb):
+    candidates = select_episodes(flaky_fleet[0], CurationSpec()).to_pylist()
+    bad = _flagged(candidates)
+    assert bad and {e["robot"] for e in candidates if e["episode_id"] in bad} == {FLAKY}
+    assert any(e["robot"] == FLAKY and e["episode_id"] not in bad for e in candidates), "a mixed day"
+    built = _build(tmp_path / "ds", flaky_fleet, CurationSpec(), emb)
+    manifest = built.manifest
+    kept = sorted(e["episode_id"] for e in manifest["episodes"])
+    assert kept == sorted(e["episode_id"] for e in candidates if e["episode_id"] not in bad)
+    quality = manifest["quality"]
+    assert quality["suite"] == suite_name(emb) and quality["checked"] == len(candidates)
+    assert quality["left_out"] == quality["failed"] == len(bad)
+    assert {f["episode_id"]: f["checks"] for f in quality["failures"]} == bad
+    by_check = {c: sum(c in checks for checks in bad.values()) for c in sorted({c for v in bad.values() for c in v})}
+    assert quality["by_check"] == by_check and by_check["sync_skew"] >= 1
+    assert all(e["quality_failures"] == [] for e in manifest["episodes"])
+    assert json.loads((tmp_path / "ds" / MANIFEST).read_text())["quality"] == quality
+    card = (tmp_path / "ds" / CARD).read_text()
+    why = ", ".join(f"{c} {n}" for c, n in by_check.items())
+    assert (f"quality: {len(bad)} of {len(candidates)} selected episodes left out, failing the episode-quality suite "
+            f"`{suite_name(emb)}` ({why})") in card
+
+
+def test_quality_failures_are_included_on_request(tmp_path, flaky_fleet, emb):
+    default = _build(tmp_path / "default", flaky_fleet, CurationSpec(), emb)
+    built = _build(tmp_path / "ds", flaky_fleet, CurationSpec(include_quality_issues=True), emb)
+    manifest = built.manifest
+    bad = _flagged(select_episodes(flaky_fleet[0], CurationSpec()).to_pylist())
+    assert {e["episode_id"]: e["quality_failures"] for e in manifest["episodes"] if e["quality_failures"]} == bad
+    assert built.episodes == default.episodes + len(bad)
+    assert manifest["quality"]["left_out"] == 0 and manifest["quality"]["failed"] == len(bad)
+    assert manifest["quality"]["include_failures"]
+    card = (tmp_path / "ds" / CARD).read_text()
+    assert f"quality: {len(bad)} of {built.episodes} episodes fail" in card and "included on request" in card
+    assert built.version != default.version
+
+
+def test_a_selection_whose_episodes_all_fail_quality_says_so(tmp_path, flaky_fleet, emb):
+    spec = CurationSpec()
+    candidates = select_episodes(flaky_fleet[0], spec)
+    bad = pa.array(sorted(_flagged(candidates.to_pylist())))
+    only_bad = candidates.filter(pc.is_in(candidates["episode_id"], bad))
+    with pytest.raises(CurationError, match=rf"all {len(bad)} selected episodes fail the episode-quality suite "
+                                            r".*; set include_quality_issues to keep them"):
+        _build(tmp_path / "ds", flaky_fleet, spec, emb, selected=only_bad)
+    assert not (tmp_path / "ds").exists()

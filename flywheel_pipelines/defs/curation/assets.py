@@ -7,6 +7,7 @@ from pydantic import Field
 from flywheel_pipelines.defs.catalog.assets import episode_catalog
 from flywheel_pipelines.defs.episodes.assets import FRAMES, episodes_prefix
 from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.lib import markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.datasets.curation import CurationError, CurationSpec, build_dataset, select_episodes
 from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, load_embodiment
@@ -23,7 +24,11 @@ class CurationConfig(dg.Config):
     tasks: list[str] = Field(default_factory=list)
     outcomes: list[str] = Field(default_factory=lambda: ["success"])
     include_interventions: bool = False
-    include_quality_issues: bool = Field(default=False, description="Keep episodes failing the sync/gap checks.")
+    include_quality_issues: bool = Field(
+        default=False,
+        description="Keep episodes that fail the episode-quality suite (skew, gap, NaN, monotonic time, frame count); "
+        "by default they are left out and counted in the manifest and card.",
+    )
     val_fraction: float = 0.2
     split_seed: int = 0
     min_frames: int = 5
@@ -36,6 +41,17 @@ class CurationConfig(dg.Config):
             include_quality_issues=self.include_quality_issues, val_fraction=self.val_fraction,
             split_seed=self.split_seed, min_frames=self.min_frames,
         )
+
+
+def quality_preview(quality: dict, limit: int = 50) -> str:
+    """The episodes the quality suite failed, as a Markdown table (the full list is in manifest.json)."""
+    failures = quality["failures"]
+    kept = "yes" if quality["include_failures"] else "no"
+    text = markdown.table(["episode", "checks failed", "in dataset"],
+                          [(f["episode_id"], ", ".join(f["checks"]), kept) for f in failures[:limit]])
+    if len(failures) > limit:
+        text += f"\n\n... and {len(failures) - limit} more (manifest.json, quality.failures)"
+    return text
 
 
 def dataset_prefix(name: str, version: str) -> str:
@@ -66,8 +82,9 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, l
         created = store.publish_dir(prefix, tmp / "ds")
     robots = sorted({e["robot"] for e in built.manifest["episodes"]})
     days = sorted({e["date"] for e in built.manifest["episodes"]})
-    context.log.info(f"dataset {spec.name}@{built.version}: {built.episodes} episodes "
-                     f"({'new' if created else 'identical version already in the lake'})")
+    quality = built.manifest["quality"]
+    context.log.info(f"dataset {spec.name}@{built.version}: {built.episodes} episodes, {quality['left_out']} left out "
+                     f"by {quality['suite']} ({'new' if created else 'identical version already in the lake'})")
     return dg.MaterializeResult(
         metadata={
             "uri": dg.MetadataValue.path(store.uri(prefix)),
@@ -81,6 +98,11 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, l
             "robots": robots,
             "days": f"{days[0]} .. {days[-1]}",
             "raw_files": len(built.manifest["raw_files"]),
+            "quality_suite": quality["suite"],
+            "quality_failed": quality["failed"],
+            "quality_left_out": quality["left_out"],
+            "quality_by_check": quality["by_check"],
+            "quality_failures": dg.MetadataValue.md(quality_preview(quality)),
             "spec": spec.to_dict(),
         },
         data_version=dg.DataVersion(built.version),

@@ -1,5 +1,6 @@
-"""Curation: a spec selects catalog episodes, splits them deterministically and writes a
-LeRobot v3.0 dataset whose version is a content hash of what went in.
+"""Curation: a spec selects catalog episodes, the episode-quality suite leaves out those over the
+mapping's tolerances, and the rest are split deterministically and written as a LeRobot v3.0
+dataset whose version is a content hash of what went in.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from flywheel_pipelines.lib import ids
 from flywheel_pipelines.lib.catalog import EpisodeQuery, search
 from flywheel_pipelines.lib.datasets.lerobot import FeatureSpec, write_lerobot_v3
 from flywheel_pipelines.lib.episodes.embodiment import Embodiment
+from flywheel_pipelines.lib.quality import ISSUE_CHECKS, QualityError, validate_episodes
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
-FORMAT_VERSION = 1  # bump when the way a dataset is built changes, so versions change too
+# Bump when the way a dataset is built changes, so versions change too.
+# 2: episodes are judged by the GX episode-quality suite; the manifest records what it left out.
+FORMAT_VERSION = 2
 
 
 class CurationError(ValueError):
@@ -39,6 +43,7 @@ class CurationSpec:
     tasks: tuple[str, ...] = ()
     outcomes: tuple[str, ...] = ("success",)
     include_interventions: bool = False
+    # Keep episodes that fail the episode-quality suite (or that standardize marked quality_ok=false).
     include_quality_issues: bool = False
     val_fraction: float = 0.2
     split_seed: int = 0
@@ -52,11 +57,11 @@ class CurationSpec:
             raise CurationError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
     def query(self) -> EpisodeQuery:
+        """The catalog search for the spec's episodes; quality is judged afterwards by :func:`quality_gate`."""
         return EpisodeQuery(
             robots=tuple(self.robots), date_from=self.date_from, date_to=self.date_to, tasks=tuple(self.tasks),
             outcomes=tuple(self.outcomes),
             intervention=None if self.include_interventions else False,
-            quality_ok=None if self.include_quality_issues else True,
         )
 
     def to_dict(self) -> dict:
@@ -64,7 +69,11 @@ class CurationSpec:
 
 
 def select_episodes(catalog: pa.Table, spec: CurationSpec) -> pa.Table:
-    """The catalog rows the spec admits, ordered by episode id."""
+    """The catalog rows the spec admits, ordered by episode id.
+
+    Quality is not judged here: :func:`build_dataset` runs the episode-quality suite of the
+    dataset's own mapping over these rows, so what it leaves out is counted in the manifest.
+    """
     chosen = search(catalog, spec.query())
     chosen = chosen.filter(pc.greater_equal(chosen["num_frames"], spec.min_frames))
     return chosen.sort_by("episode_id")
@@ -90,6 +99,57 @@ def split_episodes(episode_ids: list[str], *, val_fraction: float, seed: int) ->
         # ...or nothing to train on.
         out[max(episode_ids, key=rank)] = "train"
     return out
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """The episode-quality verdict on the selected episodes, and what curation did with it."""
+
+    suite: str
+    checked: int
+    failures: dict[str, list[str]]  # episode id -> the checks it fails
+    include_failures: bool
+
+    @property
+    def left_out(self) -> dict[str, list[str]]:
+        return {} if self.include_failures else self.failures
+
+    def by_check(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for checks in self.failures.values():
+            for check in checks:
+                counts[check] = counts.get(check, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def to_dict(self) -> dict:
+        return {
+            "suite": self.suite, "checked": self.checked, "include_failures": self.include_failures,
+            "failed": len(self.failures), "left_out": len(self.left_out), "by_check": self.by_check(),
+            "failures": [{"episode_id": e, "checks": c} for e, c in sorted(self.failures.items())],
+        }
+
+
+def quality_gate(selected: pa.Table, emb: Embodiment, *, include_failures: bool = False) -> QualityGate:
+    """Judge the selected episodes with ``emb``'s episode-quality suite (GX).
+
+    An episode fails if the suite fails it, or if standardize already marked it
+    ``quality_ok = false`` (its ``quality_issues`` are named by the check they belong to).
+
+    Raises:
+        CurationError: the suite cannot judge these rows (a column it needs is missing).
+    """
+    try:
+        verdict = validate_episodes(selected, emb)
+    except QualityError as exc:
+        raise CurationError(f"cannot judge the selected catalog episodes: {exc}") from None
+    failures = {e: set(checks) for e, checks in verdict.failures_by_episode().items()}
+    rows = selected.select(["episode_id", "quality_ok", "quality_issues"]).to_pylist()
+    for row in rows:
+        if row["quality_ok"] is False or row["quality_ok"] is None:
+            issues = {ISSUE_CHECKS.get(i, i) for i in row["quality_issues"] or []}
+            failures.setdefault(row["episode_id"], set()).update(issues or {"quality_ok"})
+    return QualityGate(verdict.suite, len(rows), {e: sorted(c) for e, c in sorted(failures.items())},
+                       include_failures)
 
 
 @dataclass(frozen=True)
@@ -127,15 +187,26 @@ def build_dataset(
 ) -> BuiltDataset:
     """Write the curated dataset into ``out_dir`` (an empty staging folder).
 
+    Episodes failing ``emb``'s episode-quality suite are left out unless
+    ``spec.include_quality_issues``; the manifest and the card say how many, which and why.
+
     Args:
         out_dir: where to write; the caller publishes it atomically at datasets/<name>/<version>/.
         selected: catalog rows chosen by :func:`select_episodes`.
         load_frames: (robot, day) -> that robot-day's standardized frames table.
         spec: the curation spec (recorded in the manifest).
-        emb: the embodiment mapping the frames were standardized with.
+        emb: the embodiment mapping the frames were standardized with; its tolerances judge quality.
     """
     if selected.num_rows == 0:
         raise CurationError(f"curation spec {spec.name!r} selects no episodes: {spec.to_dict()}")
+    gate = quality_gate(selected, emb, include_failures=spec.include_quality_issues)
+    if gate.left_out:
+        selected = selected.filter(pc.invert(pc.is_in(selected["episode_id"], pa.array(sorted(gate.left_out)))))
+    if selected.num_rows == 0:
+        raise CurationError(
+            f"curation spec {spec.name!r}: all {gate.checked} selected episodes fail the episode-quality suite "
+            f"{gate.suite} ({gate.by_check()}); set include_quality_issues to keep them"
+        )
     rows = selected.to_pylist()
     sides = split_episodes([r["episode_id"] for r in rows], val_fraction=spec.val_fraction, seed=spec.split_seed)
     # LeRobot splits are index ranges, so train episodes come first, then val.
@@ -169,6 +240,7 @@ def build_dataset(
             "episode_index": idx, "episode_id": row["episode_id"], "split": sides[row["episode_id"]],
             "robot": row["robot"], "date": row["date"], "task": row["task"], "outcome": row["outcome"],
             "num_frames": n, "start_ns": int(ts[0]), "end_ns": int(ts[-1]),
+            "quality_failures": gate.failures.get(row["episode_id"], []),
             "raw_files": [{"key": k, "sha256": s} for k, s in zip(row["source_keys"], row["source_sha256"], strict=True)],
         })
     table = {}
@@ -186,12 +258,13 @@ def build_dataset(
         tasks=tasks, splits={k: v for k, v in split_idx.items() if v},
     )
     identity = json.dumps({"data": _hash_dir(out_dir), "spec": spec.to_dict(), "embodiment": emb.content_hash,
-                           "format": FORMAT_VERSION}, sort_keys=True)
+                           "quality_suite": gate.suite, "format": FORMAT_VERSION}, sort_keys=True)
     version = hashlib.sha256(identity.encode()).hexdigest()[:12]
     manifest = {
         "name": spec.name, "version": version, "format_version": FORMAT_VERSION,
         "layout": "lerobot-v3.0", "spec": spec.to_dict(),
         "embodiment": {"name": emb.name, "version": emb.version, "hash": emb.content_hash},
+        "quality": gate.to_dict(),
         "episodes": manifest_episodes,
         "splits": {s: len(v) for s, v in split_idx.items()},
         "frames": int(sum(m["num_frames"] for m in manifest_episodes)),
@@ -223,6 +296,7 @@ def dataset_card(manifest: dict) -> str:
         f"- embodiment mapping: {manifest['embodiment']['name']} v{manifest['embodiment']['version']} "
         f"({manifest['embodiment']['hash']}), copied to meta/embodiment.yaml",
         f"- raw files: {len(manifest['raw_files'])} (each with sha256 in manifest.json)",
+        quality_line(manifest["quality"]),
         "",
         "## Curation spec",
         "",
@@ -231,3 +305,16 @@ def dataset_card(manifest: dict) -> str:
         "```",
         "",
     ])
+
+
+def quality_line(quality: dict) -> str:
+    """The card's line on what the episode-quality suite said and what curation did with it."""
+    suite = f"episode-quality suite `{quality['suite']}`"
+    if not quality["failed"]:
+        return f"- quality: all {quality['checked']} selected episodes pass the {suite}"
+    why = ", ".join(f"{check} {n}" for check, n in quality["by_check"].items())
+    if quality["include_failures"]:
+        return (f"- quality: {quality['failed']} of {quality['checked']} episodes fail the {suite} ({why}) and are "
+                "included on request (include_quality_issues); see quality.failures in manifest.json")
+    return (f"- quality: {quality['left_out']} of {quality['checked']} selected episodes left out, failing the {suite} "
+            f"({why}); listed under quality.failures in manifest.json (include_quality_issues keeps them)")
