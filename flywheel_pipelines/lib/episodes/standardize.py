@@ -106,31 +106,39 @@ def _requests(emb: Embodiment) -> dict[str, TopicRequest]:
     return requests
 
 
-def _feature_values(columns: TopicColumns, feature: FeatureMapping) -> np.ndarray:
-    """The (n, dim) values of one feature; JointState-style arrays reordered by joint name."""
+def _topic_values(columns: TopicColumns, features: Sequence[FeatureMapping]) -> np.ndarray:
+    """The (n, sum of dims) values of the features drawn from one topic, filled in place.
+
+    JointState-style arrays are reordered by joint name; a field with fewer values than the
+    feature's names leaves NaN, extra values are dropped.
+    """
     n = len(columns)
-    parts = []
-    for path in feature.fields:
-        values = columns.numeric[path]
-        if feature.joint_names is not None:
-            values = _by_joint_name(columns, values, feature.joint_names)
-        parts.append(values)
-    out = np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
-    if out.shape[1] != feature.dim:
-        fixed = np.full((n, feature.dim), np.nan)
-        width = min(out.shape[1], feature.dim)
-        fixed[:, :width] = out[:, :width]
-        out = fixed
+    out = np.full((n, sum(f.dim for f in features)), np.nan)
+    at = 0
+    for feature in features:
+        col = at
+        for path in feature.fields:
+            values = columns.numeric[path]
+            width = len(feature.joint_names) if feature.joint_names is not None else values.shape[1]
+            width = max(0, min(width, at + feature.dim - col))
+            if width:
+                target = out[:, col : col + width]
+                if feature.joint_names is not None:
+                    _by_joint_name(columns, values, feature.joint_names[:width], target)
+                else:
+                    target[:] = values[:, :width]
+            col += width
+        at += feature.dim
     return out
 
 
-def _by_joint_name(columns: TopicColumns, values: np.ndarray, joints: tuple[str, ...]) -> np.ndarray:
-    """Columns in the mapping's joint order, NaN for a joint the message does not carry.
+def _by_joint_name(columns: TopicColumns, values: np.ndarray, joints: tuple[str, ...], out: np.ndarray) -> None:
+    """Writes ``values``' columns into ``out`` in the mapping's joint order (NaN stays for a joint
+    the message does not carry).
 
     Done once per message layout (a stream almost always keeps its names), per message only for
     messages decoded on their own.
     """
-    out = np.full((len(values), len(joints)), np.nan)
 
     def order(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         index = {name: i for i, name in enumerate(names) if i < values.shape[1]}
@@ -151,7 +159,6 @@ def _by_joint_name(columns: TopicColumns, values: np.ndarray, joints: tuple[str,
             for r in np.flatnonzero(columns.layout == layout).tolist():
                 dst, src = order(names[r])
                 out[r, dst] = values[r, src]
-    return out
 
 
 def _clock(columns: TopicColumns, clock: str) -> np.ndarray:
@@ -161,6 +168,15 @@ def _clock(columns: TopicColumns, clock: str) -> np.ndarray:
         # Messages without a header (events, Float64MultiArray commands) carry the send time.
         return np.where(columns.publish_time > 0, columns.publish_time, columns.log_time)
     return columns.log_time
+
+
+def _order(t: np.ndarray) -> np.ndarray | None:
+    """The stable sort order of ``t``, or None when it is sorted already (no copy needed)."""
+    return None if len(t) < 2 or bool((t[1:] >= t[:-1]).all()) else np.argsort(t, kind="stable")
+
+
+def _join(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def extract_streams(files: Sequence[SourceFile], emb: Embodiment) -> Extracted:
@@ -181,32 +197,36 @@ def extract_streams(files: Sequence[SourceFile], emb: Embodiment) -> Extracted:
         columns = read_columns(source.path, requests, stats=stats)
         undecodable += stats.undecodable
         lo, hi = None, None
-        for topic, cols in columns.items():
+        for topic in list(columns):
+            cols = columns.pop(topic)  # freed topic by topic: a long log's columns are large
             if not len(cols):
                 continue
             # Log-time order first, so that "stamps going backwards" means what the robot sent.
-            order = np.argsort(cols.log_time, kind="stable")
-            t = _clock(cols, emb.clock)[order]
+            order = _order(cols.log_time)
+            t = _clock(cols, emb.clock)
+            t = t if order is None else t[order]
             lo = int(t.min()) if lo is None else min(lo, int(t.min()))
             hi = int(t.max()) if hi is None else max(hi, int(t.max()))
             if topic == emb.events_topic:
                 data = cols.text["data"]
-                events.extend(Event(int(ti), _parse_event(str(data[i]))) for ti, i in zip(t, order.tolist(), strict=True))
+                index = range(len(t)) if order is None else order.tolist()
+                events.extend(Event(int(ti), _parse_event(str(data[i]))) for ti, i in zip(t, index, strict=True))
                 continue
             # A topic feeding several features is decoded once with all their fields.
-            row = np.concatenate([_feature_values(cols, f) for f in by_topic[topic]] or [np.zeros((len(cols), 0))], axis=1)
+            row = _topic_values(cols, by_topic[topic])
+            del cols
             stamps[topic].append(t)
-            values[topic].append(row[order])
+            values[topic].append(row if order is None else row[order])
         if lo is not None:
             file_ranges[source.key] = (lo, hi)
     streams = {}
     for topic in by_topic:
         width = sum(f.dim for f in by_topic[topic])
-        st = np.concatenate(stamps[topic]) if stamps[topic] else np.zeros(0, np.int64)
-        vals = np.concatenate(values[topic]) if values[topic] else np.zeros((0, width))
+        st = _join(stamps.pop(topic)) if stamps[topic] else np.zeros(0, np.int64)
+        vals = _join(values.pop(topic)) if values[topic] else np.zeros((0, width))
         non_mono = int(np.sum(np.diff(st) < 0)) if len(st) > 1 else 0
-        order = np.argsort(st, kind="stable")
-        streams[topic] = Stream(topic, st[order], vals[order], non_mono)
+        order = _order(st)
+        streams[topic] = Stream(topic, st if order is None else st[order], vals if order is None else vals[order], non_mono)
     events.sort(key=lambda e: e.t_ns)
     return Extracted(streams, events, file_ranges, undecodable)
 

@@ -81,12 +81,22 @@ class TopicColumns:
 class _Stream:
     """Accumulates one channel's decoded batches."""
 
-    def __init__(self, topic: str, type_: str, decoder: StreamDecoder | None, why: str | None = None):
+    def __init__(self, topic: str, type_: str, decoder: StreamDecoder | None, why: str | None = None,
+                 stamp: str | None = None):
         self.topic, self.type, self.decoder, self.why = topic, type_, decoder, why
-        self.parts: list[tuple[np.ndarray, np.ndarray, object]] = []
+        # "added": header stamp fields read only to make ``stamp`` (dropped after); "asked": kept too
+        self.stamp = stamp
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, object]] = []
 
-    def add(self, log_time: np.ndarray, publish_time: np.ndarray, columns: object) -> None:
-        self.parts.append((log_time, publish_time, columns))
+    def add(self, log_time: np.ndarray, publish_time: np.ndarray, columns) -> None:
+        stamp = None
+        if self.stamp is not None:
+            sec, nanosec = (columns.numeric[path][:, 0] for path in _STAMP)
+            stamp = sec.astype(np.int64) * 1_000_000_000 + nanosec.astype(np.int64)
+            if self.stamp == "added":
+                for path in _STAMP:
+                    del columns.numeric[path]
+        self.parts.append((log_time, publish_time, stamp, columns))
 
 
 def read_columns(
@@ -340,11 +350,12 @@ def _decode_batch(
 _STAMP = ("header.stamp.sec", "header.stamp.nanosec")
 
 
-def _decoder(mtype: MessageType, request: TopicRequest) -> StreamDecoder:
-    numeric = request.numeric
+def _stream(topic: str, type_: str, mtype: MessageType, request: TopicRequest) -> _Stream:
+    numeric, stamp = request.numeric, None
     if request.stamp and any(op.name == "header" and op.sub == "std_msgs/msg/Header" for op in mtype.ops()):
-        numeric = (*numeric, *_STAMP)
-    return StreamDecoder(mtype, numeric, request.text)
+        stamp = "asked" if all(p in numeric for p in _STAMP) else "added"
+        numeric = (*numeric, *(p for p in _STAMP if p not in numeric))
+    return _Stream(topic, type_, StreamDecoder(mtype, numeric, request.text), stamp=stamp)
 
 
 def _mcap_stream(channel, schema, request: TopicRequest) -> _Stream:
@@ -356,10 +367,9 @@ def _mcap_stream(channel, schema, request: TopicRequest) -> _Stream:
         return _Stream(channel.topic, type_, None, f"schema encoding {encoding!r} is not ros2msg")
     try:
         mtype = MessageType.from_msgdef(schema.name, schema.data.decode("utf-8", "replace"))
-        decoder = _decoder(mtype, request)
+        return _stream(channel.topic, type_, mtype, request)
     except CdrError as exc:
         return _Stream(channel.topic, type_, None, str(exc))
-    return _Stream(channel.topic, type_, decoder)
 
 
 def _decode_into(
@@ -411,7 +421,7 @@ def _read_rosbags(
             try:
                 mtype = MessageType(connection.msgtype, reader.typestore.fielddefs)
                 request = requests[connection.topic]
-                by_id[connection.id] = _Stream(connection.topic, connection.msgtype, _decoder(mtype, request))
+                by_id[connection.id] = _stream(connection.topic, connection.msgtype, mtype, request)
             except CdrError as exc:
                 by_id[connection.id] = _Stream(connection.topic, connection.msgtype, None, str(exc))
             streams[(str(path), connection.id)] = by_id[connection.id]
@@ -464,33 +474,35 @@ def _finish(streams: dict[object, _Stream]) -> dict[str, TopicColumns]:
         by_topic.setdefault(stream.topic, []).append(stream)
     out: dict[str, TopicColumns] = {}
     for topic, parts in by_topic.items():
-        pieces = [(s, p) for s in parts for p in s.parts]
+        pieces = [p for s in parts for p in s.parts]
         if not pieces:
             continue
-        log_time = np.concatenate([p[0] for _, p in pieces])
-        publish_time = np.concatenate([p[1] for _, p in pieces])
-        first = pieces[0][1][2]
+        first = pieces[0][3]
+        paths = set.intersection(*(set(p[3].numeric) for p in pieces))
         numeric = {}
-        paths = set.intersection(*(set(p[2].numeric) for _, p in pieces))
         for path in [p for p in first.numeric if p in paths]:
-            arrays = [p[2].numeric[path] for _, p in pieces]
+            arrays = [p[3].numeric.pop(path) for p in pieces]  # popped: each part is freed as it is joined
             width = max(a.shape[1] for a in arrays)
-            numeric[path] = np.concatenate([_pad(a, width) for a in arrays])
-        text = {path: [x for _, p in pieces for x in p[2].text[path]] for path in first.text}
+            numeric[path] = _join([_pad(a, width) for a in arrays])
+            del arrays
+        text = {path: [x for p in pieces for x in p[3].text[path]] for path in first.text}
         # Layout numbers are per decoder; several files of one topic have several decoders.
         layouts, table = [], []
         for stream in parts:
             offset = len(table)
             table.extend(t.text for t in stream.decoder.templates)
             for p in stream.parts:
-                layouts.append(np.where(p[2].layout >= 0, p[2].layout + offset, -1))
-        stamp = None
-        if all(path in numeric for path in _STAMP):
-            sec, nanosec = (numeric[path][:, 0] for path in _STAMP)
-            stamp = sec.astype(np.int64) * 1_000_000_000 + nanosec.astype(np.int64)
-        out[topic] = TopicColumns(topic, parts[0].type, log_time, publish_time, numeric, text,
-                                  np.concatenate(layouts) if layouts else np.zeros(0, np.int32), table, stamp)
+                layouts.append(np.where(p[3].layout >= 0, p[3].layout + offset, -1))
+            stream.parts = []
+        stamps = [p[2] for p in pieces]
+        stamp = _join(stamps) if all(s is not None for s in stamps) else None
+        out[topic] = TopicColumns(topic, parts[0].type, _join([p[0] for p in pieces]), _join([p[1] for p in pieces]),
+                                  numeric, text, _join(layouts) if layouts else np.zeros(0, np.int32), table, stamp)
     return out
+
+
+def _join(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _pad(a: np.ndarray, width: int) -> np.ndarray:
