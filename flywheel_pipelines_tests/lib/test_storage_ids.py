@@ -298,6 +298,13 @@ def test_parse_raw_key_accepts():
     assert ids.parse_raw_key(RAW_KEY) == ("r101", "2026-03-02", "session-080000.mcap")
 
 
+def test_a_file_in_a_rosbag2_folder_belongs_to_the_folder_log():
+    key = "raw/robot=r101/date=2026-03-02/run_3/run_3_0.mcap"
+    assert ids.parse_raw_key(key) == ("r101", "2026-03-02", "run_3/run_3_0.mcap")
+    assert ids.raw_log_key(key) == "raw/robot=r101/date=2026-03-02/run_3/"
+    assert ids.raw_log_key(RAW_KEY) == RAW_KEY
+
+
 @pytest.mark.parametrize(
     "key",
     [
@@ -306,7 +313,9 @@ def test_parse_raw_key_accepts():
         "raw/robot=r1/date=2026-03-02/../x.mcap",
         "raw/robot=r1/date=2026-03-02/..",
         "raw/robot=r1/date=2026-03-02/.x.mcap.tmp",
-        "raw/robot=r1/date=2026-03-02/a/b.mcap",
+        "raw/robot=r1/date=2026-03-02/a/b/c.mcap",
+        "raw/robot=r1/date=2026-03-02/bag/../x.mcap",
+        "raw/robot=r1/date=2026-03-02/bag/",
         "raw/robot=r1/date=2026-03-02/",
         "raw/robot=r1/../robot=r2/date=2026-03-02/x.mcap",
         "/raw/robot=r1/date=2026-03-02/x.mcap",

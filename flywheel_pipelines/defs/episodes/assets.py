@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from flywheel_pipelines.defs.ingest.assets import log_manifest, manifest_key
+from flywheel_pipelines.defs.ingest.assets import log_manifest, manifest_key, open_log
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import markdown
@@ -56,7 +56,7 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
     if not usable:
         raise dg.Failure(f"robot {robot} on {day}: every raw file was rejected by log_manifest")
     with contextlib.ExitStack() as stack:
-        files = [SourceFile(f["key"], stack.enter_context(store.local_path(f["key"])), f["sha256"]) for f in usable]
+        files = [SourceFile(f["key"], stack.enter_context(open_log(store, f["key"])), f["sha256"]) for f in usable]
         result = standardize(files, emb, robot=robot, day=day)
     table = result.episodes
     # Validated before publishing: a suite that cannot run must not leave an unrecorded table behind.

@@ -5,7 +5,7 @@ import dagster as dg
 
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
-from flywheel_pipelines.lib import markdown
+from flywheel_pipelines.lib import ids, markdown
 from flywheel_pipelines.lib.rosbag.manifest import inspect_log
 from flywheel_pipelines.lib.storage import Lake, raw_fingerprint
 
@@ -29,11 +29,25 @@ def raw_prefix(robot: str, day: str) -> str:
     return f"raw/robot={robot}/date={day}/"
 
 
+def open_log(lake: Lake, key: str):
+    """A local path for one log: a file, or a rosbag2 folder (its key ends in /)."""
+    return lake.local_dir(key) if key.endswith("/") else lake.local_path(key)
+
+
 def build_manifest(lake: Lake, robot: str, day: str) -> dict:
-    files = []
+    """One entry per log: a file, or a rosbag2 folder (keyed by its prefix, ending in /)."""
+    logs: list[str] = []
     for obj in lake.list(raw_prefix(robot, day)):
-        with lake.local_path(obj.key) as path:
-            files.append(inspect_log(path, key=obj.key).to_dict())
+        try:
+            log = ids.raw_log_key(obj.key)
+        except ids.InvalidIdentifier:
+            log = obj.key  # an odd name still gets inspected and a verdict, never silently dropped
+        if log not in logs:
+            logs.append(log)
+    files = []
+    for key in logs:
+        with open_log(lake, key) as path:
+            files.append(inspect_log(path, key=key).to_dict())
     return {"robot": robot, "date": day, "files": files}
 
 
@@ -43,6 +57,7 @@ def build_manifest(lake: Lake, robot: str, day: str) -> dict:
     group_name="ingest",
     kinds={"python", "json"},
     owners=OWNERS,
+    pool="ingest",
 )
 def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """Per raw file of a robot-day: sha256, size, topics with types, counts, rates, time range
