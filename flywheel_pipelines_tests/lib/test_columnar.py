@@ -280,3 +280,62 @@ def test_non_cdr_channels_are_counted_as_undecodable(tmp_path: Path) -> None:
     assert read_columns(path, {"/pose": TopicRequest(("x",))}, stats=stats) == {}
     assert stats.undecodable == 5 and stats.undecodable_by_topic == {"/pose": 5}
     assert "not CDR" in stats.first_decode_error
+
+
+def write_variant(path: Path, *, n: int = 900, shuffle: bool = False, **writer_options) -> None:
+    """A JointState + String log written with mcap's Writer and the given options."""
+    from mcap.writer import Writer as McapWriter
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    T = store.types
+    rng = np.random.default_rng(5)
+    times = np.arange(n, dtype=np.int64) * 2_000_000 + 1_790_000_000_000_000_000
+    if shuffle:  # a recorder that writes out of log-time order (several threads, late callbacks)
+        times = times[rng.permutation(n)]
+    with open(path, "wb") as fh:
+        writer = McapWriter(fh, chunk_size=8192, **writer_options)
+        writer.start(profile="ros2", library="test")
+        ids = {}
+        for name in ("sensor_msgs/msg/JointState", "std_msgs/msg/String"):
+            text, _ = store.generate_msgdef(name, ros_version=2)
+            ids[name] = writer.register_channel(
+                "/js" if "Joint" in name else "/ev", "cdr", writer.register_schema(name, "ros2msg", text.encode()))
+        for i, t in enumerate(times.tolist()):
+            if i % 50 == 0:
+                msg = T["std_msgs/msg/String"](data=f"event {i}")
+                writer.add_message(ids["std_msgs/msg/String"], t, store.serialize_cdr(msg, "std_msgs/msg/String").tobytes(), t)
+            stamp = T["builtin_interfaces/msg/Time"](sec=t // 10**9, nanosec=t % 10**9)
+            msg = T["sensor_msgs/msg/JointState"](header=T["std_msgs/msg/Header"](stamp=stamp, frame_id="base"),
+                                                  name=["a", "b", "c"], position=rng.normal(size=3), velocity=rng.normal(size=3),
+                                                  effort=np.zeros(3))
+            payload = store.serialize_cdr(msg, "sensor_msgs/msg/JointState").tobytes()
+            writer.add_message(ids["sensor_msgs/msg/JointState"], t, payload, t)
+        writer.finish()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"compression": "lz4"},
+        {"compression": "none"},
+        {"compression": "zstd", "index_types": "none"},  # chunks without message indexes: walked
+        {"use_chunking": False},  # every message a top-level record
+        {"use_chunking": False, "use_summary_offsets": False, "index_types": "none", "use_statistics": False},
+        {"compression": "zstd", "shuffle": True},  # log times out of order within and across chunks
+    ],
+    ids=["lz4", "uncompressed", "unindexed", "unchunked", "unchunked-no-summary", "out-of-order"],
+)
+def test_every_mcap_writer_variant_matches_mcap_ros2(tmp_path: Path, options: dict) -> None:
+    from mcap.writer import CompressionType, IndexType
+
+    options = dict(options)
+    kwargs = {"shuffle": options.pop("shuffle", False)}
+    if "compression" in options:
+        kwargs["compression"] = {"lz4": CompressionType.LZ4, "none": CompressionType.NONE, "zstd": CompressionType.ZSTD}[
+            options.pop("compression")]
+    if options.get("index_types") == "none":
+        options["index_types"] = IndexType.NONE
+    path = tmp_path / "variant.mcap"
+    write_variant(path, **kwargs, **options)
+    assert compare_mcap(path) == 900 + 18
