@@ -34,7 +34,8 @@ def eval_prefix(policy_version: str) -> str:
     return f"evals/{policy_version}"
 
 
-@dg.asset(deps=[policy_candidate], group_name="evaluation", kinds={"mujoco", "onnx"}, owners=["team:ml"])
+@dg.asset(deps=[policy_candidate], group_name="evaluation", kinds={"mujoco", "onnx"}, owners=["team:ml"],
+          pool="evaluation")
 def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: LakeResource,
                 mlflow: MlflowResource) -> dg.MaterializeResult:
     """The candidate (as exported ONNX) over N seeded episodes with randomized per-robot physics,

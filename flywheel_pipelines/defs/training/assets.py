@@ -43,7 +43,7 @@ def policy_prefix(name: str, version: str) -> str:
     return f"policies/{name}/{version}"
 
 
-@dg.asset(deps=[curated_dataset], group_name="training", kinds={"pytorch", "mlflow"}, owners=["team:ml"])
+@dg.asset(deps=[curated_dataset], group_name="training", kinds={"pytorch", "mlflow"}, owners=["team:ml"], pool="training")
 def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lake: LakeResource,
                      mlflow: MlflowResource) -> dg.MaterializeResult:
     """A seeded PyTorch behaviour-cloning policy (safetensors + ONNX), logged to MLflow with its
