@@ -42,6 +42,7 @@ class EpisodesConfig(dg.Config):
     group_name="episodes",
     kinds={"python", "parquet"},
     owners=OWNERS,
+    pool="ingest",  # re-runs and backfills of episodes count against the ingest limit too
     check_specs=[dg.AssetCheckSpec(name, asset="episodes", description=d + CHECK_NOTE, blocking=False)
                  for name, d in CHECKS.items()],
 )
