@@ -202,22 +202,41 @@ def logs() -> None:
 
 @logs.command("inspect")
 @click.argument("path", type=click.Path(exists=True))
-@click.option("--json", "as_json", is_flag=True)
-def logs_inspect(path: str, as_json: bool) -> None:
-    """Verdict and per-topic type, count and first/last time (int64 ns), as ingest sees them."""
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object: verdict, reason, topics, lost_messages, lost_ranges.")
+@click.option("--decode", is_flag=True,
+              help="Also decode every MCAP message as ingest does and count per topic those that do not "
+                   "decode (several times slower; ROS 1 and sqlite3 storage are not decoded).")
+def logs_inspect(path: str, as_json: bool, decode: bool) -> None:
+    """Verdict and per-topic type, count and first/last time (int64 ns), as ingest sees them.
+
+    PATH is an MCAP file, a ROS 1 bag, a rosbag2 folder or a bare rosbag2 .db3 file. The exit
+    status is 0 whatever the verdict: a damaged log is a finding, not an error of this command.
+    """
     from flywheel_pipelines.lib.rosbag.manifest import inspect_log
 
-    m = inspect_log(Path(path))
+    m = inspect_log(Path(path), decode=decode)
     if as_json:
+        topics = []
+        for t in m.topics:
+            topic = {"topic": t.topic, "type": t.type, "count": t.count, "first_ns": t.first_ns, "last_ns": t.last_ns}
+            if decode:
+                topic.update(undecodable=t.undecodable, decode_error=t.decode_error)
+            topics.append(topic)
         out = {"verdict": m.verdict, "reason": m.reason, "lost_messages": m.lost_messages,
-               "topics": [{"topic": t.topic, "type": t.type, "count": t.count, "first_ns": t.first_ns,
-                           "last_ns": t.last_ns} for t in m.topics]}
+               "lost_ranges": [list(r) for r in m.lost_ranges], "topics": topics}
         click.echo(json.dumps(out, sort_keys=True))
         return
     click.echo(f"{m.key}: {m.verdict}" + (f" ({m.reason})" if m.reason else ""))
     click.echo(f"  {m.message_count} messages, {m.size} bytes, sha256 {m.sha256}")
+    if m.verdict == "recovered":
+        lost = "an unknown number of" if m.lost_messages is None else str(m.lost_messages)
+        click.echo(f"  lost: {lost} messages" + "".join(f"; {a} .. {b}" for a, b in m.lost_ranges))
     for t in m.topics:
-        click.echo(f"  {t.topic:<28} {t.type:<40} {t.count:>8}  {t.first_ns} .. {t.last_ns}  ({t.rate_hz:.1f} Hz)")
+        line = f"  {t.topic:<28} {t.type:<40} {t.count:>8}  {t.first_ns} .. {t.last_ns}  ({t.rate_hz:.1f} Hz)"
+        if t.undecodable:
+            line += f"  {t.undecodable} undecodable: {t.decode_error}"
+        click.echo(line)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,59 @@ def test_logs_inspect_json_on_a_real_log():
     out = CliRunner().invoke(main, ["logs", "inspect", str(path), "--json"])
     assert out.exit_code == 0, out.output
     doc = json.loads(out.output)
-    assert set(doc) == {"verdict", "reason", "topics", "lost_messages"}
-    assert doc["verdict"] == "ok"
+    assert set(doc) == {"verdict", "reason", "topics", "lost_messages", "lost_ranges"}
+    assert doc["verdict"] == "ok" and doc["reason"] is None
+    assert doc["lost_messages"] == 0 and doc["lost_ranges"] == []
     counts = {t["topic"]: t["count"] for t in doc["topics"]}
     assert counts == {"/odom": 2639, "/tf": 5422, "/tf_static": 1, "/amcl_pose": 135}
+    assert all(set(t) == {"topic", "type", "count", "first_ns", "last_ns"} for t in doc["topics"])
     assert all(isinstance(t["first_ns"], int) and t["first_ns"] <= t["last_ns"] for t in doc["topics"])
+
+
+def test_logs_inspect_json_on_a_cut_real_log_says_what_was_lost(tmp_path):
+    source = require_real_logs() / "mcap" / "evo__nav2_turtlebot.mcap"
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(source.read_bytes()[:250_000])  # the recorder lost power mid-chunk
+
+    out = CliRunner().invoke(main, ["logs", "inspect", str(cut), "--json"])
+
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)
+    assert doc["verdict"] == "recovered"
+    assert doc["reason"].startswith(f"{cut}: truncated at byte 250000: the file ends inside the chunk")
+    assert doc["lost_messages"] is None
+    kept = sum(t["count"] for t in doc["topics"])
+    assert 0 < kept < 8197
+    ((first_lost, last_lost),) = doc["lost_ranges"]
+    assert first_lost == max(t["last_ns"] for t in doc["topics"]) < last_lost
+
+
+def test_logs_inspect_text_on_a_bag_folder_with_a_missing_part(tmp_path):
+    source = require_real_logs() / "rosbag2" / "ros2_rosbag2__rosbag2_py__mcap_wbag"
+    bag = tmp_path / "wbag"
+    bag.mkdir()
+    for part in source.iterdir():
+        if part.name != "wbag_2.mcap":
+            (bag / part.name).write_bytes(part.read_bytes())
+
+    out = CliRunner().invoke(main, ["logs", "inspect", str(bag)])
+
+    assert out.exit_code == 0, out.output
+    first, _sizes, lost, *topics = out.output.splitlines()
+    assert first.startswith(f"wbag: recovered ({bag}: wbag_2.mcap: listed in metadata.yaml but missing")
+    assert lost.startswith("  lost: 1240 messages; ")
+    assert len(topics) == 8
+
+
+def test_logs_inspect_decode_counts_what_does_not_decode():
+    path = require_real_logs() / "rosbag2" / "ros2_rosbag2__rosbag2_tests__mcap_cdr_test" / "cdr_test_0.mcap"
+
+    out = CliRunner().invoke(main, ["logs", "inspect", str(path), "--json", "--decode"])
+
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)
+    assert {t["topic"]: (t["count"], t["undecodable"]) for t in doc["topics"]} == {
+        "/array_topic": (4, 0), "/test_topic": (3, 0)}
 
 
 def test_logs_inspect_names_a_broken_file(tmp_path):

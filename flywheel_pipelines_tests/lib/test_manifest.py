@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -131,6 +130,49 @@ def test_real_logs(relative: str) -> None:
     assert FileManifest.from_dict(json.loads(json.dumps(manifest.to_dict()))) == manifest
 
 
+def real_log_inputs() -> list[str]:
+    """Every log under real-logs, as inspect_log takes them: MCAP files (also each part of a
+    rosbag2 folder on its own), ROS 1 bags and rosbag2 folders. Found, not listed, so that a log
+    added there is checked too."""
+    if not REAL_LOGS.is_dir():
+        return ["missing"]  # require_real_logs() then fails in CI, skips on a laptop
+    found = [*REAL_LOGS.glob("*/*.mcap"), *REAL_LOGS.glob("*/*.bag"), *REAL_LOGS.glob("rosbag2/*/*.mcap")]
+    found += [p for p in REAL_LOGS.glob("rosbag2/*") if p.is_dir()]
+    return sorted(p.relative_to(REAL_LOGS).as_posix() for p in found)
+
+
+def reference_topics(path: Path) -> dict[str, tuple[str, int, int, int]]:
+    """Per topic: type, count, first and last log time, from ``mcap``'s reader or ``rosbags``."""
+    seen: dict[str, list] = {}
+
+    def add(topic: str, type_: str, t: int) -> None:
+        entry = seen.setdefault(topic, [type_, 0, t, t])
+        entry[1] += 1
+        entry[2], entry[3] = min(entry[2], t), max(entry[3], t)
+
+    if path.suffix == ".mcap":
+        with path.open("rb") as fh:
+            for schema, channel, message in make_reader(fh).iter_messages():
+                add(channel.topic, schema.name if schema else "", message.log_time)
+    else:
+        with AnyReader([path], default_typestore=get_typestore(Stores.LATEST)) as reader:
+            for connection, timestamp, _data in reader.messages():
+                add(connection.topic, connection.msgtype, timestamp)
+    return {topic: tuple(entry) for topic, entry in seen.items()}
+
+
+@pytest.mark.parametrize("relative", real_log_inputs())
+def test_every_real_log_matches_the_reference_readers(relative: str) -> None:
+    path = require_real_logs() / relative
+
+    manifest = inspect_log(path)
+
+    assert manifest.verdict == "ok", manifest.reason
+    ours = {t.topic: (t.type, t.count, t.first_ns, t.last_ns) for t in manifest.topics if t.count}
+    assert ours == reference_topics(path)
+    assert all(t.first_ns == t.last_ns == 0 for t in manifest.topics if not t.count)
+
+
 def test_joint_state_stream_has_its_rate() -> None:
     require_real_logs()
     manifest = inspect_log(REAL_LOGS / "ros1/plotjuggler__fake_joint_state.bag")
@@ -243,7 +285,7 @@ def test_flipped_byte_in_the_only_chunk_is_rejected(tmp_path: Path) -> None:
     assert manifest.reason.startswith(f"{path}: chunk at byte {chunk.chunk_start_offset}")
 
 
-def test_corrupt_chunk_length_is_skipped_using_the_summary(tmp_path: Path) -> None:
+def test_corrupt_chunk_length_is_read_by_the_chunk_layout(tmp_path: Path) -> None:
     path = tmp_path / "bad_length.mcap"
     counts = write_test_log(path)
     chunks = chunk_indexes(path)
@@ -251,10 +293,27 @@ def test_corrupt_chunk_length_is_skipped_using_the_summary(tmp_path: Path) -> No
 
     manifest = inspect_log(path)
 
+    # The chunk's own header still lays it out, and its CRC vouches for what was read.
     assert manifest.verdict == "recovered"
-    assert f"unreadable record at byte {chunks[4].chunk_start_offset}" in manifest.reason
-    assert f"to the next indexed chunk at byte {chunks[5].chunk_start_offset}" in manifest.reason
+    assert f"chunk at byte {chunks[4].chunk_start_offset}: its record length" in manifest.reason
+    assert manifest.message_count == sum(counts.values())
+    assert manifest.lost_messages == 0 and manifest.lost_ranges == ()
+
+
+def test_unframeable_chunk_is_skipped_using_the_summary(tmp_path: Path) -> None:
+    path = tmp_path / "zeroed_header.mcap"
+    counts = write_test_log(path)
+    chunks = chunk_indexes(path)
+    data = bytearray(path.read_bytes())
+    data[chunks[4].chunk_start_offset : chunks[4].chunk_start_offset + 9] = bytes(9)
+    path.write_bytes(bytes(data))
+
+    manifest = inspect_log(path)
+
+    assert manifest.verdict == "recovered"
+    assert f"unreadable record at byte {chunks[4].chunk_start_offset}: zero bytes" in manifest.reason
     assert manifest.lost_messages == sum(counts.values()) - manifest.message_count > 0
+    assert manifest.lost_ranges == ((chunks[4].message_start_time, chunks[4].message_end_time),)
     assert manifest.end_ns == T0 + 199 * PERIOD_NS  # the chunks after the damage were read
 
 
@@ -310,6 +369,31 @@ def test_valid_log_without_messages_is_rejected(tmp_path: Path) -> None:
 
     assert manifest.verdict == "rejected"
     assert manifest.reason == f"{path}: contains no messages"
+
+
+def test_manifest_written_before_lost_ranges_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "arm.mcap"
+    write_test_log(path)
+    manifest = inspect_log(path)
+    old = manifest.to_dict()
+    del old["lost_ranges"]
+    for topic in old["topics"]:
+        del topic["undecodable"], topic["decode_error"]
+
+    assert FileManifest.from_dict(json.loads(json.dumps(old))) == manifest
+
+
+def test_lost_ranges_survive_a_json_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "flipped.mcap"
+    write_test_log(path)
+    chunk = chunk_indexes(path)[3]
+    flip(path, chunk.chunk_start_offset + chunk.chunk_length // 2)
+
+    manifest = inspect_log(path)
+    document = json.loads(json.dumps(manifest.to_dict()))
+
+    assert document["lost_ranges"] == [[chunk.message_start_time, chunk.message_end_time]]
+    assert FileManifest.from_dict(document) == manifest
 
 
 def test_missing_path_raises(tmp_path: Path) -> None:
@@ -402,28 +486,25 @@ def test_rosbag2_folder_without_metadata_is_recovered(tmp_path: Path) -> None:
     assert manifest.message_count == sum(totals.values())
 
 
-def test_truncated_ros1_bag_is_rejected_not_raised(tmp_path: Path) -> None:
+def test_ros1_bag_cut_inside_its_header_is_rejected_not_raised(tmp_path: Path) -> None:
     require_real_logs()
     source = REAL_LOGS / "ros1/plotjuggler__fake_joint_state.bag"
     path = tmp_path / source.name
-    path.write_bytes(source.read_bytes()[:100_000])
+    path.write_bytes(source.read_bytes()[:5000])  # the bag header record, and no chunk
 
     manifest = inspect_log(path)
 
     assert manifest.verdict == "rejected"
     assert manifest.reason.startswith(f"{path}: rosbags cannot open it")
+    assert "no message could be read" in manifest.reason
 
 
-def test_sqlite_rosbag2_with_corrupt_database_is_rejected(tmp_path: Path) -> None:
-    require_real_logs()
-    folder = tmp_path / "bag"
-    folder.mkdir()
-    source = REAL_LOGS / "rosbag2/plotjuggler__rosbag2_test"
-    shutil.copyfile(source / "metadata.yaml", folder / "metadata.yaml")
-    database = (source / "rosbag2_test_0.db3").read_bytes()
-    (folder / "rosbag2_test_0.db3").write_bytes(database[: len(database) // 2])
+def test_folder_whose_storage_file_is_not_a_bag_is_rejected(tmp_path: Path) -> None:
+    folder = tmp_path / "session"
+    write_rosbag2_folder(folder, parts=1)
+    (folder / "session_0.mcap").write_bytes(b"PK\x03\x04 a zip file, uploaded by mistake")
 
-    manifest = inspect_log(folder)
+    manifest = inspect_log(folder, key="raw/session")
 
     assert manifest.verdict == "rejected"
-    assert manifest.reason.startswith(f"{folder}: ")
+    assert manifest.reason.startswith("raw/session: session_0.mcap: neither MCAP nor SQLite (starts with b'PK")

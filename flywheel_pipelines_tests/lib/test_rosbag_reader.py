@@ -353,3 +353,81 @@ def test_missing_file_and_directory_raise_log_read_error(tmp_path: Path) -> None
         list(iter_messages(tmp_path / "absent.mcap"))
     with pytest.raises(LogReadError, match="directory"):
         list(iter_messages(tmp_path))
+
+
+@pytest.mark.parametrize("compression", [CompressionType.ZSTD, CompressionType.LZ4, CompressionType.NONE])
+def test_file_cut_inside_its_last_chunk_keeps_the_complete_messages(tmp_path: Path, compression) -> None:
+    path = tmp_path / "cut.mcap"
+    # One chunk, large enough for several compressed blocks (zstd and lz4 decode block by block).
+    write_test_log(path, count=4000, chunk_size=1 << 24, compression=compression)
+    with path.open("rb") as fh:
+        (chunk,) = make_reader(fh).get_summary().chunk_indexes
+        in_file_order = [(c.topic, m.log_time) for _s, c, m in make_reader(fh).iter_messages(log_time_order=False)]
+    path.write_bytes(path.read_bytes()[: chunk.chunk_start_offset + chunk.chunk_length * 3 // 4])
+    stats = ReadStats()
+
+    messages = list(iter_messages(path, stats=stats))
+
+    kept = [(m.topic, m.log_time_ns) for m in messages]
+    assert 0 < len(kept) < len(in_file_order)
+    assert sorted(kept) == sorted(in_file_order[: len(kept)])
+    (problem,) = stats.problems
+    assert problem.startswith(f"truncated at byte {path.stat().st_size}: the file ends inside the chunk")
+    assert f"kept the {len(kept)} complete messages before the cut" in problem
+    assert stats.lost_messages is None
+    assert stats.lost_ranges == [(kept[-1][1], chunk.message_end_time)]
+
+
+def test_index_keeps_its_contract_for_the_columnar_reader(tmp_path: Path) -> None:
+    """``_McapScan.index()`` gives one unit per chunk with its MessageIndex records, a cut chunk is
+    marked ``cut`` (no index, and ``_chunk_records`` refuses it), and nothing is decompressed."""
+    from flywheel_pipelines.lib.rosbag.reader import _Damage, _McapScan
+
+    path = tmp_path / "arm.mcap"
+    write_test_log(path)
+    with path.open("rb") as fh:
+        summary = make_reader(fh).get_summary()
+    with _McapScan(path, str(path), None, ReadStats()) as scan:
+        scan.index()
+        units = [u for u in scan._units if u.is_chunk]
+        assert [u.offset for u in units] == [c.chunk_start_offset for c in summary.chunk_indexes]
+        for unit, chunk in zip(units, summary.chunk_indexes, strict=True):
+            assert [offset - 9 for offset, _length in unit.index_records] == sorted(chunk.message_index_offsets.values())
+            assert not unit.cut and len(scan._chunk_records(unit)) == chunk.uncompressed_size
+
+    last = summary.chunk_indexes[-1]
+    path.write_bytes(path.read_bytes()[: last.chunk_start_offset + last.chunk_length // 2])
+    with _McapScan(path, str(path), None, ReadStats()) as scan:
+        scan.index()
+        *intact, cut = [u for u in scan._units if u.is_chunk]
+        assert cut.cut and cut.offset == last.chunk_start_offset and cut.index_records == []
+        assert all(u.index_records and not u.cut for u in intact)
+        with pytest.raises(_Damage, match="file ends inside the chunk"):
+            scan._chunk_records(cut)
+
+
+def test_schemas_without_a_decoder_are_counted_per_topic(tmp_path: Path) -> None:
+    path = tmp_path / "schemas.mcap"
+    cdr_hello = bytes([0, 1, 0, 0, 6, 0, 0, 0]) + b"hello\x00"
+    with path.open("wb") as fh:
+        writer = McapWriter(fh)
+        writer.start(profile="ros2")
+        good = writer.register_channel(
+            "/status", "cdr", writer.register_schema("std_msgs/msg/String", "ros2msg", STRING_MSGDEF.encode())
+        )
+        unknown = writer.register_channel("/custom", "cdr", writer.register_schema("acme/Thing", "acme-idl", b"?"))
+        schemaless = writer.register_channel("/raw", "cdr", 0)
+        unparseable = writer.register_channel(
+            "/broken", "cdr", writer.register_schema("pkg/msg/Broken", "ros2msg", b"no such type here\n")
+        )
+        for i in range(3):
+            for n, channel in enumerate((good, unknown, schemaless, unparseable)):
+                writer.add_message(channel, T0 + 4 * i + n, cdr_hello, T0)
+        writer.finish()
+    stats = ReadStats()
+
+    decoded = list(iter_decoded(path, stats=stats))
+
+    assert [raw.topic for raw, _msg in decoded] == ["/status"] * 3
+    assert stats.undecodable_by_topic == {"/custom": 3, "/raw": 3, "/broken": 3}
+    assert stats.messages == 12 and not stats.damaged

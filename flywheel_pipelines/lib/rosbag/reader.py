@@ -8,16 +8,28 @@ was not:
 
 * **Pass 1 (index)** reads only record headers: chunk headers, top-level schema/channel records,
   message-index sizes and the prefix of top-level messages. Chunk payloads are skipped with a
-  seek, so this pass is cheap even for multi-gigabyte files. A record whose length runs past the
-  end of the file is where a truncated file stops; if the footer and summary are intact, the
-  summary's chunk indexes let the scan jump over a corrupt stretch to the next chunk.
+  seek, so this pass is cheap even for multi-gigabyte files. Where a record cannot be framed
+  (zeros, an unknown opcode, a length running past the end), the scan looks for the next
+  plausible record: the next chunk the summary indexes if the file has one, else (and before
+  it) the first offset holding a record whose fields agree with each other (a chunk with a known
+  compression and a records length that adds up to its record length; a message on a known
+  channel followed by another record; a strictly parseable schema or channel), and carries on
+  from there, counting the bytes it skipped. A chunk whose record length is damaged but whose
+  own header lays it out inside the file is read by that layout (its CRC then decides). A file
+  cut inside a chunk keeps that chunk as *cut*.
 * **Pass 2 (messages)** merges the chunks in log-time order with a heap keyed by each chunk's
   start time (the same strategy as ``mcap``'s seeking reader, so memory is bounded by the chunks
   that overlap in time). Each chunk is decompressed and its CRC checked on its own; a bad chunk is
-  skipped and recorded, never half-trusted.
+  skipped and recorded, never half-trusted. The one exception is the cut chunk at the end of a
+  truncated file: what is there is stream-decompressed (zstd and lz4 frames decode block by
+  block) and every complete message before the cut is kept. No CRC can vouch for those (it covers
+  the whole chunk), and the problem text says so.
 
 At the end, if the file has a readable summary with statistics, the per-channel counts read are
 compared with it: that comparison is what turns "a chunk failed" into "N messages were lost".
+The log-time ranges that lost messages fall in are recorded too (``ReadStats.lost_ranges``): a
+skipped chunk's header range, the part of a cut chunk after its last kept message, or, for a
+stretch that could not be framed, the gap between the messages read before and after it.
 
 Nothing here imports Dagster; the pipeline code calls :func:`iter_messages` /
 :func:`iter_decoded` and :func:`flywheel_pipelines.lib.rosbag.manifest.inspect_log`.
@@ -25,12 +37,15 @@ Nothing here imports Dagster; the pipeline code calls :func:`iter_messages` /
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import heapq
 import io
+import re
 import struct
 import zlib
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Self
@@ -85,7 +100,24 @@ _DATA_OPCODES = frozenset(
         Opcode.DATA_END,
     }
 )
+# Summary-section records: out of place in the data section, but framed like any record.
+_SUMMARY_OPCODES = frozenset(
+    {
+        Opcode.CHUNK_INDEX,
+        Opcode.ATTACHMENT_INDEX,
+        Opcode.METADATA_INDEX,
+        Opcode.STATISTICS,
+        Opcode.SUMMARY_OFFSET,
+    }
+)
 _PARSE_ERRORS = (McapError, struct.error, ValueError, EOFError)
+_COMPRESSIONS = frozenset({"", "zstd", "lz4"})
+# Searching for the next record after damage: candidate opcodes, and how much is read at a time.
+_SCAN_OPCODES = b"\x03\x04\x05\x06\x07\x0f"
+_SCAN_WINDOW = 4 << 20
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 class LogReadError(Exception):
@@ -147,6 +179,13 @@ class ReadStats:
             summary statistics when the file has them, else from the message indexes of skipped
             chunks); ``None`` when damage was found but the loss cannot be counted (a truncated
             file has no summary to compare with).
+        lost_ranges: Log-time intervals ``(first_ns, last_ns)``, sorted and not overlapping, that
+            contain the messages lost to damage (bounds may equal the times of kept messages):
+            a skipped chunk's header range, the rest of a cut chunk after its last kept message,
+            or the gap around a stretch of bytes that could not be read. Loss whose times are
+            unknown (the tail after a cut between chunks) has no range; the problems say so.
+        skipped_bytes: Bytes of the data section skipped over while looking for the next
+            readable record after damage.
     """
 
     source: str = ""
@@ -156,6 +195,8 @@ class ReadStats:
     first_decode_error: str | None = None
     problems: list[str] = field(default_factory=list)
     lost_messages: int | None = 0
+    lost_ranges: list[tuple[int, int]] = field(default_factory=list)
+    skipped_bytes: int = 0
 
     @property
     def damaged(self) -> bool:
@@ -223,26 +264,14 @@ def iter_decoded(
     Raises:
         LogReadError: As for :func:`iter_messages`.
     """
-    from mcap_ros2.decoder import DecoderFactory
-
     stats = stats if stats is not None else ReadStats()
-    factory = DecoderFactory()
+    factory = _decoder_factory()
     # Per channel: a decoder, or the reason there is none (so a bad schema costs one attempt).
     decoders: dict[int, Any] = {}
     for raw, channel, schema in _iter_scan(path, topics, stats):
         decoder = decoders.get(channel.id)
         if decoder is None:
-            try:
-                decoder = factory.decoder_for(channel.message_encoding, schema)
-            except Exception as exc:  # noqa: BLE001 - the schema text is untrusted input
-                decoder = f"schema {raw.schema_name!r} cannot be parsed: {exc}"
-            if decoder is None:
-                encoding = schema.encoding if schema is not None else "none"
-                decoder = (
-                    f"no ROS 2 decoder for message encoding {channel.message_encoding!r} "
-                    f"with schema encoding {encoding!r}"
-                )
-            decoders[channel.id] = decoder
+            decoder = decoders[channel.id] = _build_decoder(factory, channel, schema)
         if isinstance(decoder, str):
             _count_undecodable(stats, raw.topic, decoder)
             continue
@@ -252,6 +281,44 @@ def iter_decoded(
             _count_undecodable(stats, raw.topic, f"{type(exc).__name__}: {exc}")
             continue
         yield raw, decoded
+
+
+def _decoder_problem(message_encoding: str, schema: Schema | None) -> str | None:
+    """Why a channel's messages cannot be decoded as ROS 2, judged from its encodings alone.
+
+    This is the test :func:`iter_decoded` applies before it parses a schema: only CDR messages
+    with a ``ros2msg`` schema have a decoder.
+
+    Args:
+        message_encoding: The channel's message encoding, e.g. ``"cdr"``.
+        schema: The channel's schema, ``None`` for a schemaless channel.
+
+    Returns:
+        The reason, or ``None`` when a decoder applies (the schema may still fail to parse).
+    """
+    if message_encoding == "cdr" and schema is not None and schema.encoding == "ros2msg":
+        return None
+    encoding = schema.encoding if schema is not None else "none"
+    return f"no ROS 2 decoder for message encoding {message_encoding!r} with schema encoding {encoding!r}"
+
+
+def _decoder_factory() -> Any:
+    from mcap_ros2.decoder import DecoderFactory
+
+    return DecoderFactory()
+
+
+def _build_decoder(factory: Any, channel: Channel, schema: Schema | None) -> Any:
+    """A decoder function for the channel, or the reason there is none (a string)."""
+    problem = _decoder_problem(channel.message_encoding, schema)
+    if problem is not None:
+        return problem
+    try:
+        decoder = factory.decoder_for(channel.message_encoding, schema)
+    except Exception as exc:  # noqa: BLE001 - the schema text is untrusted input
+        name = schema.name if schema is not None else ""
+        return f"schema {name!r} cannot be parsed: {exc}"
+    return decoder if decoder is not None else f"no ROS 2 decoder for message encoding {channel.message_encoding!r}"
 
 
 def _count_undecodable(stats: ReadStats, topic: str, why: str) -> None:
@@ -314,6 +381,12 @@ class _Unit:
     # reads their (log time, offset) entries to find messages without walking the chunk.
     index_records: list[tuple[int, int]] = field(default_factory=list)
     loaded: bool = False
+    # chunk: the file ends inside its records (a truncated file). ``_chunk_records`` raises
+    # ``_Damage`` for it as for any incomplete chunk; pass 2 salvages it message by message.
+    cut: bool = False
+    # chunk: zeros follow it where the next record should start, as in a preallocated file whose
+    # writing stopped; if the chunk fails its checks, it is salvaged up to where the zeros begin.
+    zero_tail: bool = False
 
 
 @dataclass
@@ -322,6 +395,62 @@ class _Summary:
     channels: dict[int, Channel]
     chunk_indexes: list[ChunkIndex]
     statistics: Statistics | None
+
+
+# start, end, uncompressed size, CRC, compression (None: corrupt name length), header length,
+# records length
+_ChunkHeader = tuple[int, int, int, int, str | None, int, int]
+_KIND = {
+    Opcode.MESSAGE: "message",
+    Opcode.SCHEMA: "schema",
+    Opcode.CHANNEL: "channel",
+}
+
+
+def _scan_pattern(limit: int) -> re.Pattern[bytes]:
+    """Candidate record starts: an opcode, then a length whose bytes above ``limit`` are zero."""
+    return _compiled_scan_pattern(8 - max(1, (limit.bit_length() + 7) // 8))
+
+
+@functools.cache
+def _compiled_scan_pattern(zero_bytes: int) -> re.Pattern[bytes]:
+    opcodes = b"[" + b"".join(re.escape(bytes([b])) for b in _SCAN_OPCODES) + b"]"
+    # The lookahead (rather than matching the length) lets candidates overlap.
+    return re.compile(opcodes + b"(?=.{%d}\\x00{%d})" % (8 - zero_bytes, zero_bytes), re.DOTALL)
+
+
+def _definition_fits(opcode: int, length: int, read_at: Callable[[int, int], bytes], body: int) -> bool:
+    """Whether a schema or channel record's own length fields add up to exactly its ``length``.
+
+    Only the length fields are read (at ``body`` onwards), never the text or data between them.
+    """
+    if opcode == Opcode.SCHEMA:
+        head = read_at(body, 2)
+        if len(head) < 2 or _U16.unpack(head)[0] == 0:  # schema id 0 means "no schema"
+            return False
+        position = 2  # then name, encoding and data, each with a u32 length
+    else:
+        position = 4  # channel id, schema id; then topic, message encoding, metadata map
+    for _ in range(3):
+        if position + 4 > length:
+            return False
+        size = read_at(body + position, 4)
+        if len(size) < 4:
+            return False
+        position += 4 + _U32.unpack(size)[0]
+    return position == length
+
+
+@dataclass(slots=True)
+class _Walk:
+    """What walking one chunk's records found."""
+
+    messages: int = 0
+    stop: int | None = None  # offset of the first record that could not be framed
+    record_number: int = 0
+    first_time: int | None = None
+    last_time: int | None = None
+    in_order: bool = True
 
 
 class _Damage(Exception):
@@ -352,10 +481,18 @@ class _McapScan:
         self._units: list[_Unit] = []
         self._defs_loaded_before = 0  # units [0, n) have been loaded for their definitions
         self._orphans: Counter[int] = Counter()
+        self._orphan_span: tuple[int, int] | None = None  # log times of the orphaned messages
         # Whether some message record was found intact, or some part was left unread by the topic
         # filter: a damaged file with neither is "unreadable" (LogReadError), not merely empty.
         self.readable = False
         self._fh: BinaryIO | None = None
+        self._limit = 0  # where the data section ends (the summary start, the footer or EOF)
+        # Stretches pass 1 could not frame: (where the damage starts, where reading resumed or
+        # None). Their lost time ranges are worked out once every unit around them is known.
+        self._skips: list[tuple[int, int | None]] = []
+        # The chunk that MessageIndex records read now belong to (None after anything else).
+        self._index_target: _Unit | None = None
+        self._cut_problem: int | None = None  # index in stats.problems of the cut-chunk problem
 
     # -- opening --------------------------------------------------------------------------------
 
@@ -448,12 +585,13 @@ class _McapScan:
 
     def index(self) -> None:
         """Pass 1: frames every record of the data section without decompressing anything."""
-        limit = self._read_footer_and_summary()
+        limit = self._limit = self._read_footer_and_summary()
         pos = len(MCAP_MAGIC)
         first = True
+        chunk_end: tuple[int, _Unit] | None = None  # where the last framed chunk record ended
         while True:
             if pos >= limit:
-                if not self.has_footer:
+                if not self.has_footer and self._cut_problem is None:
                     self._problem(
                         f"truncated: the file ends at byte {self.size} without a DataEnd record "
                         "or footer (the recording was not closed)"
@@ -466,16 +604,34 @@ class _McapScan:
                 continue
             opcode, length = _RECORD_HEADER.unpack(self._read_at(pos, _RECORD_HEADER.size))
             end = pos + _RECORD_HEADER.size + length
+            why = None
             if opcode == 0:
                 why = "zero bytes where a record should start (zero-filled or overwritten)"
+                if chunk_end is not None and chunk_end[0] == pos:
+                    chunk_end[1].zero_tail = True
             elif end > limit:
+                if opcode == Opcode.CHUNK:
+                    resume = self._index_overlong_chunk(pos, length)
+                    if resume is not None:
+                        first = False
+                        if resume >= self.size:
+                            break  # a cut chunk: the file ends inside it
+                        pos = resume
+                        continue
                 why = (
                     f"a record (opcode 0x{opcode:02x}) declares {length} bytes but only "
                     f"{limit - pos - _RECORD_HEADER.size} remain"
                 )
-            else:
-                why = None
+            elif (
+                opcode < 0x80
+                and opcode not in _DATA_OPCODES
+                and opcode not in _SUMMARY_OPCODES
+                and opcode != Opcode.FOOTER
+            ):
+                # 0x80-0xff are user records, fine to skip; no spec-defined record has this one.
+                why = f"unknown record opcode 0x{opcode:02x}"
             if why is not None:
+                first = False
                 pos = self._framing_damage(pos, why)
                 if pos is None:
                     break
@@ -496,24 +652,31 @@ class _McapScan:
                 break
             if opcode == Opcode.FOOTER:
                 break  # a writer that skipped DataEnd: the summary or footer starts here
+            units = len(self._units)
             self._index_record(pos, opcode, length)
+            chunk_end = (end, self._units[-1]) if opcode == Opcode.CHUNK and len(self._units) > units else None
             pos = end
+        self._skip_ranges()
 
     def _index_record(self, pos: int, opcode: int, length: int) -> None:
         body = pos + _RECORD_HEADER.size
         if opcode == Opcode.CHUNK:
             self._index_chunk(pos, length)
-        elif opcode == Opcode.MESSAGE_INDEX:
+            return
+        if opcode == Opcode.MESSAGE_INDEX:
             # Message indexes follow their chunk; their sizes give its per-channel message counts,
             # which let pass 2 skip chunks of unwanted topics and count what a bad chunk lost.
-            if length >= 6 and self._units and self._units[-1].is_chunk:
+            target = self._index_target
+            if length >= 6 and target is not None:
                 channel_id, records_length = struct.unpack("<HI", self._read_at(body, 6))
-                counts = self._units[-1].index_counts
+                counts = target.index_counts
                 if counts is None:
-                    counts = self._units[-1].index_counts = {}
+                    counts = target.index_counts = {}
                 counts[channel_id] = counts.get(channel_id, 0) + records_length // 16
-                self._units[-1].index_records.append((body, length))
-        elif opcode == Opcode.MESSAGE:
+                target.index_records.append((body, length))
+            return
+        if opcode == Opcode.MESSAGE:
+            self._index_target = None
             if length < _MESSAGE_PREFIX.size:
                 self._problem(f"message record at byte {pos} is too short ({length} bytes)")
                 self._add_lost(1)
@@ -534,56 +697,129 @@ class _McapScan:
             except _PARSE_ERRORS as exc:
                 kind = "schema" if opcode == Opcode.SCHEMA else "channel"
                 self._problem(f"{kind} record at byte {pos} unreadable ({_error_text(exc)})")
-        elif opcode not in _DATA_OPCODES and opcode < 0x80:
-            # 0x80-0xff are user records and fine to skip; anything else this low is either a
-            # summary record out of place or a damaged opcode byte.
+        elif opcode in _SUMMARY_OPCODES:
             self._problem(f"unexpected record opcode 0x{opcode:02x} at byte {pos} skipped")
 
-    def _index_chunk(self, pos: int, length: int) -> None:
-        body = pos + _RECORD_HEADER.size
-        fixed = self._read_at(body, _CHUNK_FIXED.size)
-        if len(fixed) < _CHUNK_FIXED.size or length < _CHUNK_FIXED.size + 8:
-            self._problem(f"chunk at byte {pos}: header cut short")
-            self._add_lost(None)
-            return
+    def _chunk_header(self, pos: int) -> _ChunkHeader | None:
+        """The chunk header at ``pos``: start, end, uncompressed size, CRC, compression (None
+        for an implausibly long name), header length (from the body start to the records) and
+        records length; None if the file ends inside it."""
+        fixed = self._read_at(pos + _RECORD_HEADER.size, _CHUNK_FIXED.size)
+        if len(fixed) < _CHUNK_FIXED.size:
+            return None
         start, end, usize, crc, name_length = _CHUNK_FIXED.unpack(fixed)
         header_length = _CHUNK_FIXED.size + name_length + 8
-        if name_length > _MAX_COMPRESSION_NAME or header_length > length:
-            self._problem(f"chunk at byte {pos}: corrupt header (compression name length)")
-            self._add_lost(None)
-            return
-        rest = self._read_at(body + _CHUNK_FIXED.size, name_length + 8)
+        if name_length > _MAX_COMPRESSION_NAME:
+            return start, end, usize, crc, None, header_length, 0
+        rest = self._read_at(pos + _RECORD_HEADER.size + _CHUNK_FIXED.size, name_length + 8)
+        if len(rest) < name_length + 8:
+            return None
         try:
             compression = rest[:name_length].decode()
         except UnicodeDecodeError:
             compression = repr(rest[:name_length])
-        (records_length,) = struct.unpack("<Q", rest[name_length:])
+        (records_length,) = _U64.unpack_from(rest, name_length)
+        return start, end, usize, crc, compression, header_length, records_length
+
+    def _index_chunk(self, pos: int, length: int) -> None:
+        self._index_target = None
+        header = self._chunk_header(pos) if length >= _CHUNK_FIXED.size + 8 else None
+        if header is None:
+            self._problem(f"chunk at byte {pos}: header cut short")
+            self._add_lost(None)
+            return
+        _start, _end, _usize, _crc, compression, header_length, records_length = header
+        if compression is None or header_length > length:
+            self._problem(f"chunk at byte {pos}: corrupt header (compression name length)")
+            self._add_lost(None)
+            return
         if records_length > length - header_length:
             self._problem(f"chunk at byte {pos}: corrupt header (records length)")
             self._add_lost(None)
             return
-        self._units.append(
-            _Unit(
-                pos,
-                start,
-                True,
-                end_time=end,
-                data_offset=body + header_length,
-                data_length=records_length,
-                compression=compression,
-                uncompressed_size=usize,
-                uncompressed_crc=crc,
+        self._add_chunk(pos, header)
+
+    def _add_chunk(self, pos: int, header: _ChunkHeader, *, cut: bool = False) -> _Unit:
+        start, end, usize, crc, compression, header_length, records_length = header
+        unit = _Unit(
+            pos,
+            start,
+            True,
+            end_time=end,
+            data_offset=pos + _RECORD_HEADER.size + header_length,
+            data_length=records_length,
+            compression=compression or "",
+            uncompressed_size=usize,
+            uncompressed_crc=crc,
+            cut=cut,
+        )
+        self._units.append(unit)
+        self._index_target = unit
+        return unit
+
+    def _index_overlong_chunk(self, pos: int, length: int) -> int | None:
+        """A chunk whose record length runs past the data section: read it by its own layout.
+
+        Either the record length is damaged and the chunk header (compression, records length)
+        lays the chunk out inside the file, or the file was cut inside the chunk. Returns where
+        to continue (the file size for a cut chunk), or None when neither holds.
+        """
+        header = self._chunk_header(pos)
+        if header is None or not self._sane_chunk_header(header):
+            return None
+        _start, _end, _usize, _crc, compression, header_length, records_length = header
+        data_offset = pos + _RECORD_HEADER.size + header_length
+        layout_end = data_offset + records_length
+        if layout_end <= self._limit:
+            self._problem(
+                f"chunk at byte {pos}: its record length ({length} bytes) runs past the data "
+                f"section, but its header lays it out in {layout_end - pos - _RECORD_HEADER.size} "
+                "bytes; read by that layout (the chunk CRC decides whether it is intact)"
             )
+            self._add_chunk(pos, header)
+            return layout_end
+        if self.has_footer or data_offset >= self.size:
+            return None
+        # The file ends inside this chunk's records: what is there is salvaged in pass 2.
+        self._add_chunk(pos, header, cut=True)
+        self._cut_problem = len(self.stats.problems)
+        self._problem(
+            f"truncated at byte {self.size}: the file ends inside the chunk at byte {pos} "
+            f"({self.size - data_offset} of its {records_length} bytes of "
+            f"{compression or 'uncompressed'} records are present)"
+        )
+        self._add_lost(None)
+        return self.size
+
+    @staticmethod
+    def _sane_chunk_header(header: _ChunkHeader) -> bool:
+        start, end, usize, _crc, compression, _header_length, records_length = header
+        return (
+            compression in _COMPRESSIONS
+            and start <= end
+            and usize <= _MAX_RECORD
+            and records_length <= _MAX_RECORD
+            and (compression != "" or usize == records_length)
         )
 
     def _framing_damage(self, pos: int, why: str) -> int | None:
         """Records a record that cannot be framed; returns where to resume, or None to stop."""
-        resume = self._resync_after(pos)
+        self._index_target = None
+        indexed = self._resync_after(pos)
+        found = self._scan_forward(pos + 1, indexed if indexed is not None else self._limit)
+        resume = found[0] if found is not None else indexed
         if resume is not None:
+            what = (
+                "next indexed chunk"
+                if found is None or resume == indexed
+                else f"next readable record ({found[1]})"
+            )
             self._problem(
                 f"unreadable record at byte {pos}: {why}; skipped {resume - pos} bytes to the "
-                f"next indexed chunk at byte {resume}"
+                f"{what} at byte {resume}"
             )
+            self.stats.skipped_bytes += resume - pos
+            self._skips.append((pos, resume))
             # Whatever lay in the skipped stretch is only countable against the summary.
             self._add_lost(None)
             return resume
@@ -591,6 +827,8 @@ class _McapScan:
             self._problem(f"unreadable record at byte {pos}: {why}; nothing after it is indexed")
         else:
             self._problem(f"truncated at byte {pos} of {self.size}: {why}")
+        self.stats.skipped_bytes += self._limit - pos
+        self._skips.append((pos, None))
         self._add_lost(None)
         return None
 
@@ -609,6 +847,123 @@ class _McapScan:
             if opcode == Opcode.CHUNK and length + _RECORD_HEADER.size == index.chunk_length:
                 return offset
         return None
+
+    # -- finding the next record after damage ---------------------------------------------------
+
+    def _scan_forward(self, start: int, bound: int) -> tuple[int, str] | None:
+        """The first offset in ``[start, bound)`` where a plausible record starts, and its kind.
+
+        Candidates are found with one regular expression (a record opcode followed by a length
+        whose high bytes are zero, since it must fit in the file), so random or zeroed stretches
+        are crossed at C speed; each candidate is then checked field by field.
+        """
+        if start >= bound:
+            return None
+        pattern = _scan_pattern(self._limit)
+        window_start = start
+        while window_start < bound:
+            window_end = min(bound, window_start + _SCAN_WINDOW)
+            window = self._read_at(window_start, window_end - window_start + _RECORD_HEADER.size)
+            span = window_end - window_start
+            # No endpos: the lookahead must see the length bytes past the window's end.
+            for match in pattern.finditer(window):
+                if match.start() >= span:
+                    break
+                offset = window_start + match.start()
+                kind = self._plausible_record(offset)
+                if kind is not None:
+                    return offset, kind
+            window_start = window_end
+        return None
+
+    def _plausible_record(self, pos: int, follow: int | None = None) -> str | None:
+        """What record starts at ``pos``, if its fields agree with each other; else None.
+
+        A message or definition has few self-checking fields, so it is only believed when a
+        plausible record (or the end of the data section) follows it; a message on a channel not
+        defined yet (its definition may sit in a chunk, read in pass 2) needs two more records.
+        ``follow`` is how many of the records after it must be checked this way too.
+        """
+        header = self._read_at(pos, _RECORD_HEADER.size)
+        if len(header) < _RECORD_HEADER.size:
+            return None
+        opcode, length = _RECORD_HEADER.unpack(header)
+        end = pos + _RECORD_HEADER.size + length
+        if opcode == Opcode.CHUNK:
+            chunk = self._chunk_header(pos)
+            if chunk is None or not self._sane_chunk_header(chunk):
+                return None
+            if chunk[5] + chunk[6] != length:
+                return None
+            # A chunk cut by the end of a file that has no footer is still worth salvaging.
+            return "chunk" if end <= self._limit or not self.has_footer else None
+        if end > self._limit:
+            return None
+        if opcode == Opcode.DATA_END:
+            return "DataEnd" if length == 4 else None
+        if opcode == Opcode.MESSAGE_INDEX:
+            if length < 6:
+                return None
+            (records_length,) = _U32.unpack(self._read_at(pos + 11, 4))
+            return "message index" if records_length % 16 == 0 and records_length + 6 == length else None
+        if opcode == Opcode.MESSAGE:
+            if length < _MESSAGE_PREFIX.size:
+                return None
+            (channel_id,) = _U16.unpack(self._read_at(pos + _RECORD_HEADER.size, 2))
+            if follow is None and channel_id not in self.channels:
+                follow = 2
+        elif opcode in (Opcode.SCHEMA, Opcode.CHANNEL):
+            if not _definition_fits(opcode, length, self._read_at, pos + _RECORD_HEADER.size):
+                return None
+        else:
+            return None
+        if end == self._limit:
+            return _KIND[opcode]
+        if follow is not None and follow > 1:
+            return _KIND[opcode] if self._plausible_record(end, follow - 1) is not None else None
+        after = self._read_at(end, _RECORD_HEADER.size)
+        if len(after) < _RECORD_HEADER.size:
+            return None
+        next_opcode, next_length = _RECORD_HEADER.unpack(after)
+        next_end = end + _RECORD_HEADER.size + next_length
+        if next_opcode in _DATA_OPCODES and (next_end <= self._limit or not self.has_footer):
+            return _KIND[opcode]
+        return None
+
+    def _skip_ranges(self) -> None:
+        """The log-time ranges the stretches skipped in pass 1 may have held.
+
+        The summary's chunk indexes give exact ranges for the chunks inside a stretch; without
+        them, the range is the gap between the last time read before it and the first after it.
+        """
+        if not self._skips:
+            return
+        statistics = self.summary.statistics if self.summary is not None else None
+        for pos, resume in self._skips:
+            stop = resume if resume is not None else self._limit
+            indexed = [
+                (c.message_start_time, c.message_end_time)
+                for c in (self.summary.chunk_indexes if self.summary is not None else ())
+                if pos <= c.chunk_start_offset < stop
+            ]
+            if indexed:
+                self.stats.lost_ranges.extend(indexed)
+                continue
+            # The units are in file order: the nearest ones on either side bound the stretch.
+            before = next((u for u in reversed(self._units) if u.offset < pos), None)
+            after = next((u for u in self._units if u.offset >= stop), None)
+            low = (
+                (before.end_time if before.is_chunk else before.start_time)
+                if before is not None
+                else (statistics.message_start_time if statistics else None)
+            )
+            high = (
+                after.start_time
+                if after is not None
+                else (statistics.message_end_time if statistics else None)
+            )
+            if low is not None and high is not None:
+                self.stats.lost_ranges.append((min(low, high), max(low, high)))
 
     def _define(self, opcode: int, body: bytes) -> None:
         stream = ReadDataStream(io.BytesIO(body))
@@ -682,57 +1037,187 @@ class _McapScan:
             self._place(number, 0, message, heap)
             self.readable = True
             return
+        if unit.cut:
+            self._load_cut_chunk(number, unit, heap)
+            return
+        if unit.zero_tail and not unit.uncompressed_crc:
+            # Without a CRC nothing tells zeros the writer never wrote from data: stop where they start.
+            self._load_cut_chunk(number, unit, heap, damage="no CRC to check")
+            return
         try:
             records = self._chunk_records(unit)
         except _Damage as exc:
+            if unit.zero_tail:
+                self._load_cut_chunk(number, unit, heap, damage=str(exc))
+                return
             self._problem(f"chunk at byte {unit.offset}: {exc}; skipped")
-            self._add_lost(self._chunk_message_count(unit))
+            lost = self._chunk_message_count(unit)
+            self._add_lost(lost)
+            if lost != 0:
+                self.stats.lost_ranges.append((unit.start_time, unit.end_time))
             return
+        walked = self._walk_records(number, records, heap)
+        if walked.stop is not None:
+            self._chunk_malformed(unit, walked)
+            return
+        self._check_time_range(unit, walked)
+
+    def _walk_records(
+        self, number: int, records: bytes, heap: list[tuple[int, int, int, int, Any]]
+    ) -> _Walk:
+        """Places the messages of a chunk's records on the heap, defining schemas and channels.
+
+        Stops at the first record that cannot be framed (``stop`` is its offset): for a CRC-checked
+        chunk that is a malformed record, for a cut chunk simply where the cut is.
+        """
         position = 0
         end = len(records)
         record_number = 0
+        messages = 0
+        stop = None
         first_time = last_time = None
+        in_order = True
         while position < end:
             if end - position < _RECORD_HEADER.size:
-                self._chunk_malformed(unit, position, record_number)
-                return
+                stop = position
+                break
             opcode, length = _RECORD_HEADER.unpack_from(records, position)
             body_start = position + _RECORD_HEADER.size
             body_end = body_start + length
             if body_end > end:
-                self._chunk_malformed(unit, position, record_number)
-                return
+                stop = position
+                break
             if opcode == Opcode.MESSAGE:
                 if length < _MESSAGE_PREFIX.size:
-                    self._chunk_malformed(unit, position, record_number)
-                    return
+                    stop = position
+                    break
                 message = _MESSAGE_PREFIX.unpack_from(records, body_start) + (
                     bytes(records[body_start + _MESSAGE_PREFIX.size : body_end]),
                 )
                 self._place(number, record_number, message, heap)
-                # Set per message: a chunk of bare definitions does not make a file readable.
-                self.readable = True
+                messages += 1
                 log_time = message[2]
-                if first_time is None or log_time < first_time:
-                    first_time = log_time
-                if last_time is None or log_time > last_time:
+                if first_time is None:
+                    first_time = last_time = log_time
+                elif log_time >= last_time:
                     last_time = log_time
+                else:
+                    in_order = False
+                    first_time = min(first_time, log_time)
             elif opcode in (Opcode.SCHEMA, Opcode.CHANNEL):
                 try:
                     self._define(opcode, bytes(records[body_start:body_end]))
                 except _PARSE_ERRORS:
-                    self._chunk_malformed(unit, position, record_number)
-                    return
+                    stop = position
+                    break
             position = body_end
             record_number += 1
-        if first_time is not None and not (
-            unit.start_time <= first_time and last_time <= unit.end_time
+        if messages:
+            # Not per message: a chunk of bare definitions does not make a file readable.
+            self.readable = True
+        return _Walk(messages, stop, record_number, first_time, last_time, in_order)
+
+    def _check_time_range(self, unit: _Unit, walked: _Walk) -> None:
+        if walked.first_time is not None and not (
+            unit.start_time <= walked.first_time and walked.last_time <= unit.end_time
         ):
             # The CRC does not cover the chunk header, and the merge trusts its start time.
             self._problem(
                 f"chunk at byte {unit.offset}: its header's time range does not cover its "
-                f"messages ({first_time}..{last_time}); log-time order may be off around it"
+                f"messages ({walked.first_time}..{walked.last_time}); log-time order may be off around it"
             )
+
+    def _load_cut_chunk(
+        self, number: int, unit: _Unit, heap: list[tuple[int, int, int, int, Any]], damage: str | None = None
+    ) -> None:
+        """Salvages the complete messages of the chunk a truncated file ends in (or, with
+        ``damage``, of a chunk whose data turns to zeros where its writing stopped)."""
+        try:
+            records, complete = self._salvage_records(unit)
+        except _Damage as exc:
+            self._cut_chunk_problem(unit, f"nothing could be salvaged from it ({exc})", damage)
+            self.stats.lost_ranges.append((unit.start_time, unit.end_time))
+            return
+        walked = self._walk_records(number, records, heap)
+        if complete and walked.stop is None:
+            self._cut_chunk_problem(
+                unit,
+                f"its records are complete and match its CRC, so all {walked.messages} of its messages "
+                "were kept; anything written after it is lost with the tail",
+                damage,
+            )
+            self._check_time_range(unit, walked)
+            return
+        if walked.messages:
+            kept = (
+                f"kept the {walked.messages} complete messages before the cut (log times "
+                f"{walked.first_time}..{walked.last_time}); no CRC can vouch for them, as the chunk CRC "
+                "covers the whole chunk"
+            )
+            # Messages are written in log-time order as a rule; if these were not, the lost rest
+            # of the chunk may lie anywhere in its range.
+            lost_from = walked.last_time if walked.in_order else unit.start_time
+        else:
+            kept = "no complete message before the cut"
+            lost_from = unit.start_time
+        lost_to = max(unit.end_time, lost_from)
+        self._cut_chunk_problem(unit, f"{kept}; the rest of the chunk (log times up to {lost_to}) is lost", damage)
+        self.stats.lost_ranges.append((lost_from, lost_to))
+
+    def _cut_chunk_problem(self, unit: _Unit, outcome: str, damage: str | None) -> None:
+        if damage is not None:
+            self._problem(
+                f"chunk at byte {unit.offset}: {damage}; its data turns to zeros before its end and zeros "
+                f"follow it, as where a preallocated file's writing stopped: {outcome}"
+            )
+        elif self._cut_problem is not None and self._cut_problem < len(self.stats.problems):
+            # One problem per damage: the text pass 1 wrote for the cut gets the outcome appended.
+            self.stats.problems[self._cut_problem] += f"; {outcome}"
+        else:
+            self._problem(f"chunk at byte {unit.offset} (cut by the end of the file): {outcome}")
+
+    def _salvage_records(self, unit: _Unit) -> tuple[bytes, bool]:
+        """The decompressed records of a cut chunk, as far as they go, and whether they are all
+        there and match the chunk CRC (a file cut inside a compressed frame's epilogue)."""
+        available = max(0, min(unit.data_length, self.size - unit.data_offset))
+        data = self._read_at(unit.data_offset, available)
+        if unit.zero_tail:
+            data = data.rstrip(b"\x00")  # where the writing stopped
+        wanted = min(unit.uncompressed_size, _MAX_RECORD)
+        if unit.compression == "":
+            records = data
+        elif unit.compression == "zstd" and zstandard is not None:
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+            pieces: list[bytes] = []
+            got = 0
+            # Piecewise, so that damage near the cut still leaves the blocks decoded before it.
+            with contextlib.suppress(zstandard.ZstdError):
+                while got < wanted:
+                    piece = reader.read(min(1 << 20, wanted - got))
+                    if not piece:
+                        break
+                    pieces.append(piece)
+                    got += len(piece)
+            records = b"".join(pieces)
+        elif unit.compression == "lz4" and lz4_frame is not None:
+            decompressor = lz4_frame.LZ4FrameDecompressor()
+            pieces = []
+            got = 0
+            with contextlib.suppress(RuntimeError):
+                for block in range(0, len(data), 1 << 16):
+                    if got >= wanted:
+                        break
+                    piece = decompressor.decompress(data[block : block + (1 << 16)], max_length=wanted - got)
+                    pieces.append(piece)
+                    got += len(piece)
+            records = b"".join(pieces)
+        else:
+            raise _Damage(f"unsupported compression {unit.compression!r}")
+        records = records[:wanted]
+        complete = len(records) == unit.uncompressed_size and (
+            unit.uncompressed_crc == 0 or zlib.crc32(records) == unit.uncompressed_crc
+        )
+        return records, complete
 
     def _place(
         self,
@@ -751,6 +1236,8 @@ class _McapScan:
             channel = self.channels.get(channel_id)
         if channel is None:
             self._orphans[channel_id] += 1
+            low, high = self._orphan_span or (message[2], message[2])
+            self._orphan_span = (min(low, message[2]), max(high, message[2]))
             return
         if self._wanted(channel):
             heapq.heappush(heap, (message[2], 1, number, record_number, (channel, message)))
@@ -812,14 +1299,16 @@ class _McapScan:
             total += count
         return total
 
-    def _chunk_malformed(self, unit: _Unit, position: int, record_number: int) -> None:
+    def _chunk_malformed(self, unit: _Unit, walked: _Walk) -> None:
         # The CRC held (or there was none), so the records before this one are trusted as written.
         checked = "despite a matching CRC" if unit.uncompressed_crc else "(chunk has no CRC)"
         self._problem(
-            f"chunk at byte {unit.offset}: malformed record {record_number} at chunk offset "
-            f"{position} {checked}; rest of the chunk skipped"
+            f"chunk at byte {unit.offset}: malformed record {walked.record_number} at chunk offset "
+            f"{walked.stop} {checked}; rest of the chunk skipped"
         )
         self._add_lost(None)
+        lost_from = walked.last_time if walked.in_order and walked.last_time is not None else unit.start_time
+        self.stats.lost_ranges.append((lost_from, max(lost_from, unit.end_time)))
 
     def _finish(self) -> None:
         if self._orphans:
@@ -828,7 +1317,10 @@ class _McapScan:
                 f"{sum(self._orphans.values())} messages reference undefined channel id(s) {ids}"
             )
             self._add_lost(sum(self._orphans.values()))
+            if self._orphan_span is not None:
+                self.stats.lost_ranges.append(self._orphan_span)
         self._compare_with_statistics()
+        self.stats.lost_ranges[:] = _merge_ranges(self.stats.lost_ranges)
 
     def _compare_with_statistics(self) -> None:
         """Compares what was read with the summary's statistics, which then decide the loss."""
@@ -851,6 +1343,10 @@ class _McapScan:
             read = {-1: sum(read.values())}
         missing = {cid: n - read.get(cid, 0) for cid, n in expected.items() if n > read.get(cid, 0)}
         extra = {cid: n - expected.get(cid, 0) for cid, n in read.items() if n > expected.get(cid, 0)}
+        if not missing:
+            # Every message the summary lists was read: the ranges damage might have cost held
+            # nothing that is not here.
+            self.stats.lost_ranges.clear()
         if missing:
             total_missing = sum(missing.values())
             self._problem(
@@ -903,6 +1399,17 @@ class _McapScan:
                 f"{crc:#010x}): some record outside the CRC-checked chunks is damaged"
             )
             self._add_lost(None)
+
+
+def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, with overlapping or touching ranges merged."""
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return merged
 
 
 def _parse_summary(data: bytes) -> _Summary:
