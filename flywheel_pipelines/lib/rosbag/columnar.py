@@ -146,6 +146,8 @@ def _merge_stats(total: ReadStats, part: ReadStats, name: str) -> None:
         total.undecodable_by_topic[topic] = total.undecodable_by_topic.get(topic, 0) + n
     total.first_decode_error = total.first_decode_error or part.first_decode_error
     total.problems.extend(f"{name}: {problem}" for problem in part.problems)
+    total.lost_ranges = sorted([*total.lost_ranges, *part.lost_ranges])
+    total.skipped_bytes += part.skipped_bytes
     if part.lost_messages is None or total.lost_messages is None:
         total.lost_messages = None
     else:
@@ -199,21 +201,28 @@ def _read_mcap(
     with _McapScan(path, label, frozenset(requests), stats) as scan:
         scan.index()
         batch = _Batch(batch_bytes)
-        for unit in scan._units:
+        for number, unit in enumerate(scan._units):
             if unit.is_chunk:
                 if not scan._chunk_wanted(unit):
                     scan.readable = True
                     continue
-                try:
-                    records = scan._chunk_records(unit)
-                except _Damage as exc:
-                    scan._problem(f"chunk at byte {unit.offset}: {exc}; skipped")
-                    scan._add_lost(scan._chunk_message_count(unit))
-                    continue
-                positions = _indexed_positions(scan, unit, records)
+                positions = None
+                if not (unit.cut or unit.zero_tail):
+                    try:
+                        records = scan._chunk_records(unit)
+                    except _Damage:
+                        pass  # the reader's own path below words the problem and counts the loss
+                    else:
+                        unit.loaded = True
+                        positions = _indexed_positions(scan, unit, records)
+                        if positions is None:
+                            positions = _framed_positions(scan, records)
                 if positions is None:
-                    positions = _framed_positions(scan, unit, records)
+                    # Damaged, cut or zero-tailed: the reader salvages what it can, message by message.
+                    unit.loaded = False
+                    records, positions = _salvaged(scan, number)
             else:
+                unit.loaded = True
                 body = scan._read_at(unit.offset + _RECORD_HEADER.size, unit.body_length)
                 if len(body) < unit.body_length:
                     scan._problem(f"message at byte {unit.offset} could not be read back")
@@ -294,19 +303,20 @@ def _indexed_positions(scan: _McapScan, unit: _Unit, records: bytes) -> dict[int
     return {int(channels[a]): (offsets[a:b], lengths[a:b]) for a, b in zip(starts, ends, strict=True)}
 
 
-def _framed_positions(scan: _McapScan, unit: _Unit, records: bytes) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Walks the chunk's records one by one (no usable index): definitions are read on the way."""
+def _framed_positions(scan: _McapScan, records: bytes) -> dict[int, tuple[np.ndarray, np.ndarray]] | None:
+    """Walks an intact chunk's records one by one (no usable index), reading definitions on the way.
+
+    ``None`` when a record cannot be framed: the reader's own path then handles the chunk.
+    """
     found: dict[int, tuple[list[int], list[int]]] = {}
-    position, end, number = 0, len(records), 0
+    position, end = 0, len(records)
     while position < end:
         if end - position < _RECORD_HEADER.size:
-            scan._chunk_malformed(unit, position, number)
-            break
+            return None
         opcode, length = _RECORD_HEADER.unpack_from(records, position)
         body_end = position + _RECORD_HEADER.size + length
         if body_end > end or (opcode == Opcode.MESSAGE and length < _MESSAGE_PREFIX.size):
-            scan._chunk_malformed(unit, position, number)
-            break
+            return None
         if opcode == Opcode.MESSAGE:
             (channel_id,) = struct.unpack_from("<H", records, position + _RECORD_HEADER.size)
             offsets, lengths = found.setdefault(channel_id, ([], []))
@@ -316,11 +326,33 @@ def _framed_positions(scan: _McapScan, unit: _Unit, records: bytes) -> dict[int,
             try:
                 scan._define(opcode, bytes(records[position + _RECORD_HEADER.size : body_end]))
             except _PARSE_ERRORS:
-                scan._chunk_malformed(unit, position, number)
-                break
+                return None
         position = body_end
-        number += 1
     return {cid: (np.asarray(o, np.int64), np.asarray(n, np.int64)) for cid, (o, n) in found.items()}
+
+
+def _salvaged(scan: _McapScan, number: int) -> tuple[bytes, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """The messages the reader's own pass 2 keeps from one damaged unit, as records to batch.
+
+    The same code decides the verdict, the problems and the lost ranges on both paths.
+    """
+    heap: list = []
+    scan._load(number, heap)
+    parts: list[bytes] = []
+    found: dict[int, tuple[list[int], list[int]]] = {}
+    position = 0
+    for entry in sorted(heap, key=lambda e: (e[2], e[3])):  # file order
+        if entry[1] != 1:
+            continue
+        _channel, (channel_id, sequence, log_time, publish_time, data) = entry[4]
+        length = _MESSAGE_PREFIX.size + len(data)
+        parts.append(_RECORD_HEADER.pack(Opcode.MESSAGE, length) + _MESSAGE_PREFIX.pack(channel_id, sequence, log_time,
+                                                                                          publish_time) + data)
+        offsets, lengths = found.setdefault(channel_id, ([], []))
+        offsets.append(position)
+        lengths.append(length)
+        position += _RECORD_HEADER.size + length
+    return b"".join(parts), {cid: (np.asarray(o, np.int64), np.asarray(n, np.int64)) for cid, (o, n) in found.items()}
 
 
 def _decode_batch(
