@@ -1259,9 +1259,15 @@ class _McapScan:
             records = data
         elif unit.compression == "zstd" and zstandard is not None:
             try:
-                # A bounded read: a corrupt frame header must not make us allocate its claimed size.
-                reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
-                records = reader.read(unit.uncompressed_size + 1)
+                # One-shot decompression is the fast path, but it allocates what the frame header
+                # claims: only take it when that claim is the chunk's own size. Otherwise a bounded
+                # read, so a corrupt header cannot make us allocate its claimed size.
+                declared = zstandard.frame_content_size(data)
+                if declared == unit.uncompressed_size:
+                    records = zstandard.ZstdDecompressor().decompress(data, max_output_size=unit.uncompressed_size + 1)
+                else:
+                    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+                    records = reader.read(unit.uncompressed_size + 1)
             except zstandard.ZstdError as exc:
                 raise _Damage(f"zstd data corrupt ({exc})") from None
         elif unit.compression == "lz4" and lz4_frame is not None:
