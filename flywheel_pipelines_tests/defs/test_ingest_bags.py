@@ -55,6 +55,8 @@ def test_a_rosbag2_folder_and_a_ros1_bag_become_episodes(tmp_path):
             resources={"lake": LakeResource(root=str(lake.root))}, partition_key=robot_day_key("pj1", DAY),
             run_config=dg.RunConfig({"episodes": EpisodesConfig(embodiment=str(mapping))}))
         assert result.success
+        table = result.asset_materializations_for_node("log_manifest")[0].metadata["files_table"].value
+        assert "| fake_joints/ | ok | 2725 |" in table and "| fake_joints.bag | ok | 2725 |" in table
     manifest = lake.read_json(manifest_key("pj1", DAY))
     # The folder is one log (its metadata.yaml and .mcap together), the ROS 1 bag another.
     assert {f["key"]: f["verdict"] for f in manifest["files"]} == {
@@ -69,3 +71,24 @@ def test_a_rosbag2_folder_and_a_ros1_bag_become_episodes(tmp_path):
     # converted rosbag2 copy share header stamps).
     assert a.shape == b.shape and a.shape[0] > 70
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_cut_recording_is_recovered_and_its_loss_shown(tmp_path):
+    real = require_real_logs() / "mcap/evo__nav2_turtlebot.mcap"
+    lake = LocalLake(tmp_path / "lake")
+    day_dir = lake.root / f"raw/robot=tb3/date={DAY}"
+    day_dir.mkdir(parents=True)
+    data = real.read_bytes()
+    (day_dir / "cut.mcap").write_bytes(data[: len(data) * 2 // 3])  # the robot lost power mid-write
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(ROBOTS.name, ["tb3"])
+        result = dg.materialize([raw_fleet_logs, log_manifest], selection=[log_manifest], instance=instance,
+                                resources={"lake": LakeResource(root=str(lake.root))}, partition_key=robot_day_key("tb3", DAY))
+        meta = result.asset_materializations_for_node("log_manifest")[0].metadata
+    [entry] = lake.read_json(manifest_key("tb3", DAY))["files"]
+    assert entry["verdict"] == "recovered" and 0 < entry["message_count"] < 8197
+    assert entry["lost_ranges"], entry
+    first, last = entry["lost_ranges"][-1]
+    assert f"| cut.mcap | recovered | {entry['message_count']} |" in meta["files_table"].value
+    assert f"[{first}..{last}]" in meta["files_table"].value
+    assert meta["recovered"].value == 1

@@ -29,6 +29,21 @@ def raw_prefix(robot: str, day: str) -> str:
     return f"raw/robot={robot}/date={day}/"
 
 
+def _log_name(key: str) -> str:
+    """``run.mcap`` for a file, ``run_7/`` for a bag folder."""
+    return key.rstrip("/").rsplit("/", 1)[-1] + ("/" if key.endswith("/") else "")
+
+
+def _lost(entry: dict) -> str:
+    """Lost messages and the log-time ranges they fell in (int64 ns), as the manifest records them."""
+    if entry["verdict"] != "recovered":
+        return ""
+    count = entry.get("lost_messages")
+    ranges = entry.get("lost_ranges") or []
+    text = "unknown count" if count is None else f"{count} msgs"
+    return text + "".join(f" [{a}..{b}]" for a, b in ranges[:3]) + (f" +{len(ranges) - 3} ranges" if len(ranges) > 3 else "")
+
+
 def open_log(lake: Lake, key: str):
     """A local path for one log: a file, or a rosbag2 folder (its key ends in /)."""
     return lake.local_dir(key) if key.endswith("/") else lake.local_path(key)
@@ -70,8 +85,8 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
     store.write_json(manifest_key(robot, day), manifest)
     files = manifest["files"]
     verdicts = {v: sum(f["verdict"] == v for f in files) for v in ("ok", "recovered", "rejected")}
-    rows = [(f["key"].rsplit("/", 1)[-1], f["verdict"], f["message_count"], len(f["topics"]),
-             f"{f['size'] / 1e6:.2f}", f.get("reason") or "") for f in files]
+    rows = [(_log_name(f["key"]), f["verdict"], f["message_count"], len(f["topics"]), f"{f['size'] / 1e6:.2f}",
+             _lost(f), f.get("reason") or "") for f in files]
     for f in files:
         if f["verdict"] != "ok":
             context.log.warning(f"{f['key']}: {f['verdict']}: {f.get('reason')}")
@@ -87,6 +102,6 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
             "rejected": verdicts["rejected"],
             "rejected_files": [f["key"] for f in files if f["verdict"] == "rejected"],
             "files_table": dg.MetadataValue.md(
-                markdown.table(["file", "verdict", "messages", "topics", "MB", "reason"], rows)),
+                markdown.table(["log", "verdict", "messages", "topics", "MB", "lost", "reason"], rows)),
         }
     )
