@@ -6,24 +6,60 @@ under FLYWHEEL_HOME (see lib/settings.py), and production sets the environment v
 
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
+from dagster_aws.s3.resources import ResourceWithS3Configuration
 from pydantic import Field
 
 from flywheel_pipelines.lib import settings
 from flywheel_pipelines.lib.storage import Lake, open_lake
 
+# LakeResource field <- environment variable, bound as dg.EnvVar when the deployment sets it (the
+# value then never appears in the UI). Unset fields fall back to boto3's own chain: AWS_* variables,
+# ~/.aws, an instance or pod role.
+LAKE_S3_ENV = {
+    "endpoint_url": "FLYWHEEL_S3_ENDPOINT_URL",
+    "region_name": "FLYWHEEL_S3_REGION",
+    "profile_name": "FLYWHEEL_S3_PROFILE",
+    "aws_access_key_id": "FLYWHEEL_S3_ACCESS_KEY_ID",
+    "aws_secret_access_key": "FLYWHEEL_S3_SECRET_ACCESS_KEY",
+    "aws_session_token": "FLYWHEEL_S3_SESSION_TOKEN",
+}
 
-class LakeResource(dg.ConfigurableResource):
-    """The lake: raw logs and every derived artifact."""
+
+class LakeResource(ResourceWithS3Configuration):
+    """The lake: raw logs and every derived artifact, in a local folder (the default) or an S3 bucket.
+
+    ``root`` chooses: a folder, or ``s3://bucket/prefix``. For S3 the other fields are dagster-aws's
+    S3 configuration (the same as ``S3Resource``: endpoint_url for SeaweedFS/MinIO, region_name,
+    credentials or a profile), and the client is the one ``S3Resource`` builds from them.
+    """
 
     root: str | None = Field(
         default=None, description="Lake root (folder or s3://bucket/prefix). Default: $FLYWHEEL_LAKE or <home>/lake."
     )
 
     def lake(self) -> Lake:
-        return open_lake(self.root or settings.default_lake_root())
+        root = self.root or settings.default_lake_root()
+        if root.startswith("s3://"):
+            return open_lake(root, s3_client=self.s3_client())
+        return open_lake(root)
+
+    def s3_client(self):
+        """A boto3 S3 client from this resource's dagster-aws configuration."""
+        return S3Resource(**{name: getattr(self, name) for name in ResourceWithS3Configuration.model_fields}).get_client()
+
+
+def lake_resource_from_env() -> LakeResource:
+    """The lake as the deployment configures it: its S3 settings bound to whichever of LAKE_S3_ENV are set.
+
+    An unset dg.EnvVar is an error when the resource starts, so only the variables present are bound
+    and a local-folder lake needs none of them.
+    """
+    return LakeResource(**{name: dg.EnvVar(var) for name, var in LAKE_S3_ENV.items() if os.environ.get(var)})
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -58,4 +94,4 @@ class MlflowResource(dg.ConfigurableResource):
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    return dg.Definitions(resources={"lake": LakeResource(), "mlflow": MlflowResource()})
+    return dg.Definitions(resources={"lake": lake_resource_from_env(), "mlflow": MlflowResource()})

@@ -1,25 +1,35 @@
-"""The lake: one root (a local folder by default) holding raw logs and every derived artifact.
+"""The lake: one root (a local folder by default, or an S3 bucket) holding raw logs and every derived artifact.
 
-Every write is atomic: bytes go to a hidden sibling first and are renamed into place, and a
-folder artifact (a dataset, a policy, a release) is assembled aside and renamed in whole, so a
-killed run never leaves something half-written that a later step would read. ``raw/`` is
-immutable: the pipeline never rewrites or deletes a raw log.
+Every write is atomic, so a killed run never leaves something half-written that a later step would
+read, and ``raw/`` is immutable: the pipeline never rewrites or deletes a raw log.
+
+- ``LocalLake``: bytes go to a hidden sibling first and are renamed into place; a folder artifact
+  (a dataset, a policy, a release) is assembled aside and renamed in whole.
+- ``S3Lake``: one PUT (or one completed multipart upload) is atomic in S3; a folder cannot be
+  renamed into place, so ``publish_dir`` writes its files and then a manifest object last, and a
+  folder without its manifest is absent (see ``S3Lake``).
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import datetime as _dt
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,6 +49,9 @@ class ObjectInfo:
     key: str
     size: int
     mtime_ns: int
+    # The store's content tag: S3's ETag without quotes (MD5 of the bytes for a single PUT,
+    # ``<md5 of the part md5s>-<parts>`` for a multipart upload); None for a local folder.
+    etag: str | None = None
 
 
 def _check_key(key: str) -> str:
@@ -58,7 +71,7 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
 
 
 class Lake(abc.ABC):
-    """Interface of the lake; a local folder now, S3 behind the same methods."""
+    """Interface of the lake: a local folder (``LocalLake``) or an S3 bucket (``S3Lake``) behind the same methods."""
 
     @property
     @abc.abstractmethod
@@ -234,10 +247,408 @@ class LocalLake(Lake):
         return True
 
 
-def open_lake(root: str) -> Lake:
-    """The lake for a root URI: a local folder (S3 roots arrive with the object-store issue)."""
+# S3 error codes that mean "no such object" (HEAD answers a bare status code, GET a name).
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+# A conditional write lost to an existing object (412), or raced another one in flight (409).
+_PRECONDITION = frozenset({"412", "PreconditionFailed"})
+_CONFLICT = frozenset({"409", "ConditionalRequestConflict"})
+# Written last by S3Lake.publish_dir: a folder whose manifest is missing is absent. Hidden names,
+# so list() never shows them.
+FOLDER_MANIFEST = ".lake-folder.json"
+FOLDER_PENDING = ".lake-folder.pending"
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_MiB = 1 << 20
+
+
+def _s3_code(exc: Exception) -> str | None:
+    """The S3 error code of a botocore ``ClientError`` (a name, or the HTTP status for HEAD); None
+    for anything else (a connection error, a bug)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    return code if code and not code.isdigit() else status or code
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(_HIDDEN_PREFIXES) for part in rel.split("/"))
+
+
+def _mtime_ns(value: _dt.datetime) -> int:
+    return int(value.timestamp()) * 1_000_000_000 + value.microsecond * 1000
+
+
+def _md5_file(path: Path, *, chunk: int = _MiB) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _AlreadyExists(Exception):
+    """A conditional PUT (If-None-Match: *) found an object at the key."""
+
+
+class S3Lake(Lake):
+    """The lake in an S3 bucket (AWS S3 or an S3-compatible store such as SeaweedFS) under a key prefix.
+
+    The same contract as ``LocalLake``, built from what S3 guarantees:
+
+    - ``write_bytes`` is one PUT, which S3 makes atomic: a reader gets the old object or the new one.
+      A multipart upload in flight is invisible (not listed, not readable) until it is completed.
+    - ``put_raw`` is a conditional PUT (``If-None-Match: *``; for files above ``multipart_threshold``
+      on ``CompleteMultipartUpload``): the store itself refuses to overwrite a raw key, also between
+      two uploaders racing for it, which a HEAD-then-PUT could not promise. AWS S3 and SeaweedFS
+      (since mid-2025; the tests check 4.48) honour it. The object carries its sha256 as user
+      metadata (``x-amz-meta-sha256``), so a repeated upload is recognised without downloading it.
+    - ``publish_dir`` cannot rename a folder into place. It writes a pending marker, the files, then
+      a manifest object (``<prefix>/.lake-folder.json``: every file with its size and ETag) last, and
+      removes the marker. Readers follow the manifest: ``local_dir`` and ``exists`` treat a prefix
+      without its manifest as absent, ``local_dir`` fetches exactly the files the manifest names
+      with ``If-Match: <etag>`` (a concurrent republish makes it fail loudly instead of mixing two
+      versions), and ``list`` hides every object of a folder whose pending marker is in the listing.
+      A republish (``replace=True``) removes the old manifest first, so the folder is absent, not
+      half-old half-new, while it is rewritten; objects of the old version that the new one lacks
+      are deleted before the new manifest appears. Single-key readers (``read_bytes`` on one file
+      of the folder) see each file as soon as its PUT completes.
+    - ``local_path`` and ``local_dir`` stream objects to a temporary folder, removed on exit.
+
+    Args:
+        client: a boto3 S3 client (dagster-aws's ``S3Resource.get_client()`` in the code location).
+        bucket: the bucket.
+        prefix: key prefix of the lake root inside the bucket ("" for the whole bucket).
+        multipart_threshold: files above this size are uploaded in parts (S3 caps one PUT at 5 GiB).
+        part_size: part size of multipart uploads (S3's minimum is 5 MiB); one part is held in memory.
+        workers: parallel transfers for folder uploads and downloads.
+    """
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "", *, multipart_threshold: int = 64 * _MiB,
+                 part_size: int = 16 * _MiB, workers: int = 8):
+        if not _BUCKET_RE.fullmatch(bucket or ""):
+            raise LakeError(f"invalid S3 bucket name {bucket!r}")
+        if part_size < 5 * _MiB:
+            raise LakeError(f"S3 multipart parts must be at least 5 MiB, got part_size={part_size}")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = _check_key(prefix.strip("/")) if prefix.strip("/") else ""
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+        self.workers = workers
+
+    @property
+    def root_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    # --- key mapping and errors ---------------------------------------------------------------
+
+    def _full(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1:] if self.prefix else full
+
+    def _folder(self, prefix: str) -> str:
+        """The bucket key prefix of a lake folder ("" or "a/b" -> ".../a/b/"), validated."""
+        rel = prefix.rstrip("/")
+        if not prefix.strip("/"):
+            return f"{self.prefix}/" if self.prefix else ""
+        return self._full(_check_key(rel)) + "/"
+
+    def _fail(self, rel: str, action: str, exc: Exception) -> LakeError:
+        code = _s3_code(exc)
+        message = exc.response.get("Error", {}).get("Message", "") if code is not None else ""  # type: ignore[attr-defined]
+        detail = f"{code} {message}".strip() if code is not None else f"{type(exc).__name__}: {exc}"
+        return LakeError(f"{self.uri(rel)}: {action} failed: {detail}")
+
+    def _head(self, rel: str) -> dict | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._full(rel))
+        except Exception as exc:
+            if _s3_code(exc) in _MISSING:
+                return None
+            raise self._fail(rel, "HEAD", exc) from exc
+
+    def _delete(self, rels: list[str]) -> None:
+        for start in range(0, len(rels), 1000):
+            batch = [{"Key": self._full(rel)} for rel in rels[start:start + 1000]]
+            response = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            if response.get("Errors"):
+                first = response["Errors"][0]
+                raise LakeError(f"{self.root_uri}: could not delete {len(response['Errors'])} objects, "
+                                f"first {first.get('Key')!r}: {first.get('Code')} {first.get('Message')}")
+
+    # --- listing --------------------------------------------------------------------------------
+
+    def _pages(self, folder: str, **kwargs) -> Iterator[dict]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        yield from paginator.paginate(Bucket=self.bucket, Prefix=folder, **kwargs)
+
+    def iter_objects(self, prefix: str, *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Objects under the folder ``prefix`` in key order (S3 sorts by UTF-8 bytes), fetched
+        lazily one page (1000 keys) at a time, optionally only those after the lake key ``start_after``.
+
+        Keys come back as stored (hidden names excepted), also ones that are not valid lake keys:
+        callers that turn them into identifiers validate them (``ids.parse_raw_key``).
+        """
+        kwargs = {"StartAfter": self._full(start_after)} if start_after else {}
+        for page in self._pages(self._folder(prefix), **kwargs):
+            for item in page.get("Contents", []):
+                rel = self._rel(item["Key"])
+                if not _hidden(rel):
+                    yield ObjectInfo(rel, item["Size"], _mtime_ns(item["LastModified"]), item["ETag"].strip('"'))
+
+    def list_children(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
+        """One level of the folder ``prefix``: its sub-folders (as ``<prefix>/<name>/``, one
+        ``Delimiter='/'`` listing, 1000 per request however many objects they hold) and its own objects."""
+        folders, objects = [], []
+        for page in self._pages(self._folder(prefix), Delimiter="/"):
+            folders += [self._rel(p["Prefix"]) for p in page.get("CommonPrefixes", [])]
+            objects += [ObjectInfo(self._rel(o["Key"]), o["Size"], _mtime_ns(o["LastModified"]), o["ETag"].strip('"'))
+                        for o in page.get("Contents", [])]
+        return folders, [o for o in objects if not _hidden(o.key)]
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        objects, pending = [], []
+        for obj in self._iter_all(prefix):
+            if obj.key.rsplit("/", 1)[-1] == FOLDER_PENDING:
+                pending.append(obj.key[: -len(FOLDER_PENDING)])
+            elif not _hidden(obj.key):
+                objects.append(obj)
+        if pending:
+            objects = [o for o in objects if not o.key.startswith(tuple(pending))]
+        return objects
+
+    def _iter_all(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every addressable object under ``prefix``, hidden ones included (keys that are not valid
+        lake keys, such as ``a//b`` or a folder placeholder ``a/``, cannot be read through the lake
+        and are left out)."""
+        for page in self._pages(self._folder(prefix)):
+            for item in page.get("Contents", []):
+                rel = self._rel(item["Key"])
+                try:
+                    _check_key(rel)
+                except LakeError:
+                    continue
+                yield ObjectInfo(rel, item["Size"], _mtime_ns(item["LastModified"]), item["ETag"].strip('"'))
+
+    # --- single objects -------------------------------------------------------------------------
+
+    def exists(self, key: str) -> bool:
+        """True for an object at ``key`` or a published folder (one with its manifest) at ``key``."""
+        rel = _check_key(key)
+        return self._head(rel) is not None or self._head(f"{rel}/{FOLDER_MANIFEST}") is not None
+
+    def read_bytes(self, key: str) -> bytes:
+        rel = _check_key(key)
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._full(rel))["Body"].read()
+        except Exception as exc:
+            if _s3_code(exc) in _MISSING:
+                raise LakeError(f"{self.uri(rel)} does not exist") from None
+            raise self._fail(rel, "GET", exc) from exc
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        if key.startswith(RAW_PREFIX):
+            raise LakeError(f"refusing to write {key!r}: raw logs are immutable (use put_raw)")
+        rel = _check_key(key)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"{self.uri(rel)}: write_bytes needs bytes, got {type(data).__name__}")
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._full(rel), Body=bytes(data))
+        except Exception as exc:
+            raise self._fail(rel, "PUT", exc) from exc
+
+    def _download(self, rel: str, dest: Path, *, if_match: str | None = None) -> None:
+        """Stream one object to ``dest`` (1 MiB at a time; never the whole object in memory)."""
+        kwargs = {"IfMatch": f'"{if_match}"'} if if_match else {}
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._full(rel), **kwargs)["Body"]
+        except Exception as exc:
+            code = _s3_code(exc)
+            if code in _MISSING:
+                raise LakeError(f"{self.uri(rel)} does not exist") from None
+            if code in _PRECONDITION:
+                raise LakeError(f"{self.uri(rel)} changed while it was being read (ETag is no longer {if_match}; "
+                                "a concurrent publish?), retry") from None
+            raise self._fail(rel, "GET", exc) from exc
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with body, open(dest, "wb") as handle:
+            for block in body.iter_chunks(_MiB):
+                handle.write(block)
+
+    @contextlib.contextmanager
+    def local_path(self, key: str) -> Iterator[Path]:
+        rel = _check_key(key)
+        with tempfile.TemporaryDirectory(prefix="flywheel-s3-") as tmp:
+            # Keep the file name: readers go by the suffix (.mcap, .db3, .parquet).
+            path = Path(tmp) / PurePosixPath(rel).name
+            self._download(rel, path)
+            yield path
+
+    # --- folders --------------------------------------------------------------------------------
+
+    def _read_folder_manifest(self, rel: str) -> dict | None:
+        try:
+            return json.loads(self.read_bytes(f"{rel}/{FOLDER_MANIFEST}"))
+        except LakeError as exc:
+            if "does not exist" in str(exc):
+                return None
+            raise
+
+    @contextlib.contextmanager
+    def local_dir(self, prefix: str) -> Iterator[Path]:
+        rel = _check_key(prefix.rstrip("/"))
+        manifest = self._read_folder_manifest(rel)
+        if manifest is None:
+            raise LakeError(f"{self.uri(rel)} does not exist (no {FOLDER_MANIFEST}: never published, "
+                            "or being published right now)")
+        with tempfile.TemporaryDirectory(prefix="flywheel-s3-") as tmp:
+            root = Path(tmp) / PurePosixPath(rel).name
+            root.mkdir()
+            jobs = []
+            for name, info in sorted(manifest["files"].items()):
+                # The manifest is an object in the bucket: its names become local paths only once valid.
+                _check_key(name)
+                jobs.append((f"{rel}/{name}", root / name, info["etag"]))
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                for future in [pool.submit(self._download, key, dest, if_match=etag) for key, dest, etag in jobs]:
+                    future.result()
+            yield root
+
+    def publish_dir(self, prefix: str, local_dir: Path, *, replace: bool = False) -> bool:
+        if (prefix.rstrip("/") + "/").startswith(RAW_PREFIX):
+            raise LakeError(f"refusing to publish to {prefix!r}: raw logs are immutable")
+        rel = _check_key(prefix.rstrip("/"))
+        manifest_key = f"{rel}/{FOLDER_MANIFEST}"
+        if not replace and self._head(manifest_key) is not None:
+            return False
+        local_dir = Path(local_dir)
+        files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
+        for name in files:
+            _check_key(f"{rel}/{name}")
+        pending = f"{rel}/{FOLDER_PENDING}"
+        self._put_small(pending, json.dumps({"started": time.time()}).encode())
+        if replace:
+            self._delete([manifest_key])
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            etags = dict(zip(files, pool.map(lambda n: self._upload(f"{rel}/{n}", local_dir / n), files), strict=True))
+        stale = [o.key for o in self._iter_all(rel + "/")
+                 if o.key[len(rel) + 1:] not in etags and o.key not in (pending, manifest_key)]
+        self._delete(stale)
+        manifest = {"files": {n: {"size": (local_dir / n).stat().st_size, "etag": etags[n]} for n in files}}
+        self._put_small(manifest_key, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        self._delete([pending])
+        return True
+
+    def _put_small(self, rel: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._full(rel), Body=data)
+        except Exception as exc:
+            raise self._fail(rel, "PUT", exc) from exc
+
+    # --- uploads --------------------------------------------------------------------------------
+
+    def _upload(self, rel: str, path: Path, *, if_none_match: bool = False, metadata: dict | None = None) -> str:
+        """Upload a local file (streamed: one PUT, or parts of ``part_size``); returns the ETag.
+
+        Raises:
+            _AlreadyExists: ``if_none_match`` and an object already sits at ``rel``.
+        """
+        key = self._full(rel)
+        extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
+        condition = {"IfNoneMatch": "*"} if if_none_match else {}
+        try:
+            if path.stat().st_size <= self.multipart_threshold:
+                with open(path, "rb") as handle:
+                    response = self.client.put_object(Bucket=self.bucket, Key=key, Body=handle, **extra, **condition)
+                return response["ETag"].strip('"')
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
+            try:
+                parts = []
+                with open(path, "rb") as handle:
+                    while block := handle.read(self.part_size):
+                        number = len(parts) + 1
+                        response = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                           PartNumber=number, Body=block)
+                        parts.append({"ETag": response["ETag"], "PartNumber": number})
+                response = self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition)
+                return response["ETag"].strip('"')
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                raise
+        except Exception as exc:
+            if if_none_match and _s3_code(exc) in _PRECONDITION | _CONFLICT:
+                raise _AlreadyExists(_s3_code(exc)) from exc
+            raise self._fail(rel, "upload", exc) from exc
+
+    def _put_immutable(self, key: str, local_file: Path) -> bool:
+        rel = _check_key(key)
+        sha = sha256_file(local_file)
+        attempt = 0
+        while True:
+            try:
+                self._upload(rel, local_file, if_none_match=True, metadata={"sha256": sha})
+                return True
+            except _AlreadyExists as exc:
+                head = self._head(rel)
+                if head is not None:
+                    if self._same_content(rel, head, local_file, sha):
+                        return False
+                    raise LakeError(f"{self.uri(rel)} already exists with different content; raw logs are immutable") from None
+                # 409: another conditional upload of this key was in flight and did not land; try again.
+                attempt += 1
+                if attempt == 5:
+                    raise LakeError(f"{self.uri(rel)}: conditional upload refused ({exc}) {attempt} times, "
+                                    "yet no object is there") from None
+                time.sleep(0.1 * 2**attempt)
+
+    def _same_content(self, rel: str, head: dict, local_file: Path, sha: str) -> bool:
+        """Whether the object at ``rel`` holds ``local_file``'s bytes, as cheaply as the object allows."""
+        if head.get("ContentLength") != local_file.stat().st_size:
+            return False
+        stored = (head.get("Metadata") or {}).get("sha256")
+        if stored:
+            return stored == sha
+        etag = head.get("ETag", "").strip('"')
+        if etag and "-" not in etag:
+            return etag == _md5_file(local_file)
+        # Uploaded by another tool in parts of unknown size: compare the bytes themselves.
+        with self.local_path(rel) as copy:
+            return sha256_file(copy) == sha
+
+
+def parse_s3_uri(root: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` -> (bucket, prefix), both validated."""
+    parts = urlsplit(root)
+    if parts.scheme != "s3" or parts.query or parts.fragment:
+        raise LakeError(f"invalid S3 lake root {root!r}: expected s3://bucket/prefix")
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    if not _BUCKET_RE.fullmatch(bucket):
+        raise LakeError(f"invalid S3 lake root {root!r}: bad bucket name {bucket!r}")
+    if prefix:
+        try:
+            _check_key(prefix)
+        except LakeError:
+            raise LakeError(f"invalid S3 lake root {root!r}: bad key prefix {prefix!r}") from None
+    return bucket, prefix
+
+
+def open_lake(root: str, *, s3_client: Any | None = None) -> Lake:
+    """The lake for a root: a local folder, or ``s3://bucket/prefix`` with an S3 client.
+
+    The client carries endpoint, region and credentials; this library never picks them itself
+    (the code location builds it from ``LakeResource``'s dagster-aws configuration).
+    """
     if root.startswith("s3://"):
-        raise LakeError("s3:// lakes are not supported yet; set FLYWHEEL_LAKE to a local folder")
+        if s3_client is None:
+            raise LakeError(f"s3:// lakes are not supported without an S3 client ({root}): "
+                            "configure LakeResource (endpoint_url, region_name, credentials) or pass s3_client")
+        bucket, prefix = parse_s3_uri(root)
+        return S3Lake(s3_client, bucket, prefix)
     return LocalLake(root)
 
 
