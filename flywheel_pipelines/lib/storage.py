@@ -660,12 +660,14 @@ def staging_dir(prefix: str = "flywheel-") -> Iterator[Path]:
 
 
 def raw_fingerprint(files: list[tuple[str, str]]) -> str:
-    """Identity of a robot-day's raw content: a hash over sorted (file name, sha256) pairs.
+    """Identity of a robot-day's raw content: a hash over sorted (raw object key, sha256) pairs.
 
     Equal for the same bytes re-uploaded (the sensor then requests nothing), different as soon
     as a file is added or changed.
     """
     digest = hashlib.sha256()
     for key, sha in sorted(files):
-        digest.update(f"{key.rsplit('/', 1)[-1]}\0{sha}\n".encode())
+        # The name within the robot-day: a file, or <bag>/<file> for a rosbag2 folder's parts.
+        name = key.split("/", 3)[3] if key.startswith(RAW_PREFIX) and key.count("/") >= 3 else key.rsplit("/", 1)[-1]
+        digest.update(f"{name}\0{sha}\n".encode())
     return digest.hexdigest()[:16]

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from flywheel_pipelines.defs.episodes.assets import EpisodesConfig, episodes, episodes_prefix
 from flywheel_pipelines.defs.ingest.assets import log_manifest, manifest_key, raw_fleet_logs
+from flywheel_pipelines.defs.ingest.sensors import _ingested_fingerprint, plan_runs
 from flywheel_pipelines.defs.partitions import ROBOTS, robot_day_key
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import ids
@@ -57,6 +58,10 @@ def test_a_rosbag2_folder_and_a_ros1_bag_become_episodes(tmp_path):
         assert result.success
         table = result.asset_materializations_for_node("log_manifest")[0].metadata["files_table"].value
         assert "| fake_joints/ | ok | 2725 |" in table and "| fake_joints.bag | ok | 2725 |" in table
+        # Uploading the same folder again starts nothing: the sensor's per-object fingerprint is
+        # the one log_manifest recorded.
+        requests, *_ = plan_runs(lake, {}, known_robots={"pj1"}, already_ingested=_ingested_fingerprint(instance))
+        assert requests == []
     manifest = lake.read_json(manifest_key("pj1", DAY))
     # The folder is one log (its metadata.yaml and .mcap together), the ROS 1 bag another.
     assert {f["key"]: f["verdict"] for f in manifest["files"]} == {

@@ -7,7 +7,7 @@ from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import ids, markdown
 from flywheel_pipelines.lib.rosbag.manifest import inspect_log
-from flywheel_pipelines.lib.storage import Lake, raw_fingerprint
+from flywheel_pipelines.lib.storage import Lake, raw_fingerprint, sha256_file
 
 OWNERS = ["team:robot-data"]
 
@@ -63,7 +63,17 @@ def build_manifest(lake: Lake, robot: str, day: str) -> dict:
     for key in logs:
         with open_log(lake, key) as path:
             files.append(inspect_log(path, key=key).to_dict())
-    return {"robot": robot, "date": day, "files": files}
+    # The sensor fingerprints raw objects one by one; a bag folder's entry hashes its listing, so
+    # its parts are hashed here too, to record the same fingerprint the sensor computes.
+    objects = []
+    for f in files:
+        if f["key"].endswith("/"):
+            for obj in lake.list(f["key"]):
+                with lake.local_path(obj.key) as path:
+                    objects.append((obj.key, sha256_file(path)))
+        else:
+            objects.append((f["key"], f["sha256"]))
+    return {"robot": robot, "date": day, "files": files, "raw_fingerprint": raw_fingerprint(objects)}
 
 
 @dg.asset(
@@ -93,7 +103,7 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
     return dg.MaterializeResult(
         metadata={
             "uri": dg.MetadataValue.path(store.uri(manifest_key(robot, day))),
-            "raw_fingerprint": raw_fingerprint([(f["key"], f["sha256"]) for f in files]),
+            "raw_fingerprint": manifest["raw_fingerprint"],
             "files": len(files),
             "bytes": sum(f["size"] for f in files),
             "messages": sum(f["message_count"] for f in files),
