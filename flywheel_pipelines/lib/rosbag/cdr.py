@@ -456,6 +456,22 @@ class Template:
     min_length: int
     numeric: dict[str, tuple[int, str, int]]
     text: dict[str, object]
+    # The same check as whole 8-byte words over the span of ``positions``: (mask, expected & mask).
+    words: tuple[np.ndarray, np.ndarray] | None = None
+
+    def seal(self, sample: np.ndarray) -> None:
+        """Takes the layout bytes from one message of the layout (the payload's bytes, ``sample``)."""
+        self.expected = sample[self.positions].copy()
+        if not len(self.positions):
+            return
+        lo = int(self.positions.min())
+        span = int(self.positions.max()) + 1 - lo
+        width = (span + 7) // 8 * 8
+        mask = np.zeros(width, np.uint8)
+        mask[self.positions - lo] = 0xFF
+        want = np.zeros(width, np.uint8)
+        want[self.positions - lo] = self.expected
+        self.words = (mask.view("<u8"), want.view("<u8"))
 
     @classmethod
     def from_found(cls, found: _Found) -> Template:
@@ -517,7 +533,7 @@ class StreamDecoder:
             except CdrError:
                 break  # walked again below, which records the error
             template = Template.from_found(found)
-            template.expected = buf[int(starts[i]) + template.positions].copy()
+            template.seal(buf[int(starts[i]) : int(starts[i]) + int(lengths[i])])
             self.templates.append(template)
             ok = self._matches(template, buf, starts[pending], lengths[pending])
             ok[0] = True
@@ -529,9 +545,6 @@ class StreamDecoder:
         for number, rows in groups:
             template = self.templates[number]
             layout[rows] = number
-            for path in self.numeric_paths:
-                offset, dtype, count = template.numeric[path]
-                pieces[path].append((rows, starts[rows] + offset, count, dtype))
             for path in self.text_paths:
                 value = template.text[path]
                 column = text[path]
@@ -544,11 +557,29 @@ class StreamDecoder:
             self._walk_each(buf, starts, lengths, pending, pieces, text, bad, errors)
         numeric: dict[str, np.ndarray] = {}
         for path, parts in pieces.items():
-            out = np.full((n, max((c for _, _, c, _ in parts), default=0)), np.nan)
+            width = max([c for _, _, c, _ in parts] + [self.templates[k].numeric[path][2] for k, _ in groups] + [0])
+            numeric[path] = np.full((n, width), np.nan)
+        # A layout's fields are read with one gather of the bytes spanning them all, then sliced.
+        for number, rows in groups:
+            fields = [(path, *self.templates[number].numeric[path]) for path in self.numeric_paths]
+            fields = [f for f in fields if f[3]]
+            if not fields:
+                continue
+            lo = min(offset for _, offset, _, _ in fields)
+            hi = max(offset + count * int(dtype[2:]) for _, offset, dtype, count in fields)
+            block = _rows(buf, starts[rows] + lo, hi - lo)
+            whole = len(rows) == n
+            for path, offset, dtype, count in fields:
+                size = count * int(dtype[2:])
+                values = np.ascontiguousarray(block[:, offset - lo : offset - lo + size]).view(np.dtype(dtype))
+                if whole:
+                    numeric[path][:, :count] = values
+                else:
+                    numeric[path][rows, :count] = values
+        for path, parts in pieces.items():
             for rows, offsets, count, dtype in parts:
                 if count and len(rows):
-                    out[rows, :count] = _gather(buf, offsets, dtype, count)
-            numeric[path] = out
+                    numeric[path][rows, :count] = _gather(buf, offsets, dtype, count)
         return Columns(numeric, text, layout, [t.text for t in self.templates], bad, errors)
 
     def _walk_each(self, buf, starts, lengths, pending, pieces, text, bad, errors) -> None:
@@ -613,10 +644,21 @@ class StreamDecoder:
         ok = lengths >= template.min_length
         if not len(template.positions) or not ok.any():
             return ok
-        lo, hi = int(template.positions.min()), int(template.positions.max()) + 1
+        lo = int(template.positions.min())
+        mask, want = template.words
+        width = 8 * len(mask)
         idx = np.flatnonzero(ok)
-        block = _rows(buf, starts[idx] + lo, hi - lo)
-        same = (block[:, template.positions - lo] == template.expected).all(axis=1)
+        first = starts[idx] + lo
+        # Whole words where the buffer has room for them (all but possibly the last message).
+        room = first + width <= len(buf)
+        same = np.zeros(len(idx), bool)
+        if room.any():
+            words = np.ascontiguousarray(_rows(buf, first[room], width)).view("<u8")
+            same[room] = ((words & mask) == want).all(axis=1)
+        if not room.all():
+            rest = ~room
+            block = _rows(buf, first[rest], int(template.positions.max()) + 1 - lo)
+            same[rest] = (block[:, template.positions - lo] == template.expected).all(axis=1)
         ok[idx[~same]] = False
         return ok
 

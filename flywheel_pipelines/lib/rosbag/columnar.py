@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +202,7 @@ def _read_mcap(
     with _McapScan(path, label, frozenset(requests), stats) as scan:
         scan.index()
         batch = _Batch(batch_bytes)
+        loads = _Prefetch(scan)
         for number, unit in enumerate(scan._units):
             if unit.is_chunk:
                 if not scan._chunk_wanted(unit):
@@ -209,7 +211,7 @@ def _read_mcap(
                 positions = None
                 if not (unit.cut or unit.zero_tail):
                     try:
-                        records = scan._chunk_records(unit)
+                        records = loads.get(number)
                     except _Damage:
                         pass  # the reader's own path below words the problem and counts the loss
                     else:
@@ -245,10 +247,44 @@ def _read_mcap(
                     _decode_batch(scan, batch, requests, streams, key_prefix)
                 batch.add(records, wanted)
         _decode_batch(scan, batch, requests, streams, key_prefix)
+        loads.close()
         scan._finish()
         readable = scan.readable
     if stats.messages == 0 and stats.problems and not readable:
         raise LogReadError(f"{stats.describe()}; no message could be read", source=label, problem="; ".join(stats.problems))
+
+
+class _Prefetch:
+    """Reads, decompresses and CRC-checks the next chunks on a second thread.
+
+    zlib, zstd, lz4 and ``pread`` release the GIL, so on a machine with a spare core this work
+    overlaps the numpy work on the current batch; on one core it costs a thread switch.
+    """
+
+    AHEAD = 3
+
+    def __init__(self, scan: _McapScan) -> None:
+        self.scan = scan
+        self.numbers = [n for n, u in enumerate(scan._units)
+                        if u.is_chunk and not (u.cut or u.zero_tail) and scan._chunk_wanted(u)]
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcap-chunks")
+        self.pending: dict[int, Future] = {}
+        self.next = 0
+
+    def get(self, number: int) -> bytes:
+        while self.next < len(self.numbers) and len(self.pending) < self.AHEAD + 1:
+            ahead = self.numbers[self.next]
+            self.pending[ahead] = self.pool.submit(self.scan._chunk_records, self.scan._units[ahead])
+            self.next += 1
+        future = self.pending.pop(number, None)
+        if future is None:  # not planned (cannot happen in file order): load it here
+            return self.scan._chunk_records(self.scan._units[number])
+        return future.result()
+
+    def close(self) -> None:
+        for future in self.pending.values():
+            future.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def _indexed_positions(scan: _McapScan, unit: _Unit, records: bytes) -> dict[int, tuple[np.ndarray, np.ndarray]] | None:
@@ -284,7 +320,7 @@ def _indexed_positions(scan: _McapScan, unit: _Unit, records: bytes) -> dict[int
     if len(offsets) and (offsets.max() > size - _PREFIX or offsets.min() < 0):
         return None
     buf = np.frombuffer(records, np.uint8)
-    heads = np.ascontiguousarray(_rows(buf, offsets, _PREFIX))
+    heads = np.ascontiguousarray(_rows(buf, offsets, 23))  # opcode, length, channel, sequence, log time
     lengths = heads[:, 1:9].copy().view("<u8").ravel().astype(np.int64)
     ok = (
         (heads[:, 0] == Opcode.MESSAGE)
@@ -375,7 +411,8 @@ def _decode_batch(
         offsets = np.concatenate([base + o for base, o, _ in pieces])
         lengths = np.concatenate([n for _, _, n in pieces])
         times = _rows(buf, offsets + _RECORD_HEADER.size + 6, 16).copy().view("<u8").astype(np.int64)
-        _decode_into(stream, scan.stats, buf, offsets + _PREFIX, lengths - _MESSAGE_PREFIX.size, times[:, 0], times[:, 1])
+        _decode_into(stream, scan.stats, buf, offsets + _PREFIX, lengths - _MESSAGE_PREFIX.size, times[:, 0],
+                     times[:, 1])
     batch.clear()
 
 

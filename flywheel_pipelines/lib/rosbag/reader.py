@@ -41,6 +41,7 @@ import contextlib
 import functools
 import heapq
 import io
+import os
 import re
 import struct
 import zlib
@@ -527,9 +528,9 @@ class _McapScan:
             raise self._fatal(f"not an MCAP file (starts with {head!r})")
 
     def _read_at(self, offset: int, length: int) -> bytes:
+        # pread: no shared file position, so the columnar reader may load chunks on another thread.
         assert self._fh is not None
-        self._fh.seek(offset)
-        return self._fh.read(length)
+        return os.pread(self._fh.fileno(), length, offset)
 
     def _problem(self, text: str) -> None:
         self.stats.problems.append(text)
