@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from flywheel_pipelines.defs.ingest.assets import log_manifest, manifest_key, open_log
+from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import markdown
@@ -43,6 +44,7 @@ class EpisodesConfig(dg.Config):
     kinds={"python", "parquet"},
     owners=OWNERS,
     pool="ingest",  # re-runs and backfills of episodes count against the ingest limit too
+    op_tags=INGEST_TAGS,
     check_specs=[dg.AssetCheckSpec(name, asset="episodes", description=d + CHECK_NOTE, blocking=False)
                  for name, d in CHECKS.items()],
 )

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from flywheel_pipelines.defs.k8s import EVALUATION_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.training.assets import POLICY_ONNX, policy_candidate
 from flywheel_pipelines.defs.upstream import upstream_metadata
@@ -35,7 +36,7 @@ def eval_prefix(policy_version: str) -> str:
 
 
 @dg.asset(deps=[policy_candidate], group_name="evaluation", kinds={"mujoco", "onnx"}, owners=["team:ml"],
-          pool="evaluation")
+          pool="evaluation", op_tags=EVALUATION_TAGS)
 def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: LakeResource,
                 mlflow: MlflowResource) -> dg.MaterializeResult:
     """The candidate (as exported ONNX) over N seeded episodes with randomized per-robot physics,

@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import ids, markdown
@@ -83,6 +84,7 @@ def build_manifest(lake: Lake, robot: str, day: str) -> dict:
     kinds={"python", "json"},
     owners=OWNERS,
     pool="ingest",
+    op_tags=INGEST_TAGS,
 )
 def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """Per raw file of a robot-day: sha256, size, topics with types, counts, rates, time range

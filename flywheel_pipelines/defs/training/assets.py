@@ -8,6 +8,7 @@ import onnx
 from pydantic import Field
 
 from flywheel_pipelines.defs.curation.assets import curated_dataset
+from flywheel_pipelines.defs.k8s import TRAINING_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib import ids
@@ -43,7 +44,8 @@ def policy_prefix(name: str, version: str) -> str:
     return f"policies/{name}/{version}"
 
 
-@dg.asset(deps=[curated_dataset], group_name="training", kinds={"pytorch", "mlflow"}, owners=["team:ml"], pool="training")
+@dg.asset(deps=[curated_dataset], group_name="training", kinds={"pytorch", "mlflow"}, owners=["team:ml"], pool="training",
+          op_tags=TRAINING_TAGS)
 def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lake: LakeResource,
                      mlflow: MlflowResource) -> dg.MaterializeResult:
     """A seeded PyTorch behaviour-cloning policy (safetensors + ONNX), logged to MLflow with its
