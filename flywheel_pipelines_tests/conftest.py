@@ -28,11 +28,15 @@ def flywheel_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+def missing(message: str):
+    """Something a test needs is not here: a failure in CI (which must have everything), a skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_real_logs() -> Path:
     """The shared real logs; in CI their absence is a failure, on a laptop a skip."""
     if not REAL_LOGS.is_dir():
-        message = f"real logs not present at {REAL_LOGS} (../shared/real-logs beside the repository)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"real logs not present at {REAL_LOGS} (../shared/real-logs beside the repository)")
     return REAL_LOGS

@@ -1,6 +1,5 @@
 """Fixtures for the production instance (deploy/dagster.yaml) against a real PostgreSQL server."""
 
-import os
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -8,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from flywheel_pipelines_tests.conftest import missing
 from flywheel_pipelines_tests.deploy.postgres import PostgresServer, find_bin_dir, running_postgres
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,10 +19,8 @@ def postgres_server() -> PostgresServer:
     """One server for the session; each test gets its own database (see `deployment`)."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        message = "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under /usr/lib/postgresql/*/bin"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI installs them with tools/ensure_postgres.sh)")
-        pytest.skip(message)
+        missing("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under /usr/lib/postgresql/*/bin "
+                "(CI installs them with tools/ensure_postgres.sh)")
     with running_postgres(bin_dir) as server:
         yield server
 

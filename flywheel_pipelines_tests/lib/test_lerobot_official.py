@@ -33,6 +33,7 @@ from flywheel_pipelines.lib.datasets.lerobot import (
     load_tasks,
     write_lerobot_v3,
 )
+from flywheel_pipelines_tests.conftest import missing
 from flywheel_pipelines_tests.lib.conftest import CuratedDataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,10 +45,7 @@ CHUNK = 8  # frames per action chunk, as an ACT-style policy loads them through 
 def _lerobot_python() -> Path:
     """The lerobot environment's interpreter; in CI its absence is a failure, elsewhere a skip."""
     if not LEROBOT_PYTHON.is_file():
-        message = f"lerobot environment missing ({LEROBOT_PYTHON}); `make lerobot-env` builds it (`make test` does too)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"lerobot environment missing ({LEROBOT_PYTHON}); `make lerobot-env` builds it (`make test` does too)")
     return LEROBOT_PYTHON
 
 
