@@ -18,7 +18,9 @@ from flywheel_pipelines.lib.episodes.standardize import (
     Standardized,
     Stream,
     _sample,
+    align_episode,
     empty_frames,
+    extract_streams,
     segment,
     standardize,
 )
@@ -413,3 +415,19 @@ def test_reused_episode_ids_are_kept_and_made_unique():
     spans = segment(events, default_task="t", id_prefix="p")
     assert [(s.episode_id, s.outcome) for s in spans] == [("e-1", "success"), ("e-1~2", "failure")]
     assert "duplicate_id" in spans[1].tags
+
+
+def test_a_backwards_stamp_fails_only_the_episode_it_falls_in(sim_day: SimDay, emb):
+    files = source_files(sim_day.lake, sim_day.day.keys)
+    extracted = extract_streams(files, emb)
+    spans = segment(extracted.events, default_task=emb.default_task, id_prefix="x")
+    victim = spans[1]
+    state = extracted.streams["/joint_states"]
+    # One sample inside the second episode stepped back in time (a clock jump on the robot).
+    state.backwards = np.array([victim.start_ns + (victim.end_ns - victim.start_ns) // 2])
+    flagged = []
+    for span in spans[:4]:
+        _frames, quality = align_episode(span, extracted.streams, emb)
+        if "non_monotonic" in quality["issues"]:
+            flagged.append(span.episode_id)
+    assert flagged == [victim.episode_id]

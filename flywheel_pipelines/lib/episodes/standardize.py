@@ -32,7 +32,11 @@ class Stream:
     topic: str
     stamps: np.ndarray  # int64 ns
     values: np.ndarray  # float64 (n, dim)
-    non_monotonic: int = 0
+    # Stamps at which the stream stepped backwards (in log-time order): each episode counts its own.
+    backwards: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def backwards_between(self, start_ns: int, end_ns: int) -> int:
+        return int(np.count_nonzero((self.backwards >= start_ns) & (self.backwards <= end_ns)))
 
 
 @dataclass(frozen=True)
@@ -224,9 +228,9 @@ def extract_streams(files: Sequence[SourceFile], emb: Embodiment) -> Extracted:
         width = sum(f.dim for f in by_topic[topic])
         st = _join(stamps.pop(topic)) if stamps[topic] else np.zeros(0, np.int64)
         vals = _join(values.pop(topic)) if values[topic] else np.zeros((0, width))
-        non_mono = int(np.sum(np.diff(st) < 0)) if len(st) > 1 else 0
+        back = st[1:][np.diff(st) < 0] if len(st) > 1 else np.zeros(0, np.int64)
         order = _order(st)
-        streams[topic] = Stream(topic, st if order is None else st[order], vals if order is None else vals[order], non_mono)
+        streams[topic] = Stream(topic, st if order is None else st[order], vals if order is None else vals[order], back)
     events.sort(key=lambda e: e.t_ns)
     return Extracted(streams, events, file_ranges, undecodable)
 
@@ -367,7 +371,7 @@ def align_episode(span: EpisodeSpan, streams: dict[str, Stream], emb: Embodiment
         tol = emb.skew_tolerance_ns(feature)
         q = _stream_quality(stream, span.start_ns, span.end_ns)
         q["max_skew_ms"] = float(skew[ok].max() / _NS_PER_MS) if ok.any() else 0.0
-        q["non_monotonic"] = stream.non_monotonic
+        q["non_monotonic"] = stream.backwards_between(span.start_ns, span.end_ns)
         quality["streams"][feature.key] = q
         violations = int(np.sum(skew[ok] > tol))
         quality["skew_violations"] += violations
@@ -385,7 +389,7 @@ def align_episode(span: EpisodeSpan, streams: dict[str, Stream], emb: Embodiment
             columns[f"{image.key}.stamp_ns"] = np.full(len(grid), -1, np.int64)
         valid &= ok
         q["max_skew_ms"] = float(skew[ok].max() / _NS_PER_MS) if ok.any() else 0.0
-        q["non_monotonic"] = stream.non_monotonic
+        q["non_monotonic"] = stream.backwards_between(span.start_ns, span.end_ns)
         quality["streams"][image.key] = q
         violations = int(np.sum(skew[ok] > emb.skew_tolerance_ns(image)))
         quality["skew_violations"] += violations
