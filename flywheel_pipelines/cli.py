@@ -13,9 +13,10 @@ from flywheel_pipelines.lib import settings
 
 
 def _lake(root: str | None):
-    from flywheel_pipelines.lib.storage import open_lake
+    """A folder or an ``s3://bucket/prefix`` lake (S3 settings from the FLYWHEEL_S3_* variables)."""
+    from flywheel_pipelines.defs.resources import open_configured_lake
 
-    return open_lake(root or settings.default_lake_root())
+    return open_configured_lake(root or settings.default_lake_root())
 
 
 @click.group()

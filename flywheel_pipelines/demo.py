@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from flywheel_pipelines.defs.resources import open_configured_lake
 from flywheel_pipelines.lib import settings
 from flywheel_pipelines.lib.sim.fleet import day_range, simulate_fleet
-from flywheel_pipelines.lib.storage import open_lake
 
 # The demo prints its own progress; Dagster's per-event debug log would drown it.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -50,7 +50,7 @@ def run_demo(
 
     home = prepare_dagster_home()
     lake_root = settings.default_lake_root()
-    lake = open_lake(lake_root)
+    lake = open_configured_lake(lake_root)
     first = start_date or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)).isoformat()
     day_list = day_range(first, days)
     log(f"simulating {robots} robots x {days} days x {episodes_per_day} episodes into {lake_root}/raw")

@@ -53,6 +53,13 @@ class LakeResource(ResourceWithS3Configuration):
         return S3Resource(**{name: getattr(self, name) for name in ResourceWithS3Configuration.model_fields}).get_client()
 
 
+def open_configured_lake(root: str | None = None) -> Lake:
+    """The lake at ``root`` (default $FLYWHEEL_LAKE) outside a Dagster run (the CLI, the demo), with
+    the same S3 settings a deployment gives the resource, read from the environment now."""
+    values = {name: os.environ[var] for name, var in LAKE_S3_ENV.items() if os.environ.get(var)}
+    return LakeResource(root=root, **values).lake()
+
+
 def lake_resource_from_env() -> LakeResource:
     """The lake as the deployment configures it: its S3 settings bound to whichever of LAKE_S3_ENV are set.
 
