@@ -8,7 +8,7 @@ from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import ids, markdown
 from flywheel_pipelines.lib.rosbag.manifest import inspect_log
-from flywheel_pipelines.lib.storage import Lake, raw_fingerprint, sha256_file
+from flywheel_pipelines.lib.storage import Lake, raw_fingerprint
 
 OWNERS = ["team:robot-data"]
 
@@ -64,14 +64,11 @@ def build_manifest(lake: Lake, robot: str, day: str) -> dict:
     for key in logs:
         with open_log(lake, key) as path:
             files.append(inspect_log(path, key=key).to_dict())
-    # The sensor fingerprints raw objects one by one; a bag folder's entry hashes its listing, so
-    # its parts are hashed here too, to record the same fingerprint the sensor computes.
+    # The sensor fingerprints raw objects one by one: a bag folder contributes each of its parts.
     objects = []
     for f in files:
         if f["key"].endswith("/"):
-            for obj in lake.list(f["key"]):
-                with lake.local_path(obj.key) as path:
-                    objects.append((obj.key, sha256_file(path)))
+            objects.extend((f["key"] + relative, sha256) for relative, sha256 in f["parts"])
         else:
             objects.append((f["key"], f["sha256"]))
     return {"robot": robot, "date": day, "files": files, "raw_fingerprint": raw_fingerprint(objects)}

@@ -55,7 +55,7 @@ import sqlite3
 import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,8 @@ class FileManifest:
             ``(first_ns, last_ns)`` that contain the lost messages, where those are known (a
             skipped chunk's range, the rest of a cut chunk, the gap around an unreadable stretch
             or a missing part); empty otherwise.
+        parts: For a folder: ``(relative path, sha256)`` of each file in it, the listing its
+            ``sha256`` hashes; empty for a single file.
     """
 
     key: str
@@ -142,12 +144,14 @@ class FileManifest:
     end_ns: int | None
     lost_messages: int | None
     lost_ranges: tuple[tuple[int, int], ...] = ()
+    parts: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict; :meth:`from_dict` turns it back into an equal manifest."""
         out = asdict(self)
         out["topics"] = [asdict(t) for t in self.topics]
         out["lost_ranges"] = [list(r) for r in self.lost_ranges]
+        out["parts"] = [list(p) for p in self.parts]
         return out
 
     @classmethod
@@ -186,6 +190,7 @@ class FileManifest:
             lost_messages=d.get("lost_messages", 0),
             # Manifests written before lost ranges were recorded have none.
             lost_ranges=tuple((int(a), int(b)) for a, b in d.get("lost_ranges", ())),
+            parts=tuple((str(r), str(h)) for r, h in d.get("parts", ())),
         )
 
 
@@ -211,9 +216,9 @@ def inspect_log(path: str | Path, *, key: str | None = None, decode: bool = Fals
     label = key if key is not None else str(p)
     key = key if key is not None else p.name
     if p.is_dir():
-        sha256, size = _hash_folder(p)
+        sha256, size, parts = _hash_folder(p)
         reading = _guard(label, lambda: _read_folder(p, decode))
-        return _manifest(key, label, sha256, size, reading)
+        return replace(_manifest(key, label, sha256, size, reading), parts=parts)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such log")
     sha256, size = _hash_file(p)
@@ -1133,11 +1138,14 @@ def _folder_files(folder: Path) -> Iterable[tuple[str, Path]]:
     return sorted(files)
 
 
-def _hash_folder(folder: Path) -> tuple[str, int]:
+def _hash_folder(folder: Path) -> tuple[str, int, tuple[tuple[str, str], ...]]:
+    """The listing's hash, the total size and each file's (relative path, sha256)."""
     listing = hashlib.sha256()
     total = 0
+    parts = []
     for relative, file in _folder_files(folder):
         sha256, size = _hash_file(file)
         listing.update(f"{sha256}  {relative}\n".encode())
         total += size
-    return listing.hexdigest(), total
+        parts.append((relative, sha256))
+    return listing.hexdigest(), total, tuple(parts)
