@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from flywheel_pipelines.lib.episodes.embodiment import Embodiment, FeatureMapping
-from flywheel_pipelines.lib.rosbag.columnar import TopicColumns, TopicRequest, read_columns
+from flywheel_pipelines.lib.rosbag.columnar import TopicColumns, TopicRequest, join_arrays, read_columns
 from flywheel_pipelines.lib.rosbag.reader import ReadStats
 
 _NS_PER_MS = 1_000_000
@@ -179,10 +179,6 @@ def _order(t: np.ndarray) -> np.ndarray | None:
     return None if len(t) < 2 or bool((t[1:] >= t[:-1]).all()) else np.argsort(t, kind="stable")
 
 
-def _join(arrays: list[np.ndarray]) -> np.ndarray:
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-
-
 def extract_streams(files: Sequence[SourceFile], emb: Embodiment) -> Extracted:
     """Decode the mapped topics and the event topic of all files, on the mapping's clock."""
     by_topic: dict[str, list[FeatureMapping]] = {}
@@ -226,8 +222,8 @@ def extract_streams(files: Sequence[SourceFile], emb: Embodiment) -> Extracted:
     streams = {}
     for topic in by_topic:
         width = sum(f.dim for f in by_topic[topic])
-        st = _join(stamps.pop(topic)) if stamps[topic] else np.zeros(0, np.int64)
-        vals = _join(values.pop(topic)) if values[topic] else np.zeros((0, width))
+        st = join_arrays(stamps.pop(topic)) if stamps[topic] else np.zeros(0, np.int64)
+        vals = join_arrays(values.pop(topic)) if values[topic] else np.zeros((0, width))
         back = st[1:][np.diff(st) < 0] if len(st) > 1 else np.zeros(0, np.int64)
         order = _order(st)
         streams[topic] = Stream(topic, st if order is None else st[order], vals if order is None else vals[order], back)

@@ -552,7 +552,7 @@ def _finish(streams: dict[object, _Stream]) -> dict[str, TopicColumns]:
         for path in [p for p in first.numeric if p in paths]:
             arrays = [p[3].numeric.pop(path) for p in pieces]  # popped: each part is freed as it is joined
             width = max(a.shape[1] for a in arrays)
-            numeric[path] = _join([_pad(a, width) for a in arrays])
+            numeric[path] = join_arrays([_pad(a, width) for a in arrays])
             del arrays
         text = {path: [x for p in pieces for x in p[3].text[path]] for path in first.text}
         # Layout numbers are per decoder; several files of one topic have several decoders.
@@ -564,13 +564,14 @@ def _finish(streams: dict[object, _Stream]) -> dict[str, TopicColumns]:
                 layouts.append(np.where(p[3].layout >= 0, p[3].layout + offset, -1))
             stream.parts = []
         stamps = [p[2] for p in pieces]
-        stamp = _join(stamps) if all(s is not None for s in stamps) else None
-        out[topic] = TopicColumns(topic, parts[0].type, _join([p[0] for p in pieces]), _join([p[1] for p in pieces]),
-                                  numeric, text, _join(layouts) if layouts else np.zeros(0, np.int32), table, stamp)
+        stamp = join_arrays(stamps) if all(s is not None for s in stamps) else None
+        out[topic] = TopicColumns(topic, parts[0].type, join_arrays([p[0] for p in pieces]), join_arrays([p[1] for p in pieces]),
+                                  numeric, text, join_arrays(layouts) if layouts else np.zeros(0, np.int32), table, stamp)
     return out
 
 
-def _join(arrays: list[np.ndarray]) -> np.ndarray:
+def join_arrays(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenated, or the array itself when there is one (no copy)."""
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
