@@ -100,18 +100,24 @@ def compare_mcap(path: Path, *, skip_numeric: frozenset[str] = frozenset(), batc
     stats = ReadStats()
     columns = read_columns(path, requests, stats=stats, **kwargs)
     assert not stats.problems and stats.undecodable == 0, stats
+    for topic in reference:
+        assert columns[topic].type == types[topic]
+    return assert_columns_match(columns, reference, requests, path.name)
+
+
+def assert_columns_match(columns, reference: dict[str, list], requests, where: str) -> int:
+    """Every requested field of every message equals the reference decoder's (both in file order;
+    equal log times keep it). Returns the number of messages compared."""
     compared = 0
     for topic, expected in reference.items():
         cols = columns[topic]
-        assert cols.type == types[topic]
         assert len(cols) == len(expected), topic
-        # Both sides in file order; equal log times keep it.
         for i, (log_time, decoded) in enumerate(expected):
             assert cols.log_time[i] == log_time
             for p in requests[topic].numeric:
-                assert_same(cols.numeric[p][i], None, decoded, p, f"{path.name} {topic} #{i}")
+                assert_same(cols.numeric[p][i], None, decoded, p, f"{where} {topic} #{i}")
             for p in requests[topic].text:
-                assert_same(None, cols.text[p][i], decoded, p, f"{path.name} {topic} #{i}")
+                assert_same(None, cols.text[p][i], decoded, p, f"{where} {topic} #{i}")
             compared += 1
     return compared
 
@@ -158,18 +164,7 @@ def test_rosbags_sources_match_rosbags(name: str) -> None:
         expected: dict[str, list] = {}
         for c, t, raw in reader.messages():
             expected.setdefault(c.topic, []).append((t, reader.deserialize(raw, c.msgtype)))
-    columns = read_columns(path, requests)
-    compared = 0
-    for topic, messages in expected.items():
-        cols = columns[topic]
-        assert len(cols) == len(messages)
-        for i, (t, msg) in enumerate(messages):
-            assert cols.log_time[i] == t
-            for p in requests[topic].numeric:
-                assert_same(cols.numeric[p][i], None, msg, p, f"{name} {topic} #{i}")
-            for p in requests[topic].text:
-                assert_same(None, cols.text[p][i], msg, p, f"{name} {topic} #{i}")
-            compared += 1
+    compared = assert_columns_match(read_columns(path, requests), expected, requests, name)
     assert compared == sum(len(m) for m in expected.values()) > 1000
 
 
