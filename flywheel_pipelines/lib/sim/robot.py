@@ -43,6 +43,8 @@ class RobotProfile:
     vel_noise: float = 0.01  # rad/s, std of reported velocities
     drop_rate: float = 0.0  # fraction of /joint_states messages lost in transport
     burst_drop_rate: float = 0.0  # chance per second of a 100-250 ms transport outage
+    mass_scale: float = 1.0  # link masses and inertias relative to the MJCF
+    sensor_delay_s: float = 0.0  # the controller sees joint samples this old
     faults: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
@@ -120,6 +122,26 @@ class JointSample:
     velocity: np.ndarray
 
 
+def apply_profile(model: mujoco.MjModel, profile: RobotProfile) -> None:
+    """Set a robot's actuator gains, damping, friction and link masses on ``model`` in place.
+
+    The model must be a fresh copy of the package's ``arm2.xml``: masses are scaled from the
+    values in that file, not from whatever the model holds now.
+    """
+    for i in range(2):
+        kp, kv = _NOMINAL_KP[i] * profile.gain_scale, _NOMINAL_KV[i] * np.sqrt(profile.gain_scale)
+        model.actuator_gainprm[i, 0] = kp
+        model.actuator_biasprm[i, 1:3] = (-kp, -kv)
+        model.dof_damping[i] = profile.damping[i]
+        model.dof_frictionloss[i] = profile.friction[i]
+    if profile.mass_scale != 1.0:
+        for name in ("upper_arm", "forearm"):
+            body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, name)
+            model.body_mass[body] *= profile.mass_scale
+            model.body_inertia[body] *= profile.mass_scale
+        mujoco.mj_setConst(model, mujoco.MjData(model))
+
+
 class ArmSim:
     """One robot's physics: MuJoCo stepping, actuator latency and noisy, offset sensors."""
 
@@ -129,13 +151,8 @@ class ArmSim:
         self.data = mujoco.MjData(self.model)
         self.profile = profile
         self.rng = np.random.default_rng(seed)
+        apply_profile(self.model, profile)
         m = self.model
-        for i in range(2):
-            kp, kv = _NOMINAL_KP[i] * profile.gain_scale, _NOMINAL_KV[i] * np.sqrt(profile.gain_scale)
-            m.actuator_gainprm[i, 0] = kp
-            m.actuator_biasprm[i, 1:3] = (-kp, -kv)
-            m.dof_damping[i] = profile.damping[i]
-            m.dof_frictionloss[i] = profile.friction[i]
         self.substeps = round(1.0 / (CONTROL_HZ * m.opt.timestep))
         self.sensor_every = round(1.0 / (JOINT_STATE_HZ * m.opt.timestep))
         self.goal = np.zeros(2)
@@ -143,6 +160,9 @@ class ArmSim:
         self._pending: deque[tuple[float, np.ndarray]] = deque()
         self._last = JointSample(0.0, np.zeros(2), np.zeros(2))
         self._step = 0
+        # Samples the controller has not seen yet because of the sensor delay.
+        self._delayed: deque[JointSample] = deque()
+        self._seen = self._last
 
     def reset(self, q0: np.ndarray, goal: np.ndarray) -> None:
         mujoco.mj_resetData(self.model, self.data)
@@ -154,6 +174,8 @@ class ArmSim:
         self.t, self._step = 0.0, 0
         self._pending.clear()
         self._last = self._measure()
+        self._delayed.clear()
+        self._seen = self._last
 
     def _measure(self) -> JointSample:
         p = self.profile
@@ -166,8 +188,9 @@ class ArmSim:
         return self._last
 
     def observation(self) -> np.ndarray:
-        """What the controller sees now: [q(2), dq(2)] from the latest joint sample, and the goal."""
-        s = self._last
+        """What the controller sees now: [q(2), dq(2)] from the newest joint sample at least
+        ``sensor_delay_s`` old (the latest one without a delay), and the goal."""
+        s = self._seen
         return np.concatenate([s.position, s.velocity, self.goal]).astype(np.float32)
 
     def advance(self, target: np.ndarray, on_sample: Callable[[JointSample], None] | None = None) -> None:
@@ -184,8 +207,11 @@ class ArmSim:
             self.t = self._step * dt
             if self._step % self.sensor_every == 0:
                 self._last = self._measure()
+                self._delayed.append(self._last)
                 if on_sample is not None:
                     on_sample(self._last)
+        while self._delayed and self._delayed[0].t <= self.t - self.profile.sensor_delay_s + 1e-9:
+            self._seen = self._delayed.popleft()
 
     def fingertip_error(self) -> float:
         """True distance from fingertip to goal (ground truth: evaluation only)."""
