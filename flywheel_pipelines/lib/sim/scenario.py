@@ -52,3 +52,28 @@ def step_reward(error_m: float | np.ndarray, inside: bool | np.ndarray) -> float
 
 def is_inside(error_m: float | np.ndarray) -> bool | np.ndarray:
     return np.asarray(error_m) < SUCCESS_RADIUS_M
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    """The outcome of one policy on one scenario (one row of an evaluation's episodes table)."""
+
+    policy: str  # the name the evaluation gives the policy: "candidate", "production", "scripted_expert", ...
+    scenario_id: str
+    group: str
+    seed: int
+    success: bool  # fingertip within SUCCESS_RADIUS_M for SUCCESS_HOLD_STEPS consecutive control steps
+    steps: int  # control steps taken (the episode ends at success or at the scenario's max_steps)
+    time_to_goal_s: float | None  # start of the successful hold, None unless success
+    return_: float  # sum of step_reward over the steps taken
+    final_error_m: float
+    min_error_m: float
+    jerk_rms: float  # RMS third derivative of the true joint angles over the control steps, rad/s^3
+    joint_limit_hits: int  # control steps ending closer than JOINT_LIMIT_MARGIN_RAD to a limit
+    force_events: int  # control steps with |actuator torque| > FORCE_LIMIT_NM on any joint
+    gain_scale: float
+    latency_ms: float
+    mass_scale: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
