@@ -163,6 +163,9 @@ class ArmSim:
         # Samples the controller has not seen yet because of the sensor delay.
         self._delayed: deque[JointSample] = deque()
         self._seen = self._last
+        # Actuator torques of every substep of the last control period (for force-limit events).
+        self._forces = np.zeros((self.substeps, m.nu))
+        self._actuator_force = self.data.actuator_force  # a view: cheaper than the attribute per substep
 
     def reset(self, q0: np.ndarray, goal: np.ndarray) -> None:
         mujoco.mj_resetData(self.model, self.data)
@@ -176,6 +179,7 @@ class ArmSim:
         self._last = self._measure()
         self._delayed.clear()
         self._seen = self._last
+        self._forces[:] = 0.0
 
     def _measure(self) -> JointSample:
         p = self.profile
@@ -199,10 +203,11 @@ class ArmSim:
         true_target = np.asarray(target, dtype=np.float64) - np.asarray(self.profile.calibration_offset)
         self._pending.append((self.t + self.profile.latency_s, true_target))
         dt = self.model.opt.timestep
-        for _ in range(self.substeps):
+        for i in range(self.substeps):
             while self._pending and self._pending[0][0] <= self.t + 1e-9:
                 self.data.ctrl[:] = self._pending.popleft()[1]
             mujoco.mj_step(self.model, self.data)
+            self._forces[i] = self._actuator_force
             self._step += 1
             self.t = self._step * dt
             if self._step % self.sensor_every == 0:
@@ -215,7 +220,13 @@ class ArmSim:
 
     def fingertip_error(self) -> float:
         """True distance from fingertip to goal (ground truth: evaluation only)."""
-        return float(np.linalg.norm(self.data.site_xpos[0, :2] - self.goal))
+        # From qpos, not data.site_xpos: after mj_step the kinematics are those of the state
+        # before the last substep, 2 ms stale.
+        return float(np.linalg.norm(forward_kinematics(self.data.qpos[:2]) - self.goal))
+
+    def peak_actuator_force(self) -> float:
+        """Largest |actuator torque| on any joint over the substeps of the last control period."""
+        return float(np.max(np.abs(self._forces)))
 
     def joint_limit_margin(self) -> float:
         lo, hi = self.model.jnt_range[:, 0], self.model.jnt_range[:, 1]
