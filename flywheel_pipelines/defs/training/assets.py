@@ -1,7 +1,10 @@
-"""Policy candidates: a behaviour-cloning policy trained on the curated dataset, in MLflow."""
+"""Policy candidates: a behaviour-cloning or RL (PPO/SAC) policy, one artifact format, in MLflow."""
 
 
+import hashlib
 import json
+import math
+from pathlib import Path
 
 import dagster as dg
 import onnx
@@ -13,19 +16,42 @@ from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib import ids
 from flywheel_pipelines.lib.learning.bc import BCConfig, load_training_data, pick_device, train_bc
+from flywheel_pipelines.lib.learning.checkpoint import clear_checkpoints, latest_step
 from flywheel_pipelines.lib.learning.policy import save_policy
+from flywheel_pipelines.lib.learning.rl import (
+    RLConfig,
+    config_path,
+    default_config_name,
+    load_rl_config,
+    resolve_config,
+    train_rl,
+    training_record,
+)
 from flywheel_pipelines.lib.release.onnx_export import export_onnx
+from flywheel_pipelines.lib.settings import flywheel_home
 from flywheel_pipelines.lib.storage import staging_dir
 from flywheel_pipelines.lib.versioning import code_version
 
 POLICY_ONNX = "policy.onnx"
 METRICS = "metrics.json"
+TRAINERS = ("bc", "ppo", "sac")
 
 
 class TrainConfig(dg.Config):
-    """Behaviour-cloning hyperparameters; the same values go to MLflow params."""
+    """Which trainer and its hyperparameters; the same values go to MLflow params.
+
+    ``bc`` (the default) uses the fields below; ``ppo``/``sac`` read a versioned YAML from
+    ``lib/learning/configs`` and, with ``bc_init``, fine-tune a BC policy trained first (same step).
+    """
 
     policy_name: str = Field(default="reach-bc", description="policies/<name>/<version>/ and the registry name.")
+    trainer: str = Field(default="bc", description="bc | ppo | sac")
+    rl_config: str = Field(default="", description="ppo/sac: config file in lib/learning/configs, or a path to one "
+                                                   "(default <trainer>_reach.yaml).")
+    bc_init: bool = Field(default=False, description="ppo/sac: start from a BC policy trained on the curated dataset.")
+    timesteps: int = Field(default=0, description="ppo/sac: overrides the config's n_timesteps when > 0.")
+    checkpoint_every: int = Field(default=10, description="BC: epochs between checkpoints (RL: the config's "
+                                                          "checkpoint_freq).")
     epochs: int = 150
     batch_size: int = 256
     lr: float = 2e-3
@@ -39,44 +65,111 @@ class TrainConfig(dg.Config):
         return BCConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                         hidden=self.hidden, layers=self.layers, seed=self.seed, device=self.device)
 
+    def rl(self) -> RLConfig | None:
+        if self.trainer == "bc":
+            return None
+        return load_rl_config(self.rl_config or default_config_name(self.trainer), timesteps=self.timesteps or None,
+                              seed=self.seed, device=self.device)
+
 
 def policy_prefix(name: str, version: str) -> str:
     return f"policies/{name}/{version}"
+
+
+def checkpoint_root(name: str, dataset_version: str, bc: BCConfig | None, rl: RLConfig | None) -> Path:
+    """Where a run's checkpoints live until its policy is published: a stable local folder keyed by
+    the dataset and everything that shapes training, so re-running a killed run resumes it."""
+    key = json.dumps({"bc": bc.to_dict() if bc else None, "rl": rl.to_dict() if rl else None}, sort_keys=True)
+    return flywheel_home() / "checkpoints" / name / f"{dataset_version}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _flat_params(prefix: str, d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_params(f"{prefix}{k}.", v))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def _finite(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
 
 
 @dg.asset(deps=[curated_dataset], group_name="training", kinds={"pytorch", "mlflow"}, owners=["team:ml"], pool="training",
           op_tags=TRAINING_TAGS)
 def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lake: LakeResource,
                      mlflow: MlflowResource) -> dg.MaterializeResult:
-    """A seeded PyTorch behaviour-cloning policy (safetensors + ONNX), logged to MLflow with its
-    dataset and code version and registered in the MLflow model registry."""
+    """A seeded PyTorch policy (safetensors + ONNX) from behaviour cloning or PPO/SAC, logged to
+    MLflow with its dataset, config and code version and registered in the MLflow model registry.
+    A killed run resumes from its checkpoints when re-run with the same dataset and config."""
     name = ids.name(config.policy_name, what="policy name")
+    if config.trainer not in TRAINERS:
+        raise dg.Failure(f"trainer must be one of {TRAINERS}, got {config.trainer!r}")
     store = lake.lake()
     ds = upstream_metadata(context, "curated_dataset")
     with store.local_dir(ds["prefix"]) as root:
         data = load_training_data(root)
         dataset_manifest = json.loads((root / "manifest.json").read_text())
-    bc = config.bc()
+    rl = config.rl()
+    bc = config.bc() if rl is None or config.bc_init else None
     code = code_version()
-    device = pick_device(bc.device)
+    device = pick_device(config.device)
+    ckpt_root = checkpoint_root(name, ds["dataset_version"], bc, rl)
+    resumed = {part: step for part in ("bc", "rl") if (step := latest_step(ckpt_root / part)) is not None}
+    if resumed:
+        context.log.info(f"resuming from checkpoints in {ckpt_root}: {resumed}")
     with mlflow.session() as mlf, staging_dir() as tmp:
         with mlf.start_run(run_name=f"{name}-{ds['dataset_version']}") as run:
-            mlf.log_params({**bc.to_dict(), "dataset_name": ds["dataset_name"],
-                            "dataset_version": ds["dataset_version"], "train_frames": len(data.train_obs),
-                            "val_frames": len(data.val_obs), "device": str(device)})
+            params = {"trainer": config.trainer, "dataset_name": ds["dataset_name"],
+                      "dataset_version": ds["dataset_version"], "train_frames": len(data.train_obs),
+                      "val_frames": len(data.val_obs), "device": str(device)}
+            if bc is not None:
+                params.update(bc.to_dict() if rl is None else _flat_params("bc.", bc.to_dict()))
+            if rl is not None:
+                params.update({"rl_config": rl.file, "rl_config_sha256": rl.sha256, "bc_init": config.bc_init,
+                               **_flat_params("rl.", rl.to_dict())})
+                mlf.log_artifact(str(config_path(rl.file)), artifact_path="config")
+            mlf.log_params(params)
             mlf.set_tags({"dagster.run_id": context.run.run_id, "code.source_hash": code["source_hash"],
                           "code.git_commit": code["git_commit"] or "unknown",
-                          "code.package_version": code["package_version"], "flywheel.asset": "policy_candidate"})
+                          "code.package_version": code["package_version"], "flywheel.asset": "policy_candidate",
+                          **{f"resumed_from.{k}": str(v) for k, v in resumed.items()}})
+            bc_prefix = "" if rl is None else "bc."
+            logged: set[tuple[str, int]] = set()
 
             def on_epoch(m):
-                mlf.log_metrics({"train_loss": m.train_loss, "val_loss": m.val_loss,
-                                 "val_action_mae": m.val_action_mae}, step=m.epoch)
+                mlf.log_metrics(_finite({f"{bc_prefix}train_loss": m.train_loss, f"{bc_prefix}val_loss": m.val_loss,
+                                         f"{bc_prefix}val_action_mae": m.val_action_mae}), step=m.epoch)
+                logged.add(("bc", m.epoch))
 
-            policy, history = train_bc(data, bc, on_epoch=on_epoch)
+            def on_progress(m):
+                mlf.log_metrics(_finite({"ep_return_mean": m.ep_return_mean, "success_rate": m.success_rate,
+                                         "ep_length_mean": m.ep_length_mean, "timesteps_per_s": m.timesteps_per_s,
+                                         **{f"train.{k}": v for k, v in m.losses.items()}}), step=m.timesteps)
+                logged.add(("rl", m.timesteps))
+
+            bc_policy = bc_history = None
+            if bc is not None:
+                bc_policy, bc_history = train_bc(data, bc, on_epoch=on_epoch, checkpoint_dir=ckpt_root / "bc",
+                                                 checkpoint_every=config.checkpoint_every)
+                for m in bc_history:  # epochs restored from a checkpoint: their metrics go to this run too
+                    if ("bc", m.epoch) not in logged:
+                        on_epoch(m)
+            if rl is None:
+                policy, history, training = bc_policy, bc_history, bc.to_dict()
+            else:
+                init = bc_policy if config.bc_init else None
+                policy, history = train_rl(rl, bc_init=init, checkpoint_dir=ckpt_root / "rl", on_progress=on_progress)
+                for m in history:
+                    if ("rl", m.timesteps) not in logged:
+                        on_progress(m)
+                training = training_record(resolve_config(rl, init), bc_init=bc.to_dict() if init else None)
             out = tmp / "policy"
             extra = {"dataset": {"name": ds["dataset_name"], "version": ds["dataset_version"]},
                      "embodiment": dataset_manifest["embodiment"], "fps": data.fps,
-                     "training": bc.to_dict(), "code": code, "mlflow_run_id": run.info.run_id}
+                     "training": training, "code": code, "mlflow_run_id": run.info.run_id}
             version = save_policy(policy, out, extra=extra,
                                   identity={"dataset": extra["dataset"], "training": extra["training"]})
             export_onnx(policy, out / POLICY_ONNX)
@@ -87,7 +180,15 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
             registered_version = getattr(info, "registered_model_version", None)
             prefix = policy_prefix(name, version)
             store.publish_dir(prefix, out)
+    clear_checkpoints(ckpt_root)  # published: nothing left to resume
     last = history[-1]
+    if rl is None:
+        scores = {"final_train_loss": last.train_loss, "final_val_loss": last.val_loss,
+                  "val_action_mae": last.val_action_mae}
+    else:
+        scores = {"rl_config": rl.file, "rl_config_sha256": rl.sha256, "bc_init": config.bc_init,
+                  "timesteps": last.timesteps, "final_ep_return_mean": last.ep_return_mean,
+                  "final_success_rate": last.success_rate}
     return dg.MaterializeResult(
         metadata={
             "uri": dg.MetadataValue.path(store.uri(prefix)),
@@ -98,9 +199,8 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
             "mlflow_run_id": run.info.run_id,
             "registered_model": name,
             "registered_version": str(registered_version) if registered_version is not None else "",
-            "final_train_loss": last.train_loss,
-            "final_val_loss": last.val_loss,
-            "val_action_mae": last.val_action_mae,
+            "trainer": config.trainer,
+            **scores,
             "train_frames": len(data.train_obs),
             "device": str(device),
             "code_source_hash": code["source_hash"],

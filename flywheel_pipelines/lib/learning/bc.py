@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from flywheel_pipelines.lib.learning.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    checkpoint_lock,
+    latest_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from flywheel_pipelines.lib.learning.policy import Policy, PolicyConfig, residual_indices
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,15 +72,39 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def run_fingerprint(data: TrainingData, config: BCConfig) -> str:
+    """What a checkpoint must have been trained on and with to be resumed by this run."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    digest.update(json.dumps([data.obs_names, data.action_names]).encode())
+    for array in (data.train_obs, data.train_act, data.val_obs, data.val_act):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def train_bc(
     data: TrainingData,
     config: BCConfig,
     *,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 10,
 ) -> tuple[Policy, list[EpochMetrics]]:
-    """Train a policy on ``data``; seeded, so the same data and config give the same weights."""
+    """Train a policy on ``data``; seeded, so the same data and config give the same weights.
+
+    With ``checkpoint_dir``, the full training state (weights, AdamW moments, LR schedule, RNG
+    states, history) is checkpointed every ``checkpoint_every`` epochs and after the last one, and
+    a run finds and resumes the newest checkpoint there: on one device the resumed run ends with
+    bit-identical weights to an uninterrupted one. ``on_epoch`` is called for the epochs this call
+    trains (not for those restored from a checkpoint); the returned history has every epoch.
+    """
     if len(data.train_obs) == 0:
         raise ValueError("no training frames: the dataset's train split is empty")
+    with checkpoint_lock(checkpoint_dir):
+        return _train_bc(data, config, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
+                         checkpoint_every=max(1, checkpoint_every))
+
+
+def _train_bc(data, config, *, on_epoch, checkpoint_dir, checkpoint_every) -> tuple[Policy, list[EpochMetrics]]:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = pick_device(config.device)
@@ -90,9 +128,25 @@ def train_bc(
     vact = torch.as_tensor(data.val_act, dtype=torch.float32, device=device)
     opt = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs))
-    history = []
+    history: list[EpochMetrics] = []
+    first_epoch = 0
+    fingerprint = run_fingerprint(data, config) if checkpoint_dir is not None else ""
+    ckpt = latest_checkpoint(checkpoint_dir)
+    if ckpt is not None:
+        state = ckpt.state
+        if state.get("fingerprint") != fingerprint:
+            raise CheckpointError(f"{ckpt.path} is from another dataset or config (fingerprint "
+                                  f"{state.get('fingerprint')} != {fingerprint}): use another checkpoint_dir")
+        policy.load_state_dict(state["policy"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["numpy_generator"]
+        restore_rng(state["rng"])
+        history = [EpochMetrics(**h) for h in state["history"]]
+        first_epoch = state["epoch"]
+        log.info("behaviour cloning resumes at epoch %d/%d from %s", first_epoch, config.epochs, ckpt.path)
     n = len(obs)
-    for epoch in range(config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         t0 = time.perf_counter()
         policy.train()
         order = torch.as_tensor(rng.permutation(n), device=device)
@@ -116,6 +170,14 @@ def train_bc(
         history.append(metrics)
         if on_epoch:
             on_epoch(metrics)
+        done = epoch + 1
+        if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == config.epochs):
+            save_checkpoint(checkpoint_dir, done, {
+                "fingerprint": fingerprint, "epoch": done, "policy": policy.state_dict(),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "numpy_generator": rng.bit_generator.state, "rng": capture_rng(),
+                "history": [asdict(h) for h in history], "config": config.to_dict(),
+            })
     return policy.cpu().eval(), history
 
 

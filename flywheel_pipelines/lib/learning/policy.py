@@ -18,6 +18,7 @@ from torch import nn
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+SQUASHES = ("", "clip", "tanh")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,15 @@ class PolicyConfig:
     # Action dims predicted as a residual on these observation dims (joint targets relative to
     # the measured joint positions); empty means absolute actions.
     residual_indices: tuple[int, ...] = ()
+    # Bound on the network's normalized output before it is scaled: "" (none; behaviour cloning),
+    # "clip" to [-1, 1] (what an RL env does to a Gaussian policy's mean, e.g. PPO) or "tanh"
+    # (a squashed Gaussian, e.g. SAC). Left out of to_dict() when empty, so the config.json and
+    # the version of every policy trained before the option existed stay the same.
+    squash: str = ""
+
+    def __post_init__(self):
+        if self.squash not in SQUASHES:
+            raise ValueError(f"squash must be one of {SQUASHES}, got {self.squash!r}")
 
     @property
     def obs_dim(self) -> int:
@@ -42,7 +52,10 @@ class PolicyConfig:
         return len(self.action_names)
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if not d["squash"]:
+            del d["squash"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PolicyConfig:
@@ -81,7 +94,13 @@ class Policy(nn.Module):
         self.register_buffer("residual", torch.tensor(list(config.residual_indices), dtype=torch.long))
 
     def normalized_output(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net((obs - self.obs_mean) / self.obs_std)
+        """The network's output in normalized action units (bounded when the config says so)."""
+        out = self.net((obs - self.obs_mean) / self.obs_std)
+        if self.config.squash == "clip":
+            out = out.clamp(-1.0, 1.0)
+        elif self.config.squash == "tanh":
+            out = torch.tanh(out)
+        return out
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         out = self.normalized_output(obs) * self.act_std + self.act_mean
