@@ -75,24 +75,137 @@ def demo(robots: int, days: int, episodes_per_day: int, seed: int) -> None:
         raise click.ClickException(str(exc)) from None
     meta = result.metadata
     ds, pol, ev = meta.get("curated_dataset", {}), meta.get("policy_candidate", {}), meta.get("eval_report", {})
-    rel = meta.get("release_bundle")
+    gold, rel = meta.get("golden_scenarios", {}), meta.get("release_bundle")
     click.echo("")
     click.echo(f"demo finished in {time.perf_counter() - t0:.0f} s ({result.partitions} robot-day partitions)")
     click.echo(f"dataset:  {ds.get('dataset_name')} version {ds.get('dataset_version')} "
                f"({ds.get('episodes')} episodes, {ds.get('frames')} frames) at {ds.get('uri')}")
     click.echo(f"policy:   {pol.get('policy_name')} {pol.get('policy_version')} (MLflow run {pol.get('mlflow_run_id')}, "
                f"registered version {pol.get('registered_version')})")
-    click.echo("evaluation (success rate, 95% CI):")
-    click.echo(f"  candidate        {ev.get('success_rate', 0):.1%}  [{ev.get('success_ci')}]")
-    click.echo(f"  scripted expert  {ev.get('expert_success_rate', 0):.1%}")
-    click.echo(f"  hold position    {ev.get('trivial_success_rate', 0):.1%}")
-    click.echo(f"  gate: {'passed' if ev.get('gate_passed') else 'FAILED'} - {'; '.join(ev.get('gate_reasons', []))}")
+    click.echo(f"golden:   {gold.get('active', 0)} regression scenarios from field failures and interventions "
+               f"(set {gold.get('golden_version')}, {gold.get('added', 0)} new)")
+    if ev:
+        click.echo(f"evaluation: suite {ev.get('suite')} {ev.get('suite_version')}, production: {ev.get('production_version')}")
+        click.echo(f"  candidate        {ev.get('success_rate', 0):.1%}  [{ev.get('success_ci')}]")
+        if ev.get("production_success_rate") is not None:
+            click.echo(f"  production       {ev['production_success_rate']:.1%}")
+        click.echo(f"  scripted expert  {ev.get('expert_success_rate') or 0:.1%}")
+        click.echo(f"  hold position    {ev.get('trivial_success_rate') or 0:.1%}")
+        click.echo(f"  gate: {'PASSED' if ev.get('gate_passed') else 'FAILED'}")
+        for reason in ev.get("gate_reasons", []):
+            click.echo(f"    - {reason}")
+        click.echo(f"  report: {ev.get('report_html')}")
     if rel:
         click.echo(f"release:  {rel['release']} at {rel['uri']} (ONNX parity max abs error {rel['onnx_max_abs_error']:.1e})")
         click.echo(f"          flywheel verify {rel['uri']}   |   flywheel lineage {rel['uri']}")
+        if pol.get("registered_version"):
+            click.echo(f"          make it production: flywheel policy promote {pol.get('policy_name')} "
+                       f"{pol.get('registered_version')} --reason '...'")
     else:
         click.echo("release:  none (the evaluation gate did not pass)")
     click.echo(f"UI:       make dev   (DAGSTER_HOME={result.dagster_home}), then open http://127.0.0.1:3000")
+
+
+@main.group()
+def policy() -> None:
+    """The production policy: promote a registered version, roll back, show status and history."""
+
+
+def _registry(mlflow_uri: str | None):
+    import mlflow
+
+    uri = mlflow_uri or settings.default_mlflow_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _who(by: str | None) -> str:
+    import getpass
+    import os
+
+    return by or os.environ.get("FLYWHEEL_USER") or getpass.getuser()
+
+
+_MLFLOW_OPTION = click.option("--mlflow-uri", default=None, help="Default: $FLYWHEEL_MLFLOW_URI or the local store.")
+_BY_OPTION = click.option("--by", default=None, help="Who (default: $FLYWHEEL_USER or the login name).")
+
+
+def _echo_entry(entry, key: str, store) -> None:
+    forced = " (FORCED past a failed gate)" if entry.forced else ""
+    click.echo(f"{entry.model}: {entry.alias} is now version {entry.version} (was {entry.from_version or 'none'})"
+               f"{forced}")
+    click.echo(f"  {entry.action} by {entry.by} at {entry.at}: {entry.reason}")
+    click.echo(f"  gate of version {entry.version}: {entry.gate}" + (f" ({entry.report})" if entry.report else ""))
+    click.echo(f"  recorded: MLflow model version tags, and {store.uri(key)}")
+
+
+@policy.command("promote")
+@click.argument("name")
+@click.argument("version")
+@click.option("--reason", required=True, help="Why (recorded).")
+@click.option("--force", is_flag=True, help="Promote although the release gate did not pass (recorded).")
+@_BY_OPTION
+@_MLFLOW_OPTION
+@click.option("--lake", default=None)
+def policy_promote(name: str, version: str, reason: str, force: bool, by: str | None, mlflow_uri: str | None,
+                   lake: str | None) -> None:
+    """Make registered model NAME version VERSION the production policy (its release gate must have passed)."""
+    from flywheel_pipelines.lib.evaluation.registry import PromotionError, promote
+
+    store = _lake(lake)
+    try:
+        entry, key = promote(_registry(mlflow_uri), store, name, version, by=_who(by), reason=reason, force=force)
+    except PromotionError as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo_entry(entry, key, store)
+
+
+@policy.command("rollback")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (recorded).")
+@_BY_OPTION
+@_MLFLOW_OPTION
+@click.option("--lake", default=None)
+def policy_rollback(name: str, reason: str, by: str | None, mlflow_uri: str | None, lake: str | None) -> None:
+    """Return NAME's production alias to the previous production version."""
+    from flywheel_pipelines.lib.evaluation.registry import PromotionError, rollback
+
+    store = _lake(lake)
+    try:
+        entry, key = rollback(_registry(mlflow_uri), store, name, by=_who(by), reason=reason)
+    except PromotionError as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo_entry(entry, key, store)
+
+
+@policy.command("status")
+@click.argument("name")
+@click.option("--limit", default=10, show_default=True, help="Promotion-log entries to show (newest last).")
+@click.option("--json", "as_json", is_flag=True)
+@_MLFLOW_OPTION
+@click.option("--lake", default=None)
+def policy_status(name: str, limit: int, as_json: bool, mlflow_uri: str | None, lake: str | None) -> None:
+    """NAME's production version, its gate, and the promotion log."""
+    from flywheel_pipelines.lib.evaluation.registry import production_version, read_log
+
+    store = _lake(lake)
+    mv = production_version(_registry(mlflow_uri), name)
+    log = read_log(store, name)
+    if as_json:
+        click.echo(json.dumps({"model": name, "production": None if mv is None else {
+            "version": str(mv.version), "tags": dict(sorted(mv.tags.items()))}, "log": log}, sort_keys=True))
+        return
+    if mv is None:
+        click.echo(f"{name}: no production policy")
+    else:
+        click.echo(f"{name}: production is version {mv.version} (policy {mv.tags.get('flywheel.policy_version', '?')}, "
+                   f"gate {mv.tags.get('flywheel.gate', 'unknown')})")
+    click.echo(f"promotion log ({len(log)} entries, {store.uri(f'promotions/{name}')}):")
+    for e in log[-limit:]:
+        forced = " FORCED" if e.get("forced") else ""
+        click.echo(f"  {e['at']}  {e['action']:<8} {e.get('from_version') or 'none'} -> {e['version']}{forced}  "
+                   f"by {e['by']}: {e['reason']}")
 
 
 @main.group()

@@ -73,11 +73,13 @@ def run_demo(
         result = ingest.execute_in_process(partition_key=robot_day_key(d.robot, d.day), instance=instance,
                                            run_config=QUIET, raise_on_error=True)
         assert result.success
-    log("fleet assets: episode_catalog -> curated_dataset -> policy_candidate -> eval_report -> release_bundle")
+    log("fleet assets: episode_catalog -> golden_scenarios, curated_dataset -> policy_candidate -> eval_report "
+        "-> release_bundle")
     result = defs.resolve_job_def("nightly_retrain").execute_in_process(instance=instance, run_config=QUIET,
                                                                          raise_on_error=False)
     metadata = {}
-    for key in ("episode_catalog", "curated_dataset", "policy_candidate", "eval_report", "release_bundle"):
+    for key in ("episode_catalog", "golden_scenarios", "curated_dataset", "policy_candidate", "eval_report",
+                "release_bundle"):
         event = instance.get_latest_materialization_event(dg.AssetKey(key))
         if event is not None and event.asset_materialization is not None and event.run_id == result.run_id:
             metadata[key] = {k: v.value for k, v in event.asset_materialization.metadata.items()}

@@ -102,3 +102,83 @@ def test_verify_of_a_folder_without_sums_fails(tmp_path):
     out = CliRunner().invoke(main, ["verify", str(tmp_path)])
     assert out.exit_code == 1
     assert "SHA256SUMS: missing" in out.output
+
+
+def _registry_with_versions(tmp_path, gates: dict[str, tuple[bool, str | None]]) -> str:
+    """A real MLflow registry (SQLite) holding reach-bc versions with the given release-gate verdicts
+    (passed, production version it was judged against)."""
+    import mlflow
+
+    from flywheel_pipelines.lib.evaluation.registry import record_gate
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("reach-bc")
+    for version, (passed, production) in gates.items():
+        assert client.create_model_version("reach-bc", source=str(tmp_path)).version in (int(version), version)
+        record_gate(client, "reach-bc", version, passed=passed, reasons=["golden_regressions: golden/r103-x"],
+                    suite="reach-default", suite_version="s1", report_uri="/r.html", golden_version="g1",
+                    production=production, policy_version=f"p{version}")
+    return uri
+
+
+def test_policy_promote_rollback_and_status(tmp_path):
+    uri = _registry_with_versions(tmp_path, {"1": (True, None), "2": (True, "1"), "3": (False, "2")})
+    lake = str(tmp_path / "lake")
+    common = ["--mlflow-uri", uri, "--lake", lake]
+    runner = CliRunner()
+
+    out = runner.invoke(main, ["policy", "status", "reach-bc", *common])
+    assert out.exit_code == 0, out.output
+    assert "reach-bc: no production policy" in out.output and "promotion log (0 entries" in out.output
+
+    out = runner.invoke(main, ["policy", "promote", "reach-bc", "1", "--reason", "first release", "--by", "maya", *common])
+    assert out.exit_code == 0, out.output
+    assert "reach-bc: production is now version 1 (was none)" in out.output
+    assert "promote by maya at " in out.output and ": first release" in out.output
+
+    out = runner.invoke(main, ["policy", "promote", "reach-bc", "2", "--reason", "nightly", *common],
+                        env={"FLYWHEEL_USER": "bao"})
+    assert out.exit_code == 0, out.output
+    assert "production is now version 2 (was 1)" in out.output and "promote by bao" in out.output
+
+    # A version whose gate failed is refused, and nothing moves...
+    out = runner.invoke(main, ["policy", "promote", "reach-bc", "3", "--reason", "trust me", "--by", "x", *common])
+    assert out.exit_code == 1
+    assert "refusing to promote reach-bc version 3: its release gate is failed (golden_regressions" in out.output
+    # ...unless forced, which says so and is recorded.
+    out = runner.invoke(main, ["policy", "promote", "reach-bc", "3", "--reason", "hotfix", "--force", "--by", "x",
+                               *common])
+    assert out.exit_code == 0, out.output
+    assert "production is now version 3 (was 2) (FORCED past a failed gate)" in out.output
+
+    out = runner.invoke(main, ["policy", "rollback", "reach-bc", "--reason", "r104 oscillates", "--by", "oncall",
+                               *common])
+    assert out.exit_code == 0, out.output
+    assert "production is now version 2 (was 3)" in out.output and "rollback by oncall" in out.output
+
+    out = runner.invoke(main, ["policy", "status", "reach-bc", *common])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0] == "reach-bc: production is version 2 (policy p2, gate passed)"
+    assert lines[1].startswith("promotion log (4 entries, ")
+    assert [line.split()[1:5] for line in lines[2:]] == [
+        ["promote", "none", "->", "1"], ["promote", "1", "->", "2"], ["promote", "2", "->", "3"],
+        ["rollback", "3", "->", "2"]]
+    assert "FORCED" in lines[4] and lines[5].endswith("by oncall: r104 oscillates")
+
+    out = runner.invoke(main, ["policy", "status", "reach-bc", "--json", *common])
+    doc = json.loads(out.output)
+    assert doc["production"]["version"] == "2" and doc["production"]["tags"]["flywheel.gate"] == "passed"
+    assert [e["version"] for e in doc["log"]] == ["1", "2", "3", "2"]
+
+
+def test_policy_commands_need_a_reason_and_say_why_they_refuse(tmp_path):
+    uri = _registry_with_versions(tmp_path, {"1": (True, None)})
+    common = ["--mlflow-uri", uri, "--lake", str(tmp_path / "lake")]
+    out = CliRunner().invoke(main, ["policy", "promote", "reach-bc", "1", *common])
+    assert out.exit_code == 2 and "Missing option '--reason'" in out.output
+    out = CliRunner().invoke(main, ["policy", "rollback", "reach-bc", "--reason", "r", "--by", "x", *common])
+    assert out.exit_code == 1 and "reach-bc has no production version to roll back" in out.output
+    out = CliRunner().invoke(main, ["policy", "promote", "reach-bc", "7", "--reason", "r", "--by", "x", *common])
+    assert out.exit_code == 1 and "registered model 'reach-bc' has no version 7" in out.output

@@ -1,9 +1,11 @@
 """The whole graph on a tiny fleet, through the same path as `make demo` and the CLI."""
 
+import hashlib
 import json
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -16,14 +18,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """Run the demo once for the module: 2 robots x 1 day x 20 episodes."""
+    """Run the demo once for the module: 2 robots x 2 days x 20 episodes (one day trains a candidate
+    too weak for the shipped suite's gate, which is the gate doing its job)."""
     home = tmp_path_factory.mktemp("flywheel")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FLYWHEEL_HOME", str(home))
         mp.setenv("DAGSTER_HOME", str(home / "dagster_home"))
         from flywheel_pipelines.demo import run_demo
 
-        result = run_demo(robots=2, days=1, episodes_per_day=20, seed=0, start_date="2026-11-01", log=lambda m: None)
+        result = run_demo(robots=2, days=2, episodes_per_day=20, seed=0, start_date="2026-11-01", log=lambda m: None)
         yield home, result
 
 
@@ -115,27 +118,195 @@ def test_tampered_bundle_fails_verification(demo, tmp_path):
     assert out.exit_code == 1 and "policy.onnx: checksum mismatch" in out.output
 
 
-def test_release_refuses_a_candidate_that_failed_the_gate(demo):
-    home, result = demo
-    from flywheel_pipelines.definitions import defs
+def _suite(path: Path, *, episodes: int = 12, gate: str) -> str:
+    """A small evaluation suite (YAML, versioned by its bytes) with the given gate section."""
+    path.write_text(f"""name: e2e
+seed: 5
+groups:
+  nominal: {{episodes: {episodes}}}
+  randomized:
+    episodes: {episodes}
+    ranges: {{gain_scale: [0.8, 1.25], latency_s: [0.0, 0.04], pos_noise: [0.0005, 0.003]}}
+  golden: {{}}
+gate:
+{gate}
+""")
+    return str(path)
 
-    d = defs()
-    instance = dg.DagsterInstance.from_config(str(home / "dagster_home"))
-    job = d.resolve_job_def("nightly_retrain")
-    strict = {"ops": {"eval_report": {"config": {"episodes": 20, "min_success_rate": 1.01}}}}
-    run = job.execute_in_process(instance=instance, run_config=strict, raise_on_error=False,
-                                 asset_selection=[dg.AssetKey("eval_report"), dg.AssetKey("release_bundle")])
+
+def _instance(home):
+    return dg.DagsterInstance.from_config(str(home / "dagster_home"))
+
+
+def _run(home, job: str, *, assets=None, config=None):
+    from flywheel_pipelines.definitions import defs
+    from flywheel_pipelines.demo import QUIET
+
+    run_config = {**QUIET, **(config or {})}
+    kwargs = {"asset_selection": [dg.AssetKey(a) for a in assets]} if assets else {}
+    return defs().resolve_job_def(job).execute_in_process(instance=_instance(home), run_config=run_config,
+                                                          raise_on_error=False, **kwargs)
+
+
+def _materialized(run) -> dict:
+    return {e.event_specific_data.materialization.asset_key.to_user_string():
+            {k: v.value for k, v in e.event_specific_data.materialization.metadata.items()}
+            for e in run.get_asset_materialization_events()}
+
+
+def _failure(run) -> str:
+    return str(next(e for e in run.all_events if e.is_step_failure).event_specific_data.error.message)
+
+
+def _registry(home):
+    import mlflow
+
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_golden_scenarios_are_the_catalogs_failures_with_provenance(demo):
+    home, result = demo
+    meta = result.metadata["golden_scenarios"]
+    catalog = pq.read_table(Path(result.lake_root) / "catalog" / "episodes.parquet").to_pylist()
+    field = {r["episode_id"]: r for r in catalog if r["outcome"] == "failure" or r["intervention"]}
+    assert field, "the demo fleet produced no failures or interventions"
+    doc = json.loads((Path(meta["uri"]) / "scenarios.json").read_text())
+    assert doc["version"] == meta["golden_version"] and meta["active"] == len(field) == doc["active"]
+    lake = Path(result.lake_root)
+    for entry in doc["scenarios"]:
+        src = entry["scenario"]["source"]
+        row = field[src["episode_id"]]
+        assert entry["scenario"]["scenario_id"] == f"golden/{row['episode_id']}"
+        assert (src["robot"], src["date"]) == (row["robot"], row["date"])
+        for f in src["raw_files"]:  # down to the raw bytes
+            assert hashlib.sha256((lake / f["key"]).read_bytes()).hexdigest() == f["sha256"]
+        assert entry["evidence"]["dynamics"]["frames"] > 3
+    # Rebuilding from the same catalog changes nothing: the set is stable, not re-derived.
+    again = _run(home, "nightly_retrain", assets=["golden_scenarios"])
+    assert again.success
+    assert _materialized(again)["golden_scenarios"]["golden_version"] == meta["golden_version"]
+    assert _materialized(again)["golden_scenarios"]["added"] == 0
+
+
+def test_the_report_is_in_the_dagster_ui_and_in_mlflow(demo):
+    home, result = demo
+    ev = result.metadata["eval_report"]
+    assert ev["gate_passed"] and ev["production_version"] == "none (first release)"
+    assert "**Gate: PASSED**" in ev["report"] and "**No production policy yet**" in ev["report"]
+    assert f"Plot (success by group): `{ev['uri']}/success_by_group.png`" in ev["report"]
+    assert ev["golden_active"] == result.metadata["golden_scenarios"]["active"]
+    record = _instance(home).event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("eval_report"), "eval_gate")])
+    evaluation = next(iter(record.values())).event.dagster_event.event_specific_data
+    assert evaluation.passed
+    assert any("first release" in r for r in evaluation.metadata["reasons"].value)
+    assert "min_success_rate[nominal]" in evaluation.metadata["criteria"].value
+    client = _registry(home)
+    pol = result.metadata["policy_candidate"]
+    artifacts = {a.path for a in client.list_artifacts(pol["mlflow_run_id"], "eval")}
+    assert {"eval/report.html", "eval/report.md", "eval/summary.json", "eval/success_by_group.png",
+            "eval/returns.png"} <= artifacts
+    run = client.get_run(pol["mlflow_run_id"])
+    assert run.data.tags["eval.gate"] == "passed" and run.data.tags["eval.suite_version"] == ev["suite_version"]
+    assert "eval.randomized.candidate.success_rate" in run.data.metrics
+    tags = client.get_model_version(pol["registered_model"], pol["registered_version"]).tags
+    assert tags["flywheel.gate"] == "passed" and tags["flywheel.gate.suite_version"] == ev["suite_version"]
+    card = (Path(result.metadata["release_bundle"]["uri"]) / "MODEL_CARD.md").read_text()
+    assert f"Suite `reach-default` version `{ev['suite_version']}`" in card
+    assert "No production policy existed at evaluation time (first release)" in card
+
+
+def test_re_evaluating_the_same_candidate_gives_a_byte_identical_report(demo):
+    home, result = demo
+    ev = result.metadata["eval_report"]
+    before = {p.name: p.read_bytes() for p in Path(ev["uri"]).iterdir() if p.name != "episodes.parquet"}
+    again = _run(home, "nightly_retrain", assets=["eval_report"])
+    assert again.success
+    after = {p.name: p.read_bytes() for p in Path(ev["uri"]).iterdir() if p.name != "episodes.parquet"}
+    assert before.keys() == after.keys() >= {"summary.json", "report.md", "report.html", "success_by_group.png"}
+    for name in before:
+        assert before[name] == after[name], f"{name} changed between two evaluations of the same candidate"
+
+
+def test_release_refuses_a_candidate_that_failed_the_gate(demo, tmp_path):
+    home, _ = demo
+    # Demand that the candidate clearly beat the scripted expert it imitates: it cannot.
+    strict = _suite(tmp_path / "strict.yaml", gate="  beat_baseline: scripted_expert")
+    run = _run(home, "nightly_retrain", assets=["eval_report", "release_bundle"],
+               config={"ops": {"eval_report": {"config": {"suite": strict}}}})
     gate = [e for e in run.get_asset_check_evaluations() if e.check_name == "eval_gate"]
     assert gate and not gate[0].passed
+    assert [r.split(":")[0] for r in gate[0].metadata["reasons"].value] == ["beats[scripted_expert]"]
     # The blocking check stops the release step in the same run...
-    assert not any(m.asset_key == dg.AssetKey("release_bundle") for m in run.get_asset_materialization_events()
-                   for m in [m.event_specific_data.materialization])
+    assert "release_bundle" not in _materialized(run)
     # ...and the release asset run on its own refuses as well.
-    alone = job.execute_in_process(instance=instance, raise_on_error=False,
-                                   asset_selection=[dg.AssetKey("release_bundle")])
+    alone = _run(home, "nightly_retrain", assets=["release_bundle"])
     assert not alone.success
-    failure = next(e for e in alone.all_events if e.is_step_failure)
-    assert "failed the evaluation gate" in str(failure.event_specific_data.error.message)
+    assert "failed the evaluation gate: beats[scripted_expert]: candidate CI low" in _failure(alone)
+
+
+def test_promotion_a_golden_regression_and_rollback(demo, tmp_path):
+    """The production loop: promote through the job, a weaker candidate regresses on a golden
+    scenario production solves and is refused release and promotion, force and roll back."""
+    home, result = demo
+    client = _registry(home)
+    model = result.metadata["policy_candidate"]["registered_model"]
+    # The current candidate, judged by the default suite again (the test above left a failed verdict).
+    good = _run(home, "nightly_retrain", assets=["eval_report"])
+    assert good.success
+    good_version = _materialized(good)["eval_report"]["registered_version"]
+
+    promote = {"ops": {"promote_policy_version": {"config": {
+        "policy_name": model, "version": good_version, "reason": "first release", "requested_by": "maya"}}}}
+    run = _run(home, "promote_policy", config=promote)
+    assert run.success, _failure(run)
+    assert str(client.get_model_version_by_alias(model, "production").version) == good_version
+    # That evaluation compared with no production; production has changed since, so it is stale.
+    stale = _run(home, "nightly_retrain", assets=["release_bundle"])
+    assert not stale.success
+    assert f"compared with production version none, but production is now {good_version}" in _failure(stale)
+
+    # A weaker candidate (two epochs) judged only on golden regressions: every other criterion is off.
+    golden_only = _suite(tmp_path / "golden_only.yaml",
+                         gate="  block_safety_regressions: false\n  block_golden_regressions: true")
+    weak = _run(home, "nightly_retrain", assets=["policy_candidate", "eval_report", "release_bundle"],
+                config={"ops": {"policy_candidate": {"config": {"epochs": 2}},
+                                "eval_report": {"config": {"suite": golden_only}}}})
+    meta = _materialized(weak)
+    weak_version = meta["policy_candidate"]["registered_version"]
+    assert meta["eval_report"]["production_version"] == good_version
+    summary = json.loads((Path(meta["eval_report"]["uri"]) / "summary.json").read_text())
+    regressions = [g for g in summary["golden_scenarios"] if g["status"] == "regression"]
+    assert regressions and all(g["production"] and not g["candidate"] for g in regressions)
+    assert [c["name"] for c in summary["gate"]["criteria"] if not c["passed"]] == ["golden_regressions"]
+    gate = next(e for e in weak.get_asset_check_evaluations() if e.check_name == "eval_gate")
+    assert not gate.passed and regressions[0]["scenario_id"] in " ".join(gate.metadata["reasons"].value)
+    assert "release_bundle" not in meta
+    alone = _run(home, "nightly_retrain", assets=["release_bundle"])
+    assert not alone.success and "golden_regressions" in _failure(alone)
+
+    # Promotion refuses the weak version; forcing it is possible and recorded; rollback undoes it.
+    lake = ["--lake", result.lake_root]
+    out = CliRunner().invoke(main, ["policy", "promote", model, weak_version, "--reason", "looks ok", *lake])
+    assert out.exit_code == 1 and "its release gate is failed (golden_regressions" in out.output
+    out = CliRunner().invoke(main, ["policy", "promote", model, weak_version, "--reason", "demo of force",
+                                    "--force", "--by", "maya", *lake])
+    assert out.exit_code == 0 and "FORCED past a failed gate" in out.output
+    rollback = {"ops": {"rollback_policy_version": {"config": {
+        "policy_name": model, "reason": "golden regression", "requested_by": "oncall"}}}}
+    run = _run(home, "rollback_policy", config=rollback)
+    assert run.success, _failure(run)
+    assert str(client.get_model_version_by_alias(model, "production").version) == good_version
+    out = CliRunner().invoke(main, ["policy", "status", model, "--json", *lake])
+    log = json.loads(out.output)["log"]
+    assert [(e["action"], e["version"], e["via"], e["forced"], e["by"]) for e in log] == [
+        ("promote", good_version, "dagster", False, "maya"), ("promote", weak_version, "cli", True, "maya"),
+        ("rollback", good_version, "dagster", False, "oncall")]
+    assert log[2]["from_version"] == weak_version and log[2]["dagster_run_id"] == run.run_id
+    # The same promotion again is refused through the job as well.
+    again = _run(home, "promote_policy", config=promote)
+    assert not again.success and "already production" in _failure(again)
 
 
 def test_rerunning_the_nightly_job_reproduces_dataset_and_policy_versions(demo):

@@ -7,10 +7,12 @@ import shutil
 
 import dagster as dg
 
-from flywheel_pipelines.defs.evaluation.assets import eval_report, read_gate
-from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.defs.evaluation.assets import eval_report, read_summary
+from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.training.assets import POLICY_ONNX
 from flywheel_pipelines.defs.upstream import upstream_metadata
+from flywheel_pipelines.lib.evaluation import registry
+from flywheel_pipelines.lib.evaluation.report import REPORT_MD
 from flywheel_pipelines.lib.learning.bc import load_training_data
 from flywheel_pipelines.lib.learning.policy import CONFIG, load_policy
 from flywheel_pipelines.lib.lineage import build_lineage, lineage_summary
@@ -32,21 +34,49 @@ def release_prefix(name: str, version: str) -> str:
     return f"releases/{name}/{version}"
 
 
+def gate_refusal(summary: dict, *, candidate: str, golden_version: str | None,
+                 production_now: str | None) -> str | None:
+    """Why this evaluation may not release the candidate, or None. The gate must have passed, for
+    this candidate, against today's golden set and today's production policy."""
+    if summary["policy_version"] != candidate:
+        return (f"eval_report evaluated policy {summary['policy_version']} but the latest candidate is {candidate}: "
+                "re-materialize eval_report first")
+    if not summary["gate"]["passed"]:
+        return f"policy {candidate} failed the evaluation gate: " + "; ".join(summary["gate"]["reasons"])
+    evaluated_golden = (summary.get("golden") or {}).get("version")
+    if golden_version and evaluated_golden != golden_version:
+        return (f"policy {candidate} was evaluated against golden set {evaluated_golden}, but the golden set is now "
+                f"{golden_version} (new field failures): re-materialize eval_report")
+    compared = (summary.get("production") or {}).get("registered_version")
+    if compared != production_now:
+        return (f"policy {candidate} was compared with production version {compared or 'none'}, but production is "
+                f"now {production_now or 'none'}: re-materialize eval_report")
+    return None
+
+
 @dg.asset(deps=[eval_report], group_name="release", kinds={"onnx"}, owners=["team:ml"])
-def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-    """The deployable bundle. Refuses a candidate whose evaluation gate did not pass, even when
-    run on its own (blocking checks only stop downstream steps of the same run)."""
+def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """The deployable bundle. Refuses a candidate whose evaluation gate did not pass, or whose
+    evaluation is stale (other golden set, other production policy), even when run on its own:
+    blocking checks only stop downstream steps of the same run."""
     store = lake.lake()
     ev = upstream_metadata(context, "eval_report")
     pol = upstream_metadata(context, "policy_candidate")
     ds = upstream_metadata(context, "curated_dataset")
-    summary = read_gate(store, ev["prefix"])
-    if summary["policy_version"] != pol["policy_version"]:
-        raise dg.Failure(f"eval_report evaluated policy {summary['policy_version']} but the latest candidate is "
-                         f"{pol['policy_version']}: re-materialize eval_report first")
-    if not summary["gate"]["passed"]:
-        raise dg.Failure(f"no release: policy {pol['policy_version']} failed the evaluation gate: "
-                         + "; ".join(summary["gate"]["reasons"]))
+    summary = read_summary(store, ev)
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("golden_scenarios"))
+    golden_now = (event.asset_materialization.metadata["golden_version"].value
+                  if event is not None and event.asset_materialization is not None else None)
+    production_now = None
+    if pol.get("registered_model"):
+        with mlflow.session() as mlf:
+            mv = registry.production_version(mlf.MlflowClient(), pol["registered_model"],
+                                             alias=summary["suite"]["production_alias"])
+            production_now = str(mv.version) if mv is not None else None
+    refusal = gate_refusal(summary, candidate=pol["policy_version"], golden_version=golden_now,
+                           production_now=production_now)
+    if refusal:
+        raise dg.Failure(f"no release: {refusal}")
     name, version = pol["policy_name"], pol["policy_version"]
     with store.local_dir(pol["prefix"]) as policy_dir, store.local_dir(ds["prefix"]) as dataset_dir:
         policy, policy_cfg = load_policy(policy_dir)
@@ -64,6 +94,7 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
                 raise dg.Failure(f"ONNX parity failed: max abs error {parity['max_abs_error']:.2e} > {PARITY_TOLERANCE}")
             (bundle / "parity.json").write_text(json.dumps(parity, indent=2, sort_keys=True) + "\n")
             (bundle / "evaluation.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            (bundle / "EVALUATION.md").write_bytes(store.read_bytes(f"{ev['prefix']}/{REPORT_MD}"))
             release = {"name": name, "version": version, "dagster_run_id": context.run.run_id,
                        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
             policy_info = {"name": name, "version": version, "uri": store.uri(pol["prefix"]),
@@ -101,6 +132,8 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
             "mlflow_run_id": pol["mlflow_run_id"],
             "raw_files": len(lineage["raw_files"]),
             "robots_days": lineage_summary(lineage),
+            "suite_version": summary["suite"]["version"],
+            "compared_with_production": production_now or "none (first release)",
             "files": check.checked,
         },
         data_version=dg.DataVersion(version),

@@ -1,134 +1,275 @@
-"""The evaluation report: success with Wilson intervals against baselines, a gate, plots."""
+"""The evaluation report: summary JSON, Markdown, self-contained HTML and PNG plots.
+
+Everything here is a pure function of the comparison and the evaluation's identity (policy,
+suite, seed, golden set, production version): no clocks, no run ids, no hostnames. The same
+policy, suite, seeds and library versions therefore produce byte-identical files (PNGs are
+written with fixed metadata), which a test checks.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
 import io
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-
-import numpy as np
+import json
+from collections.abc import Mapping, Sequence
 
 from flywheel_pipelines.lib import markdown
-from flywheel_pipelines.lib.evaluation.rollout import EpisodeResult
-from flywheel_pipelines.lib.evaluation.stats import wilson_interval
+from flywheel_pipelines.lib.evaluation.compare import ALL, CANDIDATE, PRODUCTION, Comparison, GroupSummary
+from flywheel_pipelines.lib.sim.scenario import EpisodeResult
+
+SCHEMA = "flywheel-eval-v2"
+SUMMARY = "summary.json"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+SUCCESS_PLOT = "success_by_group.png"
+RETURN_PLOT = "returns.png"
+RESULTS = "episodes.parquet"
+COLORS = {CANDIDATE: "#2b6cb0", PRODUCTION: "#dd6b20", "scripted_expert": "#38a169", "hold_position": "#a0aec0"}
+METHOD = ("Success rates carry 95% Wilson score intervals. Candidate - production is paired on the same "
+          "scenarios and seeds: the success difference uses Newcombe's hybrid score interval for paired "
+          "proportions (method 10, 1998); return, time-to-goal and jerk differences use a percentile bootstrap "
+          "of the mean paired difference ({resamples} resamples of scenarios, seed {seed}).")
 
 
-@dataclass(frozen=True)
-class PolicySummary:
-    policy: str
-    episodes: int
-    successes: int
-    success_rate: float
-    ci_low: float
-    ci_high: float
-    mean_time_to_goal_s: float | None
-    mean_final_error_m: float
-    joint_limit_hits: int
+def summary_document(comparison: Comparison, *, identity: Mapping) -> dict:
+    """The machine-readable report (summary.json). ``identity``: policy, suite, golden set,
+    production and seed, as the caller knows them (JSON-serializable, deterministic)."""
+    c = comparison
+    return {
+        "schema": SCHEMA,
+        **identity,
+        "policies": list(c.policies),
+        "groups": list(c.groups),
+        # Kept from the first report format: one overall summary per policy, candidate first.
+        "summaries": [c.summaries[ALL][p].to_dict() for p in c.policies],
+        "by_group": {g: [c.summaries[g][p].to_dict() for p in c.policies] for g in c.groups},
+        "comparison": None if c.paired is None else {g: c.paired[g].to_dict() for g in c.groups},
+        "golden_scenarios": [g.to_dict() for g in c.golden],
+        "gate": c.verdict.to_dict(),
+    }
 
 
-@dataclass(frozen=True)
-class GateVerdict:
-    """Whether a candidate may be released, and why."""
-
-    passed: bool
-    reasons: tuple[str, ...]
-    min_success_rate: float
-
-    def to_dict(self) -> dict:
-        return {"passed": self.passed, "reasons": list(self.reasons), "min_success_rate": self.min_success_rate}
+def summary_json(doc: Mapping) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def summarize(results: Sequence[EpisodeResult]) -> PolicySummary:
-    if not results:
-        raise ValueError("no evaluation episodes to summarize")
-    n, k = len(results), sum(r.success for r in results)
-    lo, hi = wilson_interval(k, n)
-    ttg = [r.time_to_goal_s for r in results if r.time_to_goal_s is not None]
-    return PolicySummary(
-        policy=results[0].policy, episodes=n, successes=k, success_rate=k / n, ci_low=lo, ci_high=hi,
-        mean_time_to_goal_s=float(np.mean(ttg)) if ttg else None,
-        mean_final_error_m=float(np.mean([r.final_error_m for r in results])),
-        joint_limit_hits=int(sum(r.joint_limit_hits for r in results)),
-    )
+def _rate(s: GroupSummary) -> str:
+    return f"{s.successes}/{s.episodes} ({s.success_rate:.1%}) [{s.ci_low:.1%} – {s.ci_high:.1%}]"
 
 
-def gate(candidate: PolicySummary, trivial: PolicySummary, *, min_success_rate: float) -> GateVerdict:
-    """The release gate: the candidate must reach ``min_success_rate`` and beat the trivial
-    policy with non-overlapping 95% intervals."""
-    reasons = []
-    if candidate.success_rate < min_success_rate:
-        reasons.append(f"success rate {candidate.success_rate:.1%} is below the required {min_success_rate:.1%}")
-    if candidate.ci_low <= trivial.ci_high:
-        reasons.append(
-            f"not clearly better than the trivial policy: candidate CI low {candidate.ci_low:.1%} <= "
-            f"trivial CI high {trivial.ci_high:.1%}"
-        )
-    if not reasons:
-        reasons.append(
-            f"success {candidate.success_rate:.1%} (95% CI {candidate.ci_low:.1%}-{candidate.ci_high:.1%}) "
-            f">= {min_success_rate:.1%} and above the trivial policy"
-        )
-        return GateVerdict(True, tuple(reasons), min_success_rate)
-    return GateVerdict(False, tuple(reasons), min_success_rate)
+def _opt(x: float | None, spec: str, unit: str = "") -> str:
+    return "n/a" if x is None else format(x, spec) + unit
 
 
-def success_plot_png(summaries: Sequence[PolicySummary], results: dict[str, Sequence[EpisodeResult]]) -> bytes:
-    """Success rate with 95% Wilson intervals per policy, and final-error distributions."""
+def _iv(iv: Mapping | None, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    if iv is None:
+        return "n/a"
+    return (f"{format(iv['estimate'] * scale, spec)}{unit} "
+            f"[{format(iv['low'] * scale, spec)}, {format(iv['high'] * scale, spec)}]")
+
+
+def _production_line(doc: Mapping) -> str:
+    prod = doc.get("production")
+    if not prod:
+        return ("**No production policy yet** (no `{alias}` alias on registered model `{model}`): this is a first "
+                "release, gated on absolute criteria only.").format(alias=doc["suite"]["production_alias"],
+                                                                    model=doc.get("registered_model") or "?")
+    return (f"Compared with **production**: registered model `{prod['registered_model']}` version "
+            f"{prod['registered_version']} (alias `{prod['alias']}`, policy `{prod.get('policy_version') or '?'}`), "
+            "on the same scenarios and seeds.")
+
+
+def _tables(doc: Mapping) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """(anchor, title, header, rows) of every report table, shared by Markdown and HTML."""
+    policies, groups = doc["policies"], doc["groups"]
+    by = {g: {s["policy"]: GroupSummary(**s) for s in doc["by_group"][g]} for g in groups}
+    out = [("gate", "Gate criteria", ["criterion", "kind", "result", "detail"],
+            [[c["name"], c["kind"], "PASS" if c["passed"] else "FAIL", c["detail"]] for c in doc["gate"]["criteria"]])]
+    out.append(("success", "Success by scenario group (95% Wilson CI)", ["group", *policies],
+                [[g, *(_rate(by[g][p]) for p in policies)] for g in groups]))
+    if doc["comparison"] is not None:
+        rows = []
+        for g in groups:
+            c = doc["comparison"][g]
+            rows.append([g, str(c["scenarios"]), f"{c['candidate_only']} / {c['production_only']}",
+                         _iv(c["success_diff"], "+.1f", 100, " pp"), _iv(c["return_diff"], "+.2f"),
+                         _iv(c["time_to_goal_diff"], "+.2f", 1, " s"), _iv(c["jerk_diff"], "+.1f"),
+                         _iv(c["safety_diff"], "+.1f", 100, " pp")])
+        out.append(("paired", "Candidate - production, paired on the same scenarios",
+                    ["group", "scenarios", "won / lost", "success diff", "return diff", "time-to-goal diff",
+                     "jerk RMS diff", "safety-episode diff"], rows))
+    rows = [[g, p, f"{s.mean_return:.2f}", _opt(s.mean_time_to_goal_s, ".2f", " s"), f"{s.mean_final_error_m * 100:.1f} cm",
+             f"{s.mean_jerk_rms:.1f}", str(s.joint_limit_hits), str(s.force_events),
+             f"{s.safety_episodes} ({s.safety_event_rate:.1%})"]
+            for g in groups for p in policies for s in [by[g][p]]]
+    out.append(("metrics", "Return, time to goal, smoothness and safety",
+                ["group", "policy", "mean return", "mean time to goal", "mean final error", "jerk RMS (rad/s³)",
+                 "joint-limit steps", "force steps", "episodes with safety events"], rows))
+    golden = doc["golden_scenarios"]
+    if golden:
+        has_prod = doc["comparison"] is not None
+        order = {"regression": 0, "fails": 1, "still failing": 2, "fixed": 3, "passes": 4}
+        rows = [[g["scenario_id"], g["robot"], g["date"], g["field_outcome"],
+                 ("pass" if g["production"] else "fail") if has_prod else "-", "pass" if g["candidate"] else "fail",
+                 g["status"]]
+                for g in sorted(golden, key=lambda g: (order.get(g["status"], 9), g["scenario_id"]))]
+        out.append(("golden", f"Golden regression scenarios ({len(golden)}, from field failures and interventions)",
+                    ["scenario", "robot", "day", "in the field", "production", "candidate", "status"], rows))
+    return out
+
+
+def _headline(doc: Mapping) -> list[str]:
+    gate = doc["gate"]
+    failed = [c for c in gate["criteria"] if not c["passed"]]
+    lines = [f"**Gate: {'PASSED' if gate['passed'] else 'FAILED'}**"
+             + (" — the candidate may be released." if gate["passed"] else " — the candidate must not be released:")]
+    lines += [f"- {c['name']}: {c['detail']}" for c in failed]
+    return lines
+
+
+def _identity_lines(doc: Mapping) -> list[str]:
+    suite, golden = doc["suite"], doc.get("golden") or {}
+    counts = ", ".join(f"{n} {g}" for g, n in doc["scenario_counts"].items())
+    return [
+        f"Suite `{suite['name']}` version `{suite['version']}` (seed {doc['seed']}): {counts} scenarios"
+        + (f"; golden set `{golden['version']}`" if golden.get("version") else "") + ".",
+        _production_line(doc),
+    ]
+
+
+def report_markdown(doc: Mapping) -> str:
+    title = f"# Evaluation of `{doc['policy_name']}` policy `{doc['policy_version']}`"
+    if doc.get("registered_version"):
+        title += f" (registered version {doc['registered_version']})"
+    lines = [title, "", *_headline(doc), "", *_identity_lines(doc), ""]
+    for _anchor, heading, header, rows in _tables(doc):
+        lines += [f"## {heading}", "", markdown.table(header, rows), ""]
+    lines += ["## Plots", "", f"![success by group]({SUCCESS_PLOT})", "", f"![return distributions]({RETURN_PLOT})", "",
+              "## Method", "", METHOD.format(resamples=doc["suite"]["statistics"]["bootstrap_resamples"],
+                                             seed=doc["suite"]["statistics"]["bootstrap_seed"]), ""]
+    return "\n".join(lines)
+
+
+def _inline_md(text: str) -> str:
+    """HTML of one Markdown line (escaped; `code` and **bold** only)."""
+    out, parts = [], html.escape(text).split("`")
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(f"<code>{part}</code>")
+        else:
+            bold = part.split("**")
+            out.append("".join(f"<strong>{b}</strong>" if j % 2 else b for j, b in enumerate(bold)))
+    return "".join(out)
+
+
+_MARKED = {"PASS": "pass", "pass": "pass", "FAIL": "fail", "fail": "fail", "regression": "fail"}
+
+
+def _cell(value: object) -> str:
+    mark = _MARKED.get(str(value))
+    return (f'<td class="{mark}">' if mark else "<td>") + html.escape(str(value)) + "</td>"
+
+
+def report_html(doc: Mapping, plots: Mapping[str, bytes]) -> str:
+    """One self-contained page (plots inlined as data URIs): opens the same in a browser, in the
+    MLflow artifact viewer and from the lake."""
+    passed = doc["gate"]["passed"]
+    head, *failed = _headline(doc)
+    body = [f"<h1>{_inline_md(report_markdown(doc).splitlines()[0][2:])}</h1>",
+            f'<div class="verdict {"pass" if passed else "fail"}"><p>{_inline_md(head)}</p>'
+            + (f"<ul>{''.join(f'<li>{_inline_md(x[2:])}</li>' for x in failed)}</ul>" if failed else "") + "</div>"]
+    body += [f"<p>{_inline_md(line)}</p>" for line in _identity_lines(doc)]
+    for anchor, heading, header, rows in _tables(doc):
+        cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        trs = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+        body.append(f'<h2 id="{anchor}">{html.escape(heading)}</h2><table><thead><tr>{cells}</tr></thead>'
+                    f"<tbody>{trs}</tbody></table>")
+    body.append("<h2>Plots</h2>")
+    for name, alt in ((SUCCESS_PLOT, "success by group"), (RETURN_PLOT, "return distributions")):
+        if name in plots:
+            data = base64.b64encode(plots[name]).decode()
+            body.append(f'<p><img alt="{alt}" src="data:image/png;base64,{data}"></p>')
+    body.append("<h2>Method</h2><p>" + html.escape(METHOD.format(
+        resamples=doc["suite"]["statistics"]["bootstrap_resamples"],
+        seed=doc["suite"]["statistics"]["bootstrap_seed"])) + "</p>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#1a202c}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #cbd5e0;padding:4px 8px}"
+             "th{background:#edf2f7}.verdict{padding:.5em 1em;border-radius:6px}.verdict.pass{background:#c6f6d5}"
+             ".verdict.fail{background:#fed7d7}td.fail{color:#c53030;font-weight:bold}"
+             "td.pass{color:#2f855a}img{max-width:100%}")
+    title = html.escape(f"Evaluation {doc['policy_name']} {doc['policy_version']}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    # No Software/date chunks: the bytes depend only on what is drawn.
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def success_plot_png(doc: Mapping) -> bytes:
+    """Success rate with 95% Wilson intervals per scenario group, every policy side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
-    names = [s.policy for s in summaries]
-    rates = np.array([s.success_rate for s in summaries])
-    err = np.array([[s.success_rate - s.ci_low for s in summaries], [s.ci_high - s.success_rate for s in summaries]])
-    colors = ["#2b6cb0" if i == 0 else "#a0aec0" for i in range(len(names))]
-    ax1.bar(names, rates, yerr=err, capsize=6, color=colors)
-    ax1.set_ylim(0, 1.05)
-    ax1.set_ylabel("success rate (95% Wilson CI)")
-    ax1.set_title("Success by policy")
-    for name in names:
-        ax2.hist([r.final_error_m * 100 for r in results[name]], bins=20, alpha=0.55, label=name)
-    ax2.set_xlabel("final fingertip error (cm)")
-    ax2.set_ylabel("episodes")
-    ax2.set_title("Final error distribution")
-    ax2.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    policies, groups = doc["policies"], doc["groups"]
+    by = {g: {s["policy"]: s for s in doc["by_group"][g]} for g in groups}
+    with plt.style.context("default"):
+        fig, ax = plt.subplots(figsize=(9, 3.6), dpi=100)
+        width = 0.8 / len(policies)
+        for i, p in enumerate(policies):
+            xs = [j + (i - (len(policies) - 1) / 2) * width for j in range(len(groups))]
+            rates = [by[g][p]["success_rate"] for g in groups]
+            err = [[by[g][p]["success_rate"] - by[g][p]["ci_low"] for g in groups],
+                   [by[g][p]["ci_high"] - by[g][p]["success_rate"] for g in groups]]
+            ax.bar(xs, rates, width * 0.95, yerr=err, capsize=3, label=p, color=COLORS.get(p, "#718096"))
+        ax.set_xticks(range(len(groups)), [f"{g}\n(n={by[g][CANDIDATE]['episodes']})" for g in groups])
+        ax.set_ylim(0, 1.22)
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.set_ylabel("success rate (95% Wilson CI)")
+        ax.set_title("Success by scenario group")
+        ax.legend(loc="upper center", fontsize=8, ncols=len(policies), frameon=False)
+        fig.tight_layout()
+        png = _png(fig)
+        plt.close(fig)
+    return png
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
+def return_plot_png(results: Mapping[str, Sequence[EpisodeResult]], groups: Sequence[str]) -> bytes:
+    """Distribution of episode returns per group, candidate beside production and the baselines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = list(results)
+    shown = [g for g in groups if g != ALL]
+    with plt.style.context("default"):
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4), dpi=100, squeeze=False)
+        for ax, g in zip(axes[0], shown, strict=True):
+            data = [[r.return_ for r in results[p] if r.group == g] for p in policies]
+            box = ax.boxplot(data, patch_artist=True, widths=0.6)
+            for patch, p in zip(box["boxes"], policies, strict=True):
+                patch.set_facecolor(COLORS.get(p, "#718096"))
+            ax.set_xticks(range(1, len(policies) + 1), [p.replace("_", "\n") for p in policies], fontsize=7)
+            ax.set_title(f"{g} (n={len(data[0])})")
+        axes[0][0].set_ylabel("episode return")
+        fig.suptitle("Return distributions")
+        fig.tight_layout()
+        png = _png(fig)
+        plt.close(fig)
+    return png
 
 
-def report_markdown(
-    *, policy_version: str, summaries: Sequence[PolicySummary], verdict: GateVerdict, suite: dict,
-    plot_name: str,
-) -> str:
-    lines = [
-        f"# Evaluation of policy `{policy_version}`",
-        "",
-        f"**Gate: {'PASSED' if verdict.passed else 'FAILED'}** — " + "; ".join(verdict.reasons),
-        "",
-        f"Suite: {suite['episodes']} episodes, seed {suite['seed']}, per-robot physics randomized "
-        "(friction, damping, actuator gain and latency, sensor noise).",
-        "",
-        markdown.table(
-            ["policy", "success", "95% CI", "mean time to goal", "mean final error", "joint-limit hits"],
-            [(s.policy, f"{s.successes}/{s.episodes} ({s.success_rate:.1%})", f"{s.ci_low:.1%} – {s.ci_high:.1%}",
-              f"{_fmt(s.mean_time_to_goal_s, '.2f')} s", f"{s.mean_final_error_m * 100:.1f} cm", s.joint_limit_hits)
-             for s in summaries],
-        ),
-        "",
-        f"![success by policy]({plot_name})",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def summary_dict(summary: PolicySummary) -> dict:
-    return asdict(summary)
+def render(comparison: Comparison, results: Mapping[str, Sequence[EpisodeResult]], *,
+           identity: Mapping) -> dict[str, bytes]:
+    """Every report file by name: summary.json, report.md, report.html and the PNGs."""
+    doc = summary_document(comparison, identity=identity)
+    plots = {SUCCESS_PLOT: success_plot_png(doc), RETURN_PLOT: return_plot_png(results, comparison.groups)}
+    return {SUMMARY: summary_json(doc).encode(), REPORT_MD: report_markdown(doc).encode(),
+            REPORT_HTML: report_html(doc, plots).encode(), **plots}

@@ -63,18 +63,68 @@ def verify_bundle(bundle_dir: Path) -> Verification:
     return Verification(not problems, len(listed), tuple(problems))
 
 
+def _evaluation_section(evaluation: dict) -> str:
+    """The model card's evaluation: suite and version, success by group next to production, the
+    paired difference, golden scenarios, and the gate's reasons."""
+    suite = evaluation["suite"]
+    groups = evaluation.get("groups") or []
+    by_group = evaluation.get("by_group") or {}
+    policies = evaluation.get("policies") or [s["policy"] for s in evaluation["summaries"]]
+    if by_group:
+        by = {g: {s["policy"]: s for s in by_group[g]} for g in groups}
+        rows = markdown.table(
+            ["scenario group", *policies],
+            [(g, *(f"{by[g][p]['success_rate']:.1%} ({by[g][p]['ci_low']:.1%} – {by[g][p]['ci_high']:.1%})"
+                   for p in policies)) for g in groups])
+    else:  # an evaluation summary of the first format: one row per policy
+        rows = markdown.table(["policy", "success", "95% CI"],
+                              [(s["policy"], f"{s['success_rate']:.1%}", f"{s['ci_low']:.1%} – {s['ci_high']:.1%}")
+                               for s in evaluation["summaries"]])
+    production = evaluation.get("production")
+    if production:
+        versus = (f"Compared with the production policy: `{production['registered_model']}` version "
+                  f"{production['registered_version']} (policy `{production.get('policy_version') or '?'}`), "
+                  "paired on the same scenarios and seeds.")
+        comparison = evaluation.get("comparison") or {}
+        if comparison:
+            versus += "\n\n" + markdown.table(
+                ["scenario group", "scenarios", "won / lost", "success difference (95% CI, Newcombe paired)"],
+                [(g, c["scenarios"], f"{c['candidate_only']} / {c['production_only']}",
+                  f"{c['success_diff']['estimate']:+.1%} ({c['success_diff']['low']:+.1%} to {c['success_diff']['high']:+.1%})")
+                 for g, c in comparison.items()])
+    else:
+        versus = "No production policy existed at evaluation time (first release): gated on absolute criteria only."
+    golden = evaluation.get("golden_scenarios") or []
+    status = {}
+    for g in golden:
+        status[g["status"]] = status.get(g["status"], 0) + 1
+    golden_line = (f"Golden regression set `{(evaluation.get('golden') or {}).get('version', '?')}`: {len(golden)} "
+                   "scenarios from field failures and interventions (" + ", ".join(f"{n} {k}" for k, n in
+                                                                                  sorted(status.items())) + ")."
+                   if golden else "No golden regression scenarios yet.")
+    counts = evaluation.get("scenario_counts") or {}
+    return f"""## How well it works (simulation)
+Suite `{suite.get('name', '?')}` version `{suite.get('version', '?')}`, seed {evaluation.get('seed', suite.get('seed'))}:
+{', '.join(f"{n} {g}" for g, n in counts.items()) or '?'} scenarios; 95% Wilson intervals.
+
+{rows}
+
+{versus}
+
+{golden_line}
+
+Gate: {'passed' if evaluation['gate']['passed'] else 'FAILED'} — {'; '.join(evaluation['gate']['reasons'])}
+
+Full report: `EVALUATION.md` (and `evaluation.json`).
+"""
+
+
 def model_card(*, release: dict, policy: dict, dataset: dict, evaluation: dict, parity: dict) -> str:
     """The human-readable summary that ships with a release."""
-    cand = evaluation["summaries"][0]
-    rows = markdown.table(
-        ["policy", "success", "95% CI"],
-        [(s["policy"], f"{s['success_rate']:.1%}", f"{s['ci_low']:.1%} – {s['ci_high']:.1%}")
-         for s in evaluation["summaries"]],
-    )
     return f"""# Model card: {release['name']} {release['version']}
 
 ## What it is
-A behaviour-cloning policy for `{policy['embodiment']}` (task: {', '.join(dataset['tasks'])}).
+A `{policy['embodiment']}` policy (task: {', '.join(dataset['tasks'])}).
 Input `observation` float32[batch, {len(policy['obs_names'])}]: {', '.join(policy['obs_names'])}.
 Output `action` float32[batch, {len(policy['action_names'])}]: {', '.join(policy['action_names'])}.
 Control rate: {policy['fps']} Hz. Runtime: ONNX (opset {parity['opset']}), file `{ONNX}`.
@@ -86,18 +136,15 @@ Control rate: {policy['fps']} Hz. Runtime: ONNX (opset {parity['opset']}), file 
   {len(dataset['robots'])} robots ({', '.join(dataset['robots'])}), {dataset['date_from']} .. {dataset['date_to']}
 - full lineage down to raw files and their sha256: `{LINEAGE}`
 
-## How well it works (simulation, {cand['episodes']} episodes, randomized physics)
-{rows}
-
-Gate: {'passed' if evaluation['gate']['passed'] else 'FAILED'} — {'; '.join(evaluation['gate']['reasons'])}
-
+{_evaluation_section(evaluation)}
 ## Export parity
 ONNX Runtime vs PyTorch on {parity['inputs']} held-out observations: max abs error
 {parity['max_abs_error']:.2e} (mean {parity['mean_abs_error']:.2e}).
 
 ## Limits
-Evaluated in simulation only; not validated on hardware. Trained on successful, intervention-free
-episodes that passed the synchronization checks.
+Evaluated in simulation only; not validated on hardware. Golden scenarios reproduce what the logs
+show of a failure (start, goal, fitted dynamics, sensor noise), not what they cannot (encoder
+calibration offsets, the controller's sensor delay).
 """
 
 
