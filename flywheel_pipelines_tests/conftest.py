@@ -1,11 +1,18 @@
 """Shared fixtures: every test gets its own FLYWHEEL_HOME, lake and Dagster home."""
 
+import datetime as dt
 import os
 from pathlib import Path
 
 import pytest
 
 REAL_LOGS = Path(__file__).resolve().parents[2] / "shared" / "real-logs"
+
+
+def days_ago(n: int) -> str:
+    """The UTC day ``n`` days before today: robot x day partitions exist only for the hot window
+    (the last FLYWHEEL_HOT_DAYS days), so tests that ingest use recent days, not fixed dates."""
+    return (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=n)).isoformat()
 
 
 @pytest.fixture(autouse=True, scope="session")

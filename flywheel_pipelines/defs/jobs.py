@@ -1,10 +1,10 @@
-"""Jobs: per robot-day ingest (what the upload sensor launches), the nightly retraining, and the
-two explicit production actions (promote a policy version, roll back to the previous one)."""
+"""Jobs: per robot-day ingest and month archive (what the upload sensor launches), the nightly
+retraining, and the two explicit production actions (promote a policy version, roll back to the previous one)."""
 
 import dagster as dg
 from pydantic import Field
 
-from flywheel_pipelines.defs.partitions import ROBOT_DAY
+from flywheel_pipelines.defs.partitions import MONTHS, ROBOT_DAY
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.lib.evaluation import registry
 
@@ -18,6 +18,14 @@ ingest_robot_day = dg.define_asset_job(
     selection=INGEST_SELECTION,
     partitions_def=ROBOT_DAY,
     description="Manifest and standardize one robot-day of raw logs.",
+)
+
+archive_month = dg.define_asset_job(
+    "archive_month",
+    selection=dg.AssetSelection.assets("episode_archive"),
+    partitions_def=MONTHS,
+    description="One month of cold days (before the hot robot x day window): late uploads ingested again "
+                "(config reingest), and the month's episode tables compacted into one archive.",
 )
 
 nightly_retrain = dg.define_asset_job(

@@ -5,9 +5,10 @@ import dagster as dg
 from flywheel_pipelines.definitions import defs as load_defs
 from flywheel_pipelines.defs.automation import automation_sensor
 from flywheel_pipelines.defs.partitions import ROBOTS, robot_day_key
+from flywheel_pipelines_tests.conftest import days_ago
 
 ROBOTS_ = [f"r{i:03d}" for i in range(5)]
-DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
+DAYS = [days_ago(3), days_ago(2), days_ago(1)]
 
 
 def land_episodes(instance, robots, days):

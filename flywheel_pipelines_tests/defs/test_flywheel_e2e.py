@@ -12,6 +12,9 @@ from click.testing import CliRunner
 from flywheel_pipelines.cli import main
 from flywheel_pipelines.lib.evaluation.stats import wilson_interval
 from flywheel_pipelines.lib.release.bundle import verify_bundle
+from flywheel_pipelines_tests.conftest import days_ago
+
+START = days_ago(2)  # two days: START and the day after
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +29,7 @@ def demo(tmp_path_factory):
         mp.setenv("DAGSTER_HOME", str(home / "dagster_home"))
         from flywheel_pipelines.demo import run_demo
 
-        result = run_demo(robots=2, days=2, episodes_per_day=20, seed=0, start_date="2026-11-01", log=lambda m: None)
+        result = run_demo(robots=2, days=2, episodes_per_day=20, seed=0, start_date=START, log=lambda m: None)
         yield home, result
 
 
@@ -96,7 +99,7 @@ def test_cli_lineage_verify_and_search_on_the_demo(demo):
     assert out.exit_code == 0 and "OK" in out.output
     out = runner.invoke(main, ["lineage", bundle])
     assert out.exit_code == 0, out.output
-    assert "robot r101" in out.output and "raw/robot=r101/date=2026-11-01/" in out.output
+    assert "robot r101" in out.output and f"raw/robot=r101/date={START}/" in out.output
     out = runner.invoke(main, ["episodes", "search", "--robot", "r102", "--outcome", "success", "--json"])
     assert out.exit_code == 0, out.output
     rows = [json.loads(line) for line in out.output.splitlines()]

@@ -14,9 +14,9 @@ from flywheel_pipelines.defs.partitions import ROBOTS, robot_day_key
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import ids
 from flywheel_pipelines.lib.storage import LocalLake
-from flywheel_pipelines_tests.conftest import require_real_logs
+from flywheel_pipelines_tests.conftest import days_ago, require_real_logs
 
-DAY = "2026-02-08"  # the upload day; the recording itself is from 2017
+DAY = days_ago(1)  # the upload day; the recording itself is from 2017
 MAPPING = """\
 # PlotJuggler's fake_joint_state sample: six joints at about 1 kHz, no commands, no events.
 name: fake_joint_state
@@ -60,7 +60,7 @@ def test_a_rosbag2_folder_and_a_ros1_bag_become_episodes(tmp_path):
         assert "| fake_joints/ | ok | 2725 |" in table and "| fake_joints.bag | ok | 2725 |" in table
         # Uploading the same folder again starts nothing: the sensor's per-object fingerprint is
         # the one log_manifest recorded.
-        requests, *_ = plan_runs(lake, {}, known_robots={"pj1"}, already_ingested=_ingested_fingerprint(instance))
+        requests, *_ = plan_runs(lake, {}, known_robots={"pj1"}, already_ingested=_ingested_fingerprint(instance, lake))
         assert requests == []
     manifest = lake.read_json(manifest_key("pj1", DAY))
     # The folder is one log (its metadata.yaml and .mcap together), the ROS 1 bag another.

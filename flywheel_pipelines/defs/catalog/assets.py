@@ -5,15 +5,17 @@ import collections
 
 import dagster as dg
 
+from flywheel_pipelines.defs.archive.assets import episode_archive
 from flywheel_pipelines.defs.automation import FOLLOW_UPSTREAM
-from flywheel_pipelines.defs.episodes.assets import EPISODE_TABLE, episodes
+from flywheel_pipelines.defs.episodes.assets import episodes
+from flywheel_pipelines.defs.partitions import FLEET_START
 from flywheel_pipelines.defs.resources import LakeResource
-from flywheel_pipelines.lib import markdown
+from flywheel_pipelines.lib import fleet, markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, build_catalog, catalog_hash
 
 
 @dg.asset(
-    deps=[episodes],
+    deps=[episodes, episode_archive],
     group_name="catalog",
     kinds={"python", "parquet"},
     owners=["team:robot-data"],
@@ -21,10 +23,18 @@ from flywheel_pipelines.lib.catalog import CATALOG_KEY, build_catalog, catalog_h
 )
 def episode_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """Every episode of the fleet with robot, day, task, outcome, tags and quality figures
-    (`flywheel episodes search` queries it)."""
+    (`flywheel episodes search` queries it). Cold months come from their archives (one file a
+    month), every other robot-day from its own episode table."""
     store = lake.lake()
-    keys = [o.key for o in store.list("episodes/") if o.key.endswith("/" + EPISODE_TABLE)]
-    table = build_catalog(store.read_parquet(k) for k in keys)
+    archives = fleet.read_archives(store)
+    sources, per_day = fleet.catalog_sources(store, archives, start=FLEET_START)
+
+    def tables():
+        for key, before in sources:
+            table = store.read_parquet(key)
+            yield fleet.filter_before(table, before) if before is not None else table
+
+    table = build_catalog(tables())
     store.write_parquet(CATALOG_KEY, table)
     rows = table.to_pylist()
     by_outcome = collections.Counter(r["outcome"] for r in rows)
@@ -40,7 +50,9 @@ def episode_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
             "content_hash": catalog_hash(table),
             "episodes": table.num_rows,
             "robots": len(by_robot),
-            "robot_days": len(keys),
+            "robot_days": len(set(zip(table.column("robot").to_pylist(), table.column("date").to_pylist()))),
+            "month_archives": len(archives),
+            "robot_day_tables_read": per_day,
             "outcomes": dict(by_outcome),
             "quality_ok": sum(r["quality_ok"] for r in rows),
             "interventions": sum(r["intervention"] for r in rows),

@@ -13,10 +13,10 @@ from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import markdown
-from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, load_embodiment
+from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, Embodiment, load_embodiment
 from flywheel_pipelines.lib.episodes.standardize import SourceFile, standardize
 from flywheel_pipelines.lib.quality import CHECKS, QualityError, SuiteResult, validate_episodes
-from flywheel_pipelines.lib.storage import staging_dir
+from flywheel_pipelines.lib.storage import Lake, staging_dir
 
 OWNERS = ["team:robot-data"]
 FRAMES = "frames.parquet"
@@ -37,6 +37,28 @@ class EpisodesConfig(dg.Config):
     embodiment: str = Field(default=DEFAULT_EMBODIMENT, description="Embodiment mapping name or YAML path.")
 
 
+def ingest_episodes(store: Lake, robot: str, day: str, emb: Embodiment):
+    """Standardize, validate and publish one robot-day from its stored manifest; returns
+    (standardize result, GX verdict). Shared by ``episodes`` (hot days) and ``episode_archive``."""
+    manifest = store.read_json(manifest_key(robot, day))
+    usable = [f for f in manifest["files"] if f["verdict"] != "rejected"]
+    if not usable:
+        raise dg.Failure(f"robot {robot} on {day}: every raw file was rejected by log_manifest")
+    with contextlib.ExitStack() as stack:
+        files = [SourceFile(f["key"], stack.enter_context(open_log(store, f["key"])), f["sha256"]) for f in usable]
+        result = standardize(files, emb, robot=robot, day=day)
+    # Validated before publishing: a suite that cannot run must not leave an unrecorded table behind.
+    try:
+        verdict = validate_episodes(result.episodes, emb)
+    except QualityError as exc:
+        raise dg.Failure(f"{episodes_prefix(robot, day)}/{EPISODE_TABLE}: {exc}") from None
+    with staging_dir() as tmp:
+        pq.write_table(result.frames, tmp / FRAMES, compression="zstd")
+        pq.write_table(result.episodes, tmp / EPISODE_TABLE, compression="zstd")
+        store.publish_dir(episodes_prefix(robot, day), tmp, replace=True)
+    return result, verdict
+
+
 @dg.asset(
     deps=[log_manifest],
     partitions_def=ROBOT_DAY,
@@ -54,23 +76,8 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
     robot, day = robot_day(context)
     store = lake.lake()
     emb = load_embodiment(config.embodiment)
-    manifest = store.read_json(manifest_key(robot, day))
-    usable = [f for f in manifest["files"] if f["verdict"] != "rejected"]
-    if not usable:
-        raise dg.Failure(f"robot {robot} on {day}: every raw file was rejected by log_manifest")
-    with contextlib.ExitStack() as stack:
-        files = [SourceFile(f["key"], stack.enter_context(open_log(store, f["key"])), f["sha256"]) for f in usable]
-        result = standardize(files, emb, robot=robot, day=day)
+    result, verdict = ingest_episodes(store, robot, day, emb)
     table = result.episodes
-    # Validated before publishing: a suite that cannot run must not leave an unrecorded table behind.
-    try:
-        verdict = validate_episodes(table, emb)
-    except QualityError as exc:
-        raise dg.Failure(f"{episodes_prefix(robot, day)}/{EPISODE_TABLE}: {exc}") from None
-    with staging_dir() as tmp:
-        pq.write_table(result.frames, tmp / FRAMES, compression="zstd")
-        pq.write_table(table, tmp / EPISODE_TABLE, compression="zstd")
-        store.publish_dir(episodes_prefix(robot, day), tmp, replace=True)
 
     observed = {"sync_skew": {"max_skew_ms": float(pc.max(table["max_skew_ms"]).as_py() or 0.0),
                               "tolerance_skew_ms": emb.max_skew_ms},

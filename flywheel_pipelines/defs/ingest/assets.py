@@ -74,6 +74,16 @@ def build_manifest(lake: Lake, robot: str, day: str) -> dict:
     return {"robot": robot, "date": day, "files": files, "raw_fingerprint": raw_fingerprint(objects)}
 
 
+def write_manifest(lake: Lake, robot: str, day: str, manifest: dict | None = None) -> dict:
+    """Build (unless given) and store one robot-day's manifest; no raw logs is an error naming the folder.
+    Shared by ``log_manifest`` (hot days) and ``episode_archive`` (late uploads to cold days)."""
+    manifest = manifest if manifest is not None else build_manifest(lake, robot, day)
+    if not manifest["files"]:
+        raise dg.Failure(f"no raw logs under {lake.uri(raw_prefix(robot, day))}")
+    lake.write_json(manifest_key(robot, day), manifest)
+    return manifest
+
+
 @dg.asset(
     deps=[raw_fleet_logs],
     partitions_def=ROBOT_DAY,
@@ -88,10 +98,7 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
     and an integrity verdict (ok / recovered / rejected)."""
     robot, day = robot_day(context)
     store = lake.lake()
-    manifest = build_manifest(store, robot, day)
-    if not manifest["files"]:
-        raise dg.Failure(f"no raw logs under {store.uri(raw_prefix(robot, day))}")
-    store.write_json(manifest_key(robot, day), manifest)
+    manifest = write_manifest(store, robot, day)
     files = manifest["files"]
     verdicts = {v: sum(f["verdict"] == v for f in files) for v in ("ok", "recovered", "rejected")}
     rows = [(_log_name(f["key"]), f["verdict"], f["message_count"], len(f["topics"]), f"{f['size'] / 1e6:.2f}",

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from flywheel_pipelines.defs.jobs import ingest_robot_day
-from flywheel_pipelines.defs.partitions import DAILY, ROBOTS, robot_day_key
+from flywheel_pipelines.defs.ingest.assets import manifest_key
+from flywheel_pipelines.defs.jobs import archive_month, ingest_robot_day
+from flywheel_pipelines.defs.partitions import FLEET_START, HOT_START, ROBOTS, robot_day_key
 from flywheel_pipelines.defs.resources import LakeResource
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import fleet, ids
 from flywheel_pipelines.lib.storage import RAW_PREFIX, Lake, ObjectInfo, S3Lake, raw_fingerprint, sha256_file
 
 SENSOR_NAME = "raw_log_sensor"
@@ -52,13 +53,15 @@ LIST_WORKERS = 8
 NEW_ROBOTS_PER_TICK = 25
 # S3: invalid robot folders are warned about once; the cursor remembers at most this many.
 MAX_IGNORED = 100
-FIRST_DAY = DAILY.start.date().isoformat()
+FIRST_DAY = FLEET_START.isoformat()
+HOT_FIRST_DAY = HOT_START.isoformat()
 
 
 def _outside_partitions(day: str, today: dt.date) -> str | None:
-    """Why ``day`` has no date partition (before the first, or after today), or None."""
+    """Why ``day`` has no partition, robot x day or month (before the fleet start, or after
+    today), or None."""
     if day < FIRST_DAY:
-        return f"date {day} is before the first date partition {FIRST_DAY}"
+        return f"date {day} is before the fleet's first day {FIRST_DAY} (FLYWHEEL_FLEET_START)"
     if day > today.isoformat():
         return f"date {day} is in the future (today is {today.isoformat()} UTC), it has no partition yet"
     return None
@@ -69,11 +72,32 @@ def _utc_today() -> dt.date:
 
 
 def _run_request(robot: str, day: str, fingerprint: str, fingerprint_tag: str) -> dg.RunRequest:
+    """One run for one robot-day: its robot x day partition of ``ingest_robot_day`` while the day is
+    in the hot window, else the month's ``episode_archive`` partition with the robot-day to ingest
+    again (a late upload to a cold day). The run key is the same either way."""
+    tags = {"flywheel/robot": robot, "flywheel/date": day, fingerprint_tag: fingerprint}
+    if day >= HOT_FIRST_DAY:
+        return dg.RunRequest(run_key=f"{robot}|{day}|{fingerprint}", partition_key=robot_day_key(robot, day),
+                             job_name=ingest_robot_day.name, tags=tags)
     return dg.RunRequest(
         run_key=f"{robot}|{day}|{fingerprint}",
-        partition_key=robot_day_key(robot, day),
-        tags={"flywheel/robot": robot, "flywheel/date": day, fingerprint_tag: fingerprint},
+        partition_key=fleet.month_key(day),
+        job_name=archive_month.name,
+        run_config={"ops": {"episode_archive": {"config": {"reingest": [f"{robot}/{day}"]}}}},
+        tags=tags,
     )
+
+
+def joins(requests: list[dg.RunRequest], new_robots: list[str]) -> dict[str, str]:
+    """robot -> the earliest day it uploaded for, for new robots and cold (late) robot-days: the
+    join days to record (fleet.record_join keeps the earliest)."""
+    out: dict[str, str] = {}
+    new = set(new_robots)
+    for req in requests:
+        robot, day = req.tags["flywheel/robot"], req.tags["flywheel/date"]
+        if robot in new or day < HOT_FIRST_DAY:
+            out[robot] = min(day, out.get(robot, day))
+    return out
 
 
 # --- local folder ---------------------------------------------------------------------------------
@@ -109,7 +133,7 @@ def plan_runs(lake: Lake, cursor: dict, *, known_robots: set[str], already_inges
             continue
         if (reason := _outside_partitions(day, today)) is not None:
             if fresh:
-                skipped.append(f"{obj.key}: {reason}; upload it again once that day has come")
+                skipped.append(f"{obj.key}: {reason}" + ("; upload it again once that day has come" if day > FIRST_DAY else ""))
             continue
         by_partition[(robot, day)].append(obj)
         if fresh:
@@ -277,7 +301,7 @@ def plan_s3_runs(lake: S3Lake, cursor: dict, *, known_robots: set[str],
                 warnings.append(str(exc))
                 continue
             if (reason := _outside_partitions(day, today)) is not None:
-                warnings.append(f"{obj.key}: {reason}; picked up when that day comes")
+                warnings.append(f"{obj.key}: {reason}" + ("; picked up when that day comes" if day > FIRST_DAY else ""))
                 continue
             by_day[(robot, day)].append(obj)
         candidates.update(by_day)
@@ -316,8 +340,11 @@ def plan_s3_runs(lake: S3Lake, cursor: dict, *, known_robots: set[str],
 # --- the sensor -----------------------------------------------------------------------------------
 
 
-def _ingested_fingerprint(instance: dg.DagsterInstance):
+def _ingested_fingerprint(instance: dg.DagsterInstance, store: Lake):
     def lookup(robot: str, day: str) -> str | None:
+        if day < HOT_FIRST_DAY:  # a cold day has no partition: its manifest in the lake says what was ingested
+            key = manifest_key(robot, day)
+            return store.read_json(key).get("raw_fingerprint") if store.exists(key) else None
         key = robot_day_key(robot, day)
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("log_manifest"), asset_partitions=[key]), limit=1
@@ -347,11 +374,12 @@ def _requested_before(instance: dg.DagsterInstance) -> Callable[[list[str]], set
     return requested
 
 
-@dg.sensor(name=SENSOR_NAME, job=ingest_robot_day, minimum_interval_seconds=30,
+@dg.sensor(name=SENSOR_NAME, jobs=[ingest_robot_day, archive_month], minimum_interval_seconds=30,
            default_status=dg.DefaultSensorStatus.RUNNING)
 def raw_log_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
     """Watch raw/ for complete uploads; register new robots and request one run per robot-day
-    whose content changed (a re-upload of identical bytes requests nothing)."""
+    whose content changed (a re-upload of identical bytes requests nothing). Days in the hot window
+    run ``ingest_robot_day``; late uploads to older days run their month's ``archive_month``."""
     cursor = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions(ROBOTS.name))
     store = lake.lake()
@@ -362,8 +390,10 @@ def raw_log_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> d
         context.log.info("S3 tick: " + ", ".join(f"{k}={v}" for k, v in plan.stats.items()))
     else:
         requests, new_robots, next_cursor, skipped = plan_runs(
-            store, cursor, known_robots=known, already_ingested=_ingested_fingerprint(context.instance)
+            store, cursor, known_robots=known, already_ingested=_ingested_fingerprint(context.instance, store)
         )
+    for robot, day in joins(requests, new_robots).items():
+        fleet.record_join(store, robot, day)
     for reason in skipped:
         context.log.warning(f"ignored upload: {reason}")
     return dg.SensorResult(
