@@ -9,6 +9,8 @@ until the next daemon start.
     FLYWHEEL_POOL_LIMIT_INGEST       ingest runs at once     (log_manifest, ...; default 4)
     FLYWHEEL_POOL_LIMIT_EVALUATION   evaluation runs at once (eval_report;       default 1)
 
+    archive                          always 1: runs of one month's episode_archive must not overlap
+
 0 pauses a pool: its runs stay queued. Run with DAGSTER_HOME (and the DAGSTER_PG_* variables) set.
 """
 
@@ -18,6 +20,8 @@ from collections.abc import Mapping
 
 # Pool -> default limit. The pool names are the `pool=` of the assets (a test keeps them in step).
 POOLS = {"training": 1, "ingest": 4, "evaluation": 1}
+# Pools whose limit is part of correctness, not tuning: not read from the environment.
+FIXED = {"archive": 1}
 
 
 def env_var(pool: str) -> str:
@@ -39,7 +43,7 @@ def limits_from_env(environ: Mapping[str, str]) -> dict[str, int]:
         if value < 0:
             raise ValueError(f"{env_var(pool)}={raw!r}: expected a whole number >= 0")
         limits[pool] = value
-    return limits
+    return {**limits, **FIXED}
 
 
 def main() -> int:

@@ -79,7 +79,7 @@ def test_pool_limits_come_from_the_environment(deployment):
     result = apply_pool_limits(deployment, training="2", ingest="3")
     assert result.returncode == 0, result.stderr
     with dg.DagsterInstance.get() as instance:
-        assert pool_limits(instance) == {"training": 2, "ingest": 3, "evaluation": 1}
+        assert pool_limits(instance) == {"training": 2, "ingest": 3, "evaluation": 1, "archive": 1}
         # Every daemon start re-applies them: the environment wins over an edit in the UI.
         instance.event_log_storage.set_concurrency_slots("training", 5)
         assert apply_pool_limits(deployment, training="1").returncode == 0
@@ -87,7 +87,7 @@ def test_pool_limits_come_from_the_environment(deployment):
         # A bad value stops the daemon's start (set -e) and changes no pool, not even the valid ones.
         bad = apply_pool_limits(deployment, training="0", ingest="four")
         assert bad.returncode != 0 and "FLYWHEEL_POOL_LIMIT_INGEST" in bad.stderr
-        assert pool_limits(instance) == {"training": 1, "ingest": 4, "evaluation": 1}
+        assert pool_limits(instance) == {"training": 1, "ingest": 4, "evaluation": 1, "archive": 1}
 
 
 def test_every_pool_in_the_code_has_a_deployed_limit():
@@ -98,8 +98,10 @@ def test_every_pool_in_the_code_has_a_deployed_limit():
     assert pools["policy_candidate"] == {"training"}
     assert pools["log_manifest"] == {"ingest"}
     assert pools["eval_report"] == {"evaluation"}
+    assert pools["episode_archive"] == {"archive"}
     declared = set().union(*pools.values())
-    assert declared == set(load_apply_pool_limits().POOLS)
+    module = load_apply_pool_limits()
+    assert declared == set(module.POOLS) | set(module.FIXED)
 
 
 @pytest.mark.parametrize("value", ["-1", "1.5", "many"])

@@ -132,7 +132,7 @@ def test_pool_limits_job_uses_the_charts_instance_and_secret():
     spec_mod.loader.exec_module(module)
     assert {module.env_var(p) for p in module.POOLS} <= set(env)
     assert module.limits_from_env({k: v["value"] for k, v in env.items() if "value" in v}) == {"training": 1, "ingest": 4,
-                                                                                             "evaluation": 1}
+                                                                                             "evaluation": 1, "archive": 1}
 
 
 # ---------------------------------------------------------------- Helm values vs the chart's schema
@@ -310,7 +310,7 @@ def test_only_the_named_assets_carry_k8s_tags():
     d = defs()
     tagged = {key.to_user_string() for key in d.resolve_asset_graph().get_all_asset_keys()
               if d.resolve_assets_def(key).is_executable and K8S_CONFIG_TAG in d.resolve_assets_def(key).op.tags}
-    assert tagged == {"log_manifest", "episodes", "policy_candidate", "eval_report"}
+    assert tagged == {"log_manifest", "episodes", "episode_archive", "policy_candidate", "eval_report"}
 
 
 # ---------------------------------------------------------------- the executor, chosen by FLYWHEEL_EXECUTOR
