@@ -58,6 +58,60 @@ def fleet_simulate(robots: int, days: int, episodes_per_day: int, seed: int, sta
     click.echo(f"lake: {store.root_uri}")
 
 
+@fleet.command("backfill")
+@click.option("--day", required=True, help="The day to run again for the whole fleet, YYYY-MM-DD (in the hot window).")
+@click.option("--url", default="http://localhost:3000", show_default=True,
+              help="The Dagster webserver whose GraphQL API launches the backfill (the daemon runs it).")
+@click.option("--robots-from", "robots_from", type=click.Choice(["server", "instance", "lake"]), default="server",
+              show_default=True,
+              help="Where the registered robots come from: 'server': the robot partitions of the instance behind "
+                   "--url (the instance that validates the backfill; works against a remote deployment); "
+                   "'instance': the local Dagster instance ($DAGSTER_HOME); 'lake': every robot with a join record "
+                   "(the upload sensor registers a robot when it records its join, so they match; an unregistered "
+                   "one makes Dagster refuse the backfill, naming it).")
+@click.option("--lake", default=None, help="Lake with the robots' join days (default: $FLYWHEEL_LAKE or .flywheel/lake).")
+@click.option("--dry-run", is_flag=True, help="Print the robots and partition keys; launch nothing.")
+def fleet_backfill(day: str, url: str, robots_from: str, lake: str | None, dry_run: bool) -> None:
+    """Run ingest_robot_day again for one DAY across the fleet: one backfill of the partitions
+    DAY|ROBOT of exactly the registered robots that had joined by DAY (join days as the upload
+    sensor recorded them in the lake; robots that joined later are left out).
+
+    Only days in the hot robot x day window ($FLYWHEEL_HOT_DAYS days, from a Monday) have these
+    partitions; an older day is refused: cold days are handled by the month's archive_month partition.
+    """
+    from flywheel_pipelines.lib import backfill
+    from flywheel_pipelines.lib import fleet as fleet_lib
+
+    try:
+        day = backfill.check_day(day)
+        store = _lake(lake)
+        execute = backfill.http_execute(url)
+        if robots_from == "server":
+            registered = backfill.registered_robots(execute)
+        elif robots_from == "instance":
+            import dagster as dg
+
+            from flywheel_pipelines.defs.partitions import ROBOTS
+
+            with dg.DagsterInstance.get() as instance:
+                registered = instance.get_dynamic_partitions(ROBOTS.name)
+        else:
+            registered = list(fleet_lib.joined_robots(store))
+        robots = backfill.day_robots(store, day, registered)
+        if dry_run:
+            click.echo(f"{day}: {len(robots)} robots had joined by then ({len(registered)} registered, "
+                       f"from {robots_from}); would launch {backfill.JOB_NAME} for:")
+            for key in backfill.partition_keys(day, robots):
+                click.echo(f"  {key}")
+            return
+        backfill_id = backfill.launch_day_backfill(execute, day, robots)
+    except backfill.BackfillError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backfill {backfill_id}: {backfill.JOB_NAME} for {day}, {len(robots)} robots "
+               f"({', '.join(robots[:10])}{', ...' if len(robots) > 10 else ''})")
+    click.echo(f"  {url.rstrip('/')}/runs/b/{backfill_id}")
+
+
 @main.command()
 @click.option("--robots", default=3, show_default=True)
 @click.option("--days", default=2, show_default=True)

@@ -186,7 +186,7 @@ def test_a_second_late_upload_replaces_only_its_robot_day_in_the_archive(lake):
             assert meta["compaction"].value == "incremental"
             assert meta["robot_days"].value == 2 and meta["episodes"].value == 3
         table = lake.read_parquet(fleet.archive_key(fleet.month_key(other)))
-        assert ("r304", other) in set(zip(table.column("robot").to_pylist(), table.column("date").to_pylist()))
+        assert ("r304", other) in set(zip(table.column("robot").to_pylist(), table.column("date").to_pylist(), strict=True))
 
 
 @pytest.mark.parametrize(("month", "entry", "message"), [

@@ -13,7 +13,8 @@ def summary(**over) -> dict:
 
 @pytest.mark.parametrize(("evaluation", "golden_now", "production_now", "message"), [
     (summary(policy_version="p1"), "g1", "1", "evaluated policy p1 but the latest candidate is p2"),
-    (summary(gate={"passed": False, "reasons": ["golden/3 regressed"]}), "g1", "1", "failed the evaluation gate: golden/3 regressed"),
+    (summary(gate={"passed": False, "reasons": ["golden/3 regressed"]}), "g1", "1",
+     "failed the evaluation gate: golden/3 regressed"),
     (summary(), "g2", "1", "golden set is now g2 (new field failures)"),
     (summary(), "g1", "2", "compared with production version 1, but production is now 2"),
     (summary(production={"registered_version": None}), "g1", "1", "production version none, but production is now 1"),

@@ -87,7 +87,8 @@ def compact_month(store: Lake, month: str, complete_before: str, *, changed: lis
     if changed is not None and old is not None and old["complete_before"] == complete_before and store.exists(data_key):
         replaced = {(r, d) for r, d in changed if d < complete_before}
         base = store.read_parquet(data_key)
-        keep = [(r, d) not in replaced for r, d in zip(base.column("robot").to_pylist(), base.column("date").to_pylist())]
+        pairs = zip(base.column("robot").to_pylist(), base.column("date").to_pylist(), strict=True)
+        keep = [pair not in replaced for pair in pairs]
         tables = [base.filter(pa.array(keep, type=pa.bool_()))]
         for robot, day in sorted(replaced):
             key = f"{episodes_prefix(robot, day)}/{EPISODE_TABLE}"
@@ -100,7 +101,7 @@ def compact_month(store: Lake, month: str, complete_before: str, *, changed: lis
         mode = "full"
     table = build_catalog(tables)
     store.write_parquet(data_key, table)
-    robot_days = set(zip(table.column("robot").to_pylist(), table.column("date").to_pylist()))
+    robot_days = set(zip(table.column("robot").to_pylist(), table.column("date").to_pylist(), strict=True))
     info = {"month": month, "complete_before": complete_before, "robot_days": len(robot_days),
             "episodes": table.num_rows, "robots": len({r for r, _ in robot_days}), "content_hash": catalog_hash(table)}
     store.write_json(info_key, info)

@@ -50,7 +50,7 @@ def episode_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
             "content_hash": catalog_hash(table),
             "episodes": table.num_rows,
             "robots": len(by_robot),
-            "robot_days": len(set(zip(table.column("robot").to_pylist(), table.column("date").to_pylist()))),
+            "robot_days": len(set(zip(table.column("robot").to_pylist(), table.column("date").to_pylist(), strict=True))),
             "month_archives": len(archives),
             "robot_day_tables_read": per_day,
             "outcomes": dict(by_outcome),
