@@ -44,7 +44,10 @@ def upload(lake, robot: str, day: str, *, episodes: int = 3, seed: int = 0):
 
 
 def tick(instance, lake, cursor=None):
-    return raw_log_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources(lake)))
+    # As context managers: an evaluation context that is never exited leaves Dagster's current
+    # instance state pointing at a closed instance, and later definition loads fail.
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources(lake)) as context:
+        return raw_log_sensor(context)
 
 
 def archive(instance, lake, month: str, reingest=()):
@@ -221,16 +224,18 @@ def test_an_archive_killed_between_its_two_writes_still_gives_a_consistent_catal
 
 def test_the_schedule_requests_each_cold_month_without_an_archive_once_a_day(lake):
     with dg.instance_for_test() as instance:
-        ctx = dg.build_schedule_context(instance=instance, resources=resources(lake),
-                                        scheduled_execution_time=dt.datetime.now(dt.UTC))
-        requests = month_archive_schedule(ctx)
+        with dg.build_schedule_context(instance=instance, resources=resources(lake),
+                                       scheduled_execution_time=dt.datetime.now(dt.UTC)) as ctx:
+            requests = month_archive_schedule(ctx)
         months = [r.partition_key for r in requests]
         assert months == [m for m, _ in months_to_archive({}, fleet_start=FLEET_START, hot_start=HOT_START)]
         assert all(m < HOT_START.isoformat() for m in months)
         assert len({r.run_key for r in requests}) == len(requests)
         archive(instance, lake, months[-1])  # an empty month gets an empty archive
         assert json.loads(lake.read_bytes(fleet.archive_info_key(months[-1])))["episodes"] == 0
-        assert [r.partition_key for r in month_archive_schedule(ctx)] == months[:-1]
-        for month in months[:-1]:
-            compact_month(lake, month, fleet.day_after(fleet.month_days(month)[-1]))
-        assert isinstance(month_archive_schedule(ctx), dg.SkipReason)
+        with dg.build_schedule_context(instance=instance, resources=resources(lake),
+                                       scheduled_execution_time=dt.datetime.now(dt.UTC)) as ctx:
+            assert [r.partition_key for r in month_archive_schedule(ctx)] == months[:-1]
+            for month in months[:-1]:
+                compact_month(lake, month, fleet.day_after(fleet.month_days(month)[-1]))
+            assert isinstance(month_archive_schedule(ctx), dg.SkipReason)

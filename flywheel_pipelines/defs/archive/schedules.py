@@ -34,7 +34,7 @@ def month_archive_schedule(context: dg.ScheduleEvaluationContext, lake: LakeReso
     """03:00 UTC: request the archive of each month that has left the hot window and has none
     (normally one month, on the day it leaves; the run key carries the day, so a failed archive
     is requested again the next day rather than never)."""
-    today = (context.scheduled_execution_time or dt.datetime.now(dt.UTC)).date().isoformat()
+    today = context.scheduled_execution_time.date().isoformat()
     todo = months_to_archive(fleet.read_archives(lake.lake()), fleet_start=FLEET_START, hot_start=HOT_START)
     if not todo:
         return dg.SkipReason(f"every month before the hot window (from {HOT_START}) is archived")
