@@ -145,3 +145,22 @@ def test_flaky_network_fails_the_episodes_checks_without_blocking(lake):
         assert sorted(failing) == flagged
         assert not evals["gap_tolerance"].passed
         assert evals["no_nan"].passed and evals["frame_count"].passed
+
+
+def test_ingested_fingerprints_are_looked_up_in_batches_newest_first(lake, monkeypatch):
+    import flywheel_pipelines.defs.ingest.sensors as sensors
+
+    monkeypatch.setattr(sensors, "INGESTED_BATCH", 2)  # 5 robot-days: three paged queries
+    robots = [f"r{i}" for i in range(5)]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(ROBOTS.name, robots)
+        for robot, fingerprints in [("r0", ["a0"]), ("r1", ["old", "b1"]), ("r3", ["d3"]), ("r4", ["x", "y", "e4"])]:
+            for fp in fingerprints:
+                instance.report_runless_asset_event(dg.AssetMaterialization(
+                    "log_manifest", partition=robot_day_key(robot, DAY), metadata={"raw_fingerprint": fp}))
+        calls = []
+        real = instance.fetch_materializations
+        monkeypatch.setattr(instance, "fetch_materializations", lambda *a, **k: calls.append(1) or real(*a, **k))
+        found = sensors._ingested_fingerprint(instance, lake)([(r, DAY) for r in robots])
+    assert found == {("r0", DAY): "a0", ("r1", DAY): "b1", ("r3", DAY): "d3", ("r4", DAY): "e4"}
+    assert len(calls) == 3
