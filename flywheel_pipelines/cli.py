@@ -69,9 +69,14 @@ def fleet_simulate(robots: int, days: int, episodes_per_day: int, seed: int, sta
                    "'instance': the local Dagster instance ($DAGSTER_HOME); 'lake': every robot with a join record "
                    "(the upload sensor registers a robot when it records its join, so they match; an unregistered "
                    "one makes Dagster refuse the backfill, naming it).")
+@click.option("--location", default=None,
+              help="The code location holding ingest_robot_day, as the webserver's workspace names it (default: "
+                   "$FLYWHEEL_CODE_LOCATION, else flywheel_pipelines as in workspace.yaml; the Helm chart names it "
+                   "after the user deployment: flywheel-pipelines).")
 @click.option("--lake", default=None, help="Lake with the robots' join days (default: $FLYWHEEL_LAKE or .flywheel/lake).")
 @click.option("--dry-run", is_flag=True, help="Print the robots and partition keys; launch nothing.")
-def fleet_backfill(day: str, url: str, robots_from: str, lake: str | None, dry_run: bool) -> None:
+def fleet_backfill(day: str, url: str, robots_from: str, location: str | None, lake: str | None,
+                   dry_run: bool) -> None:
     """Run ingest_robot_day again for one DAY across the fleet: one backfill of the partitions
     DAY|ROBOT of exactly the registered robots that had joined by DAY (join days as the upload
     sensor recorded them in the lake; robots that joined later are left out).
@@ -82,6 +87,7 @@ def fleet_backfill(day: str, url: str, robots_from: str, lake: str | None, dry_r
     from flywheel_pipelines.lib import backfill
     from flywheel_pipelines.lib import fleet as fleet_lib
 
+    location = location or backfill.default_location()
     try:
         day = backfill.check_day(day)
         store = _lake(lake)
@@ -100,11 +106,11 @@ def fleet_backfill(day: str, url: str, robots_from: str, lake: str | None, dry_r
         robots = backfill.day_robots(store, day, registered)
         if dry_run:
             click.echo(f"{day}: {len(robots)} robots had joined by then ({len(registered)} registered, "
-                       f"from {robots_from}); would launch {backfill.JOB_NAME} for:")
+                       f"from {robots_from}); would launch {backfill.JOB_NAME} (code location {location!r}) for:")
             for key in backfill.partition_keys(day, robots):
                 click.echo(f"  {key}")
             return
-        backfill_id = backfill.launch_day_backfill(execute, day, robots)
+        backfill_id = backfill.launch_day_backfill(execute, day, robots, location=location)
     except backfill.BackfillError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"backfill {backfill_id}: {backfill.JOB_NAME} for {day}, {len(robots)} robots "

@@ -152,7 +152,8 @@ def graphql_server(fleet_env):
         server.server_close()
 
 
-def test_cli_launches_the_backfill_over_http(fleet_env, graphql_server):
+def test_cli_launches_the_backfill_over_http(fleet_env, graphql_server, monkeypatch):
+    monkeypatch.delenv(backfill.LOCATION_ENV, raising=False)
     day = ago(1)
     result = CliRunner().invoke(main, ["fleet", "backfill", "--day", day, "--url", graphql_server,
                                        "--lake", fleet_env["lake_root"]])
@@ -161,6 +162,28 @@ def test_cli_launches_the_backfill_over_http(fleet_env, graphql_server):
     created = fleet_env["instance"].get_backfill(backfill_id)
     assert sorted(created.partition_names) == [f"{day}|r001", f"{day}|r002"]
     assert f"/runs/b/{backfill_id}" in result.output
+
+
+def test_cli_launches_in_the_named_code_location(fleet_env, graphql_server, monkeypatch):
+    """--location, else $FLYWHEEL_CODE_LOCATION (the Helm chart's 'flywheel-pipelines'): a location the
+    server does not have is refused with an error naming it, and nothing is launched."""
+    day = ago(1)
+    args = ["fleet", "backfill", "--day", day, "--url", graphql_server, "--lake", fleet_env["lake_root"]]
+    before = len(fleet_env["instance"].get_backfills())
+    monkeypatch.setenv(backfill.LOCATION_ENV, "flywheel-pipelines")  # not the name this server loaded
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    assert "PartitionSetNotFoundError" in result.output and "code location 'flywheel-pipelines'" in result.output
+    result = CliRunner().invoke(main, [*args, "--location", "elsewhere"])
+    assert result.exit_code != 0 and "code location 'elsewhere'" in result.output
+    assert len(fleet_env["instance"].get_backfills()) == before
+    # --location wins over the environment.
+    result = CliRunner().invoke(main, [*args, "--location", "flywheel_pipelines"])
+    assert result.exit_code == 0, result.output
+    created = fleet_env["instance"].get_backfill(result.output.split()[1].rstrip(":"))
+    assert created.partition_set_origin.repository_origin.code_location_origin.location_name == "flywheel_pipelines"
+    assert backfill.default_location({}) == "flywheel_pipelines"
+    assert backfill.default_location({backfill.LOCATION_ENV: "flywheel-pipelines"}) == "flywheel-pipelines"
 
 
 def test_cli_dry_run_prints_the_robots_and_launches_nothing(fleet_env, monkeypatch):

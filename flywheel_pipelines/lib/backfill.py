@@ -23,6 +23,7 @@ benchmarks) loads the code location in this process.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,7 +31,10 @@ from typing import Any
 from flywheel_pipelines.lib import fleet, ids
 
 JOB_NAME = "ingest_robot_day"
-LOCATION_NAME = "flywheel_pipelines"  # workspace.yaml and the deployment's code location
+LOCATION_NAME = "flywheel_pipelines"  # workspace.yaml's code location (local development)
+# The deployment's code location name: the Helm chart names it after the user deployment
+# ("flywheel-pipelines", deploy/k8s/values.yaml), and deploy/k8s/reload-code-location.yaml sets it here.
+LOCATION_ENV = "FLYWHEEL_CODE_LOCATION"
 REPOSITORY_NAME = "__repository__"  # the repository a dg.Definitions object becomes
 PARTITION_SET_SUFFIX = "_partition_set"  # dagster: partition_set_snap_name_for_job_name
 MANIFEST_ASSET = "log_manifest"  # robot x day partitioned, like every asset of ingest_robot_day
@@ -102,6 +106,13 @@ def day_robots(lake, day: str, registered: Iterable[str]) -> list[str]:
     """The registered robots that had joined by ``day`` (join days as the upload sensor recorded
     them in the lake under ``fleet/robots/``)."""
     return fleet.fleet_day_robots(fleet.joined_robots(lake), day, registered)
+
+
+def default_location(environ: dict[str, str] | None = None) -> str:
+    """The code location to launch in: ``$FLYWHEEL_CODE_LOCATION`` when set (the Helm deployment's
+    ``flywheel-pipelines``), else ``flywheel_pipelines`` (workspace.yaml)."""
+    environ = os.environ if environ is None else environ
+    return (environ.get(LOCATION_ENV) or "").strip() or LOCATION_NAME
 
 
 def backfill_params(day: str, robots: Iterable[str], *, location: str = LOCATION_NAME,
