@@ -324,3 +324,26 @@ def test_bc_kill_during_a_checkpoint_write_is_ignored(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
     reference, _ = train_bc(_synthetic(n=256), config)
     _assert_same_weights(reference, policy)
+
+
+def test_the_mlflow_runs_of_a_killed_training_are_closed_when_it_resumes(tmp_path):
+    import mlflow
+
+    from flywheel_pipelines.lib.learning.checkpoint import close_interrupted_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("train")
+    killed = client.create_run(exp, tags={"flywheel.checkpoints": "reach-bc/ds1-abc"}).info.run_id  # never ended
+    other = client.create_run(exp, tags={"flywheel.checkpoints": "reach-bc/ds2-def"}).info.run_id  # other training
+    done = client.create_run(exp, tags={"flywheel.checkpoints": "reach-bc/ds1-abc"}).info.run_id
+    client.set_terminated(done, status="FINISHED")
+    current = client.create_run(exp, tags={"flywheel.checkpoints": "reach-bc/ds1-abc"}).info.run_id
+
+    assert close_interrupted_runs(client, exp, "reach-bc/ds1-abc", current=current) == [killed]
+    assert client.get_run(killed).info.status == "KILLED"
+    assert client.get_run(killed).data.tags["flywheel.resumed_by"] == current
+    assert client.get_run(current).data.tags["flywheel.resumes_runs"] == killed
+    assert client.get_run(current).info.status == "RUNNING"
+    assert client.get_run(other).info.status == "RUNNING" and client.get_run(done).info.status == "FINISHED"
+    assert close_interrupted_runs(client, exp, "reach-bc/ds1-abc", current=current) == []

@@ -16,7 +16,7 @@ from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib import ids
 from flywheel_pipelines.lib.learning.bc import BCConfig, load_training_data, pick_device, train_bc
-from flywheel_pipelines.lib.learning.checkpoint import clear_checkpoints, latest_step
+from flywheel_pipelines.lib.learning.checkpoint import clear_checkpoints, close_interrupted_runs, latest_step
 from flywheel_pipelines.lib.learning.policy import save_policy
 from flywheel_pipelines.lib.learning.rl import (
     RLConfig,
@@ -135,7 +135,13 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
             mlf.set_tags({"dagster.run_id": context.run.run_id, "code.source_hash": code["source_hash"],
                           "code.git_commit": code["git_commit"] or "unknown",
                           "code.package_version": code["package_version"], "flywheel.asset": "policy_candidate",
+                          "flywheel.checkpoints": f"{name}/{ckpt_root.name}",
                           **{f"resumed_from.{k}": str(v) for k, v in resumed.items()}})
+            if resumed:
+                for old in close_interrupted_runs(mlf.MlflowClient(), run.info.experiment_id, f"{name}/{ckpt_root.name}",
+                                                  current=run.info.run_id):
+                    context.log.info(f"MLflow run {old} was killed mid-training; marked KILLED, resumed in "
+                                     f"{run.info.run_id}")
             bc_prefix = "" if rl is None else "bc."
             logged: set[tuple[str, int]] = set()
 

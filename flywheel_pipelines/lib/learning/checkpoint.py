@@ -261,3 +261,27 @@ def checkpoint_lock(directory: Path | None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def close_interrupted_runs(client, experiment_id: str, checkpoints: str, *, current: str) -> list[str]:
+    """Mark KILLED the MLflow runs of a training that was killed and is being resumed now.
+
+    A killed process never ends its MLflow run, which then shows RUNNING forever. The runs that
+    trained into the same checkpoint folder (tag ``flywheel.checkpoints``) and are still RUNNING
+    when a new run resumes from that folder are those; each is ended as KILLED and tagged with
+    the run that resumed it. Returns their ids.
+    """
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`flywheel.checkpoints` = '{checkpoints}' and attributes.status = 'RUNNING'",
+    )
+    closed = []
+    for run in runs:
+        if run.info.run_id == current:
+            continue
+        client.set_tag(run.info.run_id, "flywheel.resumed_by", current)
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    if closed:
+        client.set_tag(current, "flywheel.resumes_runs", ",".join(closed))
+    return closed
