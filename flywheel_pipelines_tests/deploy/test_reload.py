@@ -194,6 +194,10 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
            "DAGSTER_DISABLE_TELEMETRY": "1", "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     for key in ("FLYWHEEL_LAKE", "FLYWHEEL_MLFLOW_URI", "FLYWHEEL_MLFLOW_ARTIFACTS"):
         env.pop(key, None)
+    # Create and migrate the instance's SQLite databases once, before three processes open them: servers
+    # that all find a fresh DAGSTER_HOME run the same alembic migration at once and can leave two heads.
+    subprocess.run([str(VENV_BIN / "python"), "-c", "import dagster; dagster.DagsterInstance.get().dispose()"],
+                   env=env, check=True, timeout=120)
     args = user_deployment(load_values())["codeServerArgs"]
     ports = {CODE_SERVER: free_port(), API_GRPC: free_port()}
     # deployment-user.yaml: codeServerArgs -> `dagster code-server start`, dagsterApiGrpcArgs -> `dagster api grpc`.
