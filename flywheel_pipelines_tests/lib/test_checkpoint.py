@@ -256,13 +256,13 @@ def test_bc_refuses_a_checkpoint_of_another_run(tmp_path):
         train_bc(_synthetic(n=128, seed=1), dataclasses.replace(_BC, epochs=1), checkpoint_dir=tmp_path)
 
 
-_BC_SCRIPT = """
+# A training script run in a subprocess (argv: config JSON, checkpoint dir, mode): with mode
+# "kill_mid_write" it SIGKILLs itself inside the second checkpoint write, after its files, before the rename.
+KILL_MID_WRITE = """
 import json, os, signal, sys, time
 from flywheel_pipelines.lib.learning import checkpoint
-from flywheel_pipelines.lib.learning.bc import BCConfig, train_bc
-from flywheel_pipelines_tests.lib.test_learning import _synthetic
-config, ckpt_dir, mode = BCConfig(**json.loads(sys.argv[1])), sys.argv[2], sys.argv[3]
-if mode == "kill_mid_write":  # die inside the second checkpoint write, after its files, before the rename
+mode = sys.argv[3]
+if mode == "kill_mid_write":
     real, calls = os.replace, []
     def replace(src, dst):
         if "step-" in str(dst):
@@ -271,6 +271,12 @@ if mode == "kill_mid_write":  # die inside the second checkpoint write, after it
             os.kill(os.getpid(), signal.SIGKILL)
         real(src, dst)
     checkpoint.os.replace = replace
+"""
+
+_BC_SCRIPT = KILL_MID_WRITE + """
+from flywheel_pipelines.lib.learning.bc import BCConfig, train_bc
+from flywheel_pipelines_tests.lib.test_learning import _synthetic
+config, ckpt_dir = BCConfig(**json.loads(sys.argv[1])), sys.argv[2]
 train_bc(_synthetic(n=256), config, on_epoch=lambda m: time.sleep(0.15), checkpoint_dir=ckpt_dir, checkpoint_every=2)
 print("finished")
 """

@@ -34,7 +34,12 @@ from flywheel_pipelines.lib.learning.rl import (
     training_scenarios,
 )
 from flywheel_pipelines.lib.release.onnx_export import export_onnx, onnx_parity
-from flywheel_pipelines_tests.lib.test_checkpoint import REPO, assert_loads_without_pickle, wait_for_checkpoint
+from flywheel_pipelines_tests.lib.test_checkpoint import (
+    KILL_MID_WRITE,
+    REPO,
+    assert_loads_without_pickle,
+    wait_for_checkpoint,
+)
 from flywheel_pipelines_tests.lib.test_learning import ACT_NAMES, OBS_NAMES, _policy, _synthetic
 
 PPO_ROLLOUT = 4 * 64  # n_envs * n_steps of the tiny PPO below
@@ -335,20 +340,9 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path):
         train_rl(replace(cfg, seed=1), checkpoint_dir=tmp_path)
 
 
-_RL_SCRIPT = """
-import json, os, signal, sys, time
-from flywheel_pipelines.lib.learning import checkpoint
+_RL_SCRIPT = KILL_MID_WRITE + """
 from flywheel_pipelines.lib.learning.rl import RLConfig, train_rl
-config, ckpt_dir, mode = RLConfig(**json.loads(sys.argv[1])), sys.argv[2], sys.argv[3]
-if mode == "kill_mid_write":  # die inside the second checkpoint write, after its files, before the rename
-    real, calls = os.replace, []
-    def replace(src, dst):
-        if "step-" in str(dst):
-            calls.append(dst)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
-        real(src, dst)
-    checkpoint.os.replace = replace
+config, ckpt_dir = RLConfig(**json.loads(sys.argv[1])), sys.argv[2]
 train_rl(config, checkpoint_dir=ckpt_dir, on_progress=lambda m: time.sleep(0.3 if mode == "plain" else 0))
 print("finished")
 """
