@@ -30,19 +30,11 @@ from mcap_ros2.decoder import DecoderFactory
 
 sys.path.insert(0, str(Path(__file__).parent))
 from arm7_log import EMBODIMENT, write_arm7_log  # noqa: E402
+from timing import best_of  # noqa: E402
 
 from flywheel_pipelines.lib.episodes.embodiment import parse_embodiment  # noqa: E402
 from flywheel_pipelines.lib.episodes.standardize import SourceFile, standardize  # noqa: E402
 from flywheel_pipelines.lib.rosbag.cdr import MessageType, StreamDecoder  # noqa: E402
-
-
-def best_of(n: int, fn):
-    times, out = [], None
-    for _ in range(n):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def standardize_file(path: Path) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import mujoco
@@ -28,6 +27,7 @@ import mujoco.rollout
 import numpy as np
 import torch
 from stable_baselines3.common.evaluation import evaluate_policy
+from timing import best_of  # benchmarks/timing.py (the script's own folder is on sys.path)
 
 from flywheel_pipelines.lib.learning.policy import Policy, PolicyConfig
 from flywheel_pipelines.lib.release.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
@@ -39,15 +39,6 @@ from flywheel_pipelines.lib.sim.scenario import Scenario
 OBS_NAMES = ("shoulder.pos", "elbow.pos", "shoulder.vel", "elbow.vel", "goal.x", "goal.y")
 ACTION_NAMES = ("shoulder.target", "elbow.target")
 ROBOTS = 16  # distinct robot profiles (physics, latency, noise) in the suite
-
-
-def best_of(n: int, fn):
-    times, out = [], None
-    for _ in range(n):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def scenarios(n: int) -> list[Scenario]:
