@@ -7,6 +7,9 @@ Topics (what a ROS2 reaching arm would record):
   /events          std_msgs/msg/String             JSON: episode_start / episode_end (outcome) /
                                                    intervention_start / intervention_end / tag
 Header stamps are the robot's clock at measurement; log times add a transport latency.
+
+An on-call drill can inject an :class:`EncoderFault` on chosen robot-days (``simulate_fleet``'s
+``encoder_faults``) and switch off the built-in random faults (``builtin_faults=False``).
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,50 @@ from flywheel_pipelines.lib.storage import Lake
 EPISODES_PER_FILE = 5
 OPERATORS = ("alice", "bao", "carmen")
 _NS = 1_000_000_000
+
+
+# The drill's default fault. It has to stand out from everything legitimate in the data: the
+# fleet's encoder calibration spread is N(0, 6 mrad), operator jitter 15 mrad, position noise at
+# most 3 mrad, and the expert never commands more than MAX_STEP_RAD = 0.2 rad away from the
+# measured position in one period; the built-in miscalibrated elbow is 0.15 rad. 0.3 rad is 50x
+# the calibration spread and beyond any commanded step, and on the elbow it moves the fingertip by
+# 0.18 m x 0.3 = 5.4 cm, twice the 2.5 cm success radius: a policy that learns it misses every reach.
+DRILL_OFFSET_RAD = 0.3
+
+
+@dataclass(frozen=True)
+class EncoderFault:
+    """A constant offset on one joint's encoder on chosen days (e.g. a bad re-zeroing after service).
+
+    By default only the *logged* position is wrong (``affects_control=False``): the joint servo and
+    the operator use the arm as it really is, so the demonstrations succeed and reach the curated
+    dataset with observations that disagree with their actions by ``offset_rad``. That is the
+    fault that poisons training data. With ``affects_control=True`` the offset joins the robot's
+    calibration offset (sensor frame, as ``RobotProfile.calibration_offset``): the expert then
+    misses by the offset and those episodes fail honestly (curation leaves them out by default).
+    """
+
+    days: tuple[str, ...]
+    joint: str = "elbow"
+    offset_rad: float = DRILL_OFFSET_RAD
+    affects_control: bool = False
+
+    def __post_init__(self):
+        if self.joint not in JOINT_NAMES:
+            raise ValueError(f"encoder fault on unknown joint {self.joint!r}; joints are {JOINT_NAMES}")
+        object.__setattr__(self, "days", tuple(ids.day(d) for d in self.days))
+
+    def offset_on(self, day: str) -> np.ndarray | None:
+        """The per-joint position offset on ``day``, or None when the encoder is healthy that day."""
+        if ids.day(day) not in self.days:
+            return None
+        offset = np.zeros(len(JOINT_NAMES))
+        offset[JOINT_NAMES.index(self.joint)] = self.offset_rad
+        return offset
+
+    def to_dict(self) -> dict:
+        return {"days": list(self.days), "joint": self.joint, "offset_rad": self.offset_rad,
+                "affects_control": self.affects_control}
 
 
 @dataclass(frozen=True)
@@ -95,9 +142,14 @@ def _joint_state(ns: int, position, velocity, frame: str) -> dict:
 
 
 def record_episode(
-    rec: _Recorder, sim: ArmSim, rng: np.random.Generator, *, t0_ns: int, episode_id: str, operator: str
+    rec: _Recorder, sim: ArmSim, rng: np.random.Generator, *, t0_ns: int, episode_id: str, operator: str,
+    logged_position_offset: np.ndarray | None = None,
 ) -> tuple[int, str]:
-    """Run one demonstration and record it. Returns (end time ns, outcome)."""
+    """Run one demonstration and record it. Returns (end time ns, outcome).
+
+    ``logged_position_offset`` is added to the published /joint_states positions only (a logging-side
+    encoder fault): the simulation and the operator do not see it.
+    """
     q0, goal = sample_task(rng)
     sim.reset(q0, goal)
     pilot = NoisyOperator(rng)
@@ -112,8 +164,9 @@ def record_episode(
         return t0_ns + int(round(sim.t * _NS))
 
     def on_sample(s: JointSample) -> None:
+        position = s.position if logged_position_offset is None else s.position + logged_position_offset
         rec.publish("/joint_states", "sensor_msgs/msg/JointState",
-                    _joint_state(t0_ns + int(round(s.t * _NS)), s.position, s.velocity, "base"),
+                    _joint_state(t0_ns + int(round(s.t * _NS)), position, s.velocity, "base"),
                     t0_ns + int(round(s.t * _NS)), droppable=True)
 
     on_sample(sim.last_sample)  # joint states stream continuously: one is out at the start
@@ -171,10 +224,21 @@ class SimulatedDay:
 
 
 def simulate_robot_day(
-    lake: Lake, profile: RobotProfile, day: str, *, episodes: int, seed: int
+    lake: Lake, profile: RobotProfile, day: str, *, episodes: int, seed: int,
+    encoder_fault: EncoderFault | None = None,
 ) -> SimulatedDay:
-    """Simulate one robot's day and upload its logs (one MCAP per session of 5 episodes)."""
+    """Simulate one robot's day and upload its logs (one MCAP per session of 5 episodes).
+
+    ``encoder_fault`` applies only if ``day`` is one of its days; the random streams are the same
+    with or without it, so a faulty day differs from its healthy twin by the fault alone.
+    """
     robot, day = ids.robot_id(profile.robot_id), ids.day(day)
+    offset = encoder_fault.offset_on(day) if encoder_fault is not None else None
+    logged_offset = None
+    if offset is not None and encoder_fault.affects_control:
+        profile = replace(profile, calibration_offset=tuple(float(x) for x in np.add(profile.calibration_offset, offset)))
+    elif offset is not None:
+        logged_offset = offset
     rng = seeded_rng("day", seed, robot, day)
     sim = ArmSim(profile, seed=int(rng.integers(2**31)))
     start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC) + dt.timedelta(hours=8)
@@ -187,7 +251,7 @@ def simulate_robot_day(
             clock = dt.datetime.fromtimestamp(t_ns / _NS, dt.UTC).strftime("%H%M%S")
             episode_id = f"{robot}-{day.replace('-', '')}-{clock}-{k:03d}"
             end_ns, _ = record_episode(rec, sim, rng, t0_ns=t_ns, episode_id=episode_id,
-                                       operator=str(rng.choice(OPERATORS)))
+                                       operator=str(rng.choice(OPERATORS)), logged_position_offset=logged_offset)
             t_ns = end_ns + int(rng.uniform(4.0, 15.0) * _NS)
         clock = dt.datetime.fromtimestamp(session_start / _NS, dt.UTC).strftime("%H%M%S")
         name = f"session-{clock}.mcap"
@@ -213,13 +277,26 @@ def simulate_fleet(
     episodes_per_day: int,
     seed: int = 0,
     progress: Callable[[SimulatedDay], None] | None = None,
+    encoder_faults: Mapping[str, EncoderFault] | None = None,
+    builtin_faults: bool = True,
 ) -> list[SimulatedDay]:
-    """Simulate ``robots`` robots over ``days`` and upload their logs into the lake's raw/ prefix."""
+    """Simulate ``robots`` robots over ``days`` and upload their logs into the lake's raw/ prefix.
+
+    Args:
+        encoder_faults: robot id -> an :class:`EncoderFault` on some of its days (an on-call drill).
+        builtin_faults: False gives every robot a healthy profile (no miscalibrated elbows, no
+            flaky networks), so that only the injected faults are in the data.
+    """
+    fleet = robot_ids(robots)
+    unknown = sorted(set(encoder_faults or {}) - set(fleet))
+    if unknown:
+        raise ValueError(f"encoder faults for robots not in the fleet: {unknown} (fleet: {fleet[0]}..{fleet[-1]})")
     out = []
-    for index, robot in enumerate(robot_ids(robots)):
-        profile = sample_profile(robot, seed=seed, index=index)
+    for index, robot in enumerate(fleet):
+        profile = sample_profile(robot, seed=seed, index=index, faults=builtin_faults)
+        fault = (encoder_faults or {}).get(robot)
         for day in days:
-            result = simulate_robot_day(lake, profile, day, episodes=episodes_per_day, seed=seed)
+            result = simulate_robot_day(lake, profile, day, episodes=episodes_per_day, seed=seed, encoder_fault=fault)
             out.append(result)
             if progress:
                 progress(result)
