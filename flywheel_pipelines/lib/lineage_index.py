@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from flywheel_pipelines.lib import ids
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.evaluation import registry
-from flywheel_pipelines.lib.storage import Lake, LakeError
+from flywheel_pipelines.lib.storage import Lake
 
 LINEAGE_PREFIX = "lineage"
 EDGES_PREFIX = f"{LINEAGE_PREFIX}/edges"

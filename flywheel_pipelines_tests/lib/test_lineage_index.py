@@ -49,9 +49,10 @@ def write_catalog(lake: LocalLake, rows: list[dict]) -> None:
 
 def manifest_of(rows: list[dict]) -> dict:
     """The shape of curation's manifest["episodes"] (only the fields the lineage reads)."""
-    return {"episodes": [{"episode_id": r["episode_id"], "robot": r["robot"], "date": r["date"], "split": "train",
-                          "raw_files": [{"key": k, "sha256": s} for k, s in zip(r["source_keys"], r["source_sha256"])]}
-                         for r in rows]}
+    return {"episodes": [
+        {"episode_id": r["episode_id"], "robot": r["robot"], "date": r["date"], "split": "train",
+         "raw_files": [{"key": k, "sha256": s} for k, s in zip(r["source_keys"], r["source_sha256"], strict=True)]}
+        for r in rows]}
 
 
 def promote(lake: LocalLake, model: str, version: str, *, minute: int, action: str = "promote") -> None:
@@ -327,3 +328,25 @@ def test_real_dataset_edges_like_the_assets(tmp_path, sim_day, catalog, dataset)
     assert len(up.episodes) == built.episodes
     assert li.query(lake, dataset=f"{built.name}/{built.version}").downstream[0].production
     assert li.query(lake, policy="reach-bc/abc123").downstream[-1].kind == "release"
+
+
+def test_cli_lineage_selectors(fleet):
+    from click.testing import CliRunner
+
+    from flywheel_pipelines.cli import main
+
+    runner = CliRunner()
+    lake = ["--lake", str(fleet.root)]
+    out = runner.invoke(main, ["lineage", "--raw", raw_key("r2", DAYS[2]), *lake])
+    assert out.exit_code == 0, out.output
+    assert "release reach-bc/p2 [PRODUCTION]" in out.output and "query took" in out.output
+    out = runner.invoke(main, ["lineage", "--robot", "r1", "--from", DAYS[1], "--to", DAYS[2], "--json", *lake])
+    doc = json.loads(out.output)
+    assert doc["episodes"]["count"] == 4 and doc["selector"] == {"robot": "r1", "from": DAYS[1], "to": DAYS[2]}
+    out = runner.invoke(main, ["lineage", "--policy", "reach-bc/p2", *lake])
+    assert "built from: dataset reach/v2" in out.output
+    for bad, message in ((["--robot", "r9"], "unknown robot"), (["--dataset", "../x/y"], "invalid dataset name"),
+                         (["--robot", "r1", "--episode", "e"], "exactly one"),
+                         (["releases/reach-bc/p2", "--robot", "r1"], "give a BUNDLE or one of")):
+        out = runner.invoke(main, ["lineage", *bad, *lake])
+        assert out.exit_code != 0 and message in out.output, out.output
