@@ -325,13 +325,38 @@ def _bundle_dir(ref: str, lake: str | None) -> Path:
 
 
 @main.command()
-@click.argument("bundle")
+@click.argument("bundle", required=False)
+@click.option("--raw", default=None, help="A raw object key (raw/robot=<id>/date=<day>/<file>) or its sha256 "
+                                          "(or a unique prefix of >= 12 hex digits).")
+@click.option("--robot", default=None, help="A robot id; with --from/--to, a range of its days (inclusive).")
+@click.option("--from", "date_from", default=None, help="First day (YYYY-MM-DD), with --robot.")
+@click.option("--to", "date_to", default=None, help="Last day (YYYY-MM-DD), with --robot.")
+@click.option("--episode", default=None, help="An episode id.")
+@click.option("--dataset", default=None, help="NAME/VERSION: what it holds and what was built on it.")
+@click.option("--policy", default=None, help="NAME/VERSION: its dataset, robots, days, raw files; its evaluations "
+                                             "and releases.")
+@click.option("--release", default=None, help="NAME/VERSION from the lineage index (BUNDLE reads the bundle itself).")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--lake", default=None)
-def lineage(bundle: str, as_json: bool, lake: str | None) -> None:
-    """Show where a release came from: policy, MLflow run, dataset, robots, days, raw files."""
+def lineage(bundle: str | None, raw: str | None, robot: str | None, date_from: str | None, date_to: str | None,
+            episode: str | None, dataset: str | None, policy: str | None, release: str | None, as_json: bool,
+            lake: str | None) -> None:
+    """Lineage both ways, from the lineage index; or, given BUNDLE, where a release bundle came from.
+
+    With one of --raw, --robot, --episode, --dataset, --policy, --release: the tree of every
+    dataset, policy, evaluation and release built on it (marking those that hold the MLflow
+    `production` alias now) and, for a dataset, policy or release, the robots, days and raw files
+    behind it.
+    """
     from flywheel_pipelines.lib.lineage import lineage_summary
 
+    selectors = {"raw": raw, "robot": robot, "episode": episode, "dataset": dataset, "policy": policy,
+                 "release": release}
+    if bundle is None or any(v is not None for v in selectors.values()) or date_from or date_to:
+        if bundle is not None:
+            raise click.UsageError("give a BUNDLE or one of --raw/--robot/--episode/--dataset/--policy/--release")
+        _lineage_query(lake, as_json, date_from=date_from, date_to=date_to, **selectors)
+        return
     path = _bundle_dir(bundle, lake) / "lineage.json"
     if not path.is_file():
         raise click.ClickException(f"{path}: missing (not a release bundle?)")
@@ -352,6 +377,24 @@ def lineage(bundle: str, as_json: bool, lake: str | None) -> None:
     click.echo(f"  raw files ({len(doc['raw_files'])}):")
     for f in doc["raw_files"]:
         click.echo(f"    {f['sha256'][:16]}  {f['key']}  ({f['episodes']} episodes)")
+
+
+def _lineage_query(lake: str | None, as_json: bool, **selector) -> None:
+    from flywheel_pipelines.lib import lineage_index
+    from flywheel_pipelines.lib.ids import InvalidIdentifier
+
+    store = _lake(lake)
+    t0 = time.perf_counter()
+    try:
+        result = lineage_index.query(store, **selector)
+    except (lineage_index.LineageError, InvalidIdentifier) as exc:
+        raise click.ClickException(str(exc)) from None
+    took = time.perf_counter() - t0
+    if as_json:
+        click.echo(json.dumps(lineage_index.to_json(result) | {"query_s": round(took, 4)}, indent=2, sort_keys=True))
+        return
+    click.echo(lineage_index.render_tree(result))
+    click.echo(f"  query took {took:.3f} s")
 
 
 @main.command()
