@@ -44,7 +44,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flywheel_pipelines.lib import ids
-from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.evaluation import registry
 from flywheel_pipelines.lib.storage import Lake
 
@@ -244,6 +243,9 @@ def build_index(store: Lake, *, now: str | None = None) -> dict:
     Returns:
         What the build covered: build id, time, catalog hash and rows, counts per table and edge kind.
     """
+    # Imported here: the catalog module loads the standardizer, which a one-shot query never needs.
+    from flywheel_pipelines.lib.catalog import CATALOG_KEY
+
     build_id = uuid.uuid4().hex[:12]
     built_at = now or _now_iso()
     edges = _edge_files(store)
@@ -419,17 +421,29 @@ class _Index:
             raise LineageError(f"{self.store.uri(INDEX_PREFIX)}/{what} belongs to another build of the index "
                                "(it is being rebuilt right now); retry")
 
-    def table(self, filename: str, filters=None, columns: list[str] | None = None) -> pa.Table:
+    def table(self, filename: str, filters: list[tuple[str, str, object]] = (),
+              columns: list[str] | None = None) -> pa.Table:
+        """Rows of an index table matching every ``(column, op, value)`` filter (op: = >= <= < in).
+
+        Only the row groups whose min/max statistics can match are read: the tables are sorted
+        on the columns the queries filter by, so that is one or two row groups of a large table.
+        """
         if self.meta is None:
             raise LineageError(f"no lineage index at {self.store.uri(INDEX_PREFIX)} yet: materialize lineage_index "
                                "(raw, robot and episode questions need the episode catalog's edges)")
         key = f"{INDEX_PREFIX}/{filename}"
-        # A real file lets Parquet read only the footer and the row groups the filter can match.
+        # A real file lets Parquet read the footer and only the row groups that can match.
         with self.store.local_path(key) as path:
             pf = pq.ParquetFile(path)
             self._check_build(_file_meta(pf.schema_arrow).get("build_id"), filename)
-            table = pq.read_table(path, filters=filters, columns=columns)
-        return table.replace_schema_metadata(None)
+            names = pf.schema_arrow.names
+            groups = [i for i in range(pf.metadata.num_row_groups)
+                      if _may_match(pf.metadata.row_group(i), names, filters)]
+            table = pf.read_row_groups(groups, columns=columns and sorted(set(columns) | {f[0] for f in filters}))
+        table = table.replace_schema_metadata(None)
+        if table.num_rows and filters:
+            table = table.filter(_mask(table, filters))
+        return table.select(columns) if columns else table
 
     def production(self) -> dict[tuple[str, str], str]:
         """Policies holding the production alias now: {(name, version): "registered <model> v<n>"}."""
@@ -443,6 +457,33 @@ class _Index:
                 if p.get("registered_model") == model and p.get("registered_version") == version:
                     out[(p["name"], p["version"])] = f"registered {model} v{version}"
         return out
+
+
+_OPS = {"=": pc.equal, ">=": pc.greater_equal, "<=": pc.less_equal, "<": pc.less}
+
+
+def _may_match(group: pq.RowGroupMetaData, names: list[str], filters) -> bool:
+    """False when a row group's min/max statistics rule out every row (None: no statistics)."""
+    for column, op, value in filters:
+        stats = group.column(names.index(column)).statistics
+        if stats is None or not stats.has_min_max:
+            continue
+        lo, hi = stats.min, stats.max
+        values = value if op == "in" else [value]
+        if op in ("=", "in") and not any(lo <= v <= hi for v in values):
+            return False
+        if (op == ">=" and hi < value) or (op == "<=" and lo > value) or (op == "<" and lo >= value):
+            return False
+    return True
+
+
+def _mask(table: pa.Table, filters):
+    masks = [pc.is_in(table[c], value_set=pa.array(list(v), table.schema.field(c).type)) if op == "in"
+             else _OPS[op](table[c], v) for c, op, v in filters]
+    out = masks[0]
+    for m in masks[1:]:
+        out = pc.and_(out, m)
+    return out
 
 
 def _doc_key(doc: dict) -> str:
