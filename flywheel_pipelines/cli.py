@@ -382,8 +382,12 @@ def lineage(bundle: str | None, raw: str | None, robot: str | None, date_from: s
 def _lineage_query(lake: str | None, as_json: bool, **selector) -> None:
     from flywheel_pipelines.lib import lineage_index
     from flywheel_pipelines.lib.ids import InvalidIdentifier
+    from flywheel_pipelines.lib.storage import open_lake
 
-    store = _lake(lake)
+    # A folder lake opens without loading Dagster (seconds of imports) for a sub-second question;
+    # an S3 lake needs the resource's S3 settings.
+    root = lake or settings.default_lake_root()
+    store = _lake(lake) if root.startswith("s3://") else open_lake(root)
     t0 = time.perf_counter()
     try:
         result = lineage_index.query(store, **selector)
