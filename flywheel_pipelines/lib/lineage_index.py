@@ -219,7 +219,7 @@ def _edge_files(store: Lake) -> dict[str, dict[str, int]]:
 
 
 def _read_dataset_edge(store: Lake, key: str) -> tuple[dict, pa.Table]:
-    table = pq.read_table(pa.BufferReader(store.read_bytes(key)))
+    table = pq.ParquetFile(pa.BufferReader(store.read_bytes(key))).read()
     meta = _file_meta(table.schema)
     if meta.get("kind") != "dataset":
         raise LineageError(f"{store.uri(key)}: not a dataset lineage edge")
@@ -233,6 +233,11 @@ def _explode_raw(table: pa.Table, keys: str, shas: str) -> pa.Table:
     return pa.table({"robot": base["robot"], "date": base["date"], "episode_id": base["episode_id"],
                      "key": pc.list_flatten(table[keys]), "sha256": pc.list_flatten(table[shas])},
                     schema=_RAW_SCHEMA)
+
+
+def _size(store: Lake, key: str) -> int | None:
+    folder = key.rsplit("/", 1)[0] + "/"
+    return next((o.size for o in store.list(folder) if o.key == key), None)
 
 
 def build_index(store: Lake, *, now: str | None = None) -> dict:
@@ -249,7 +254,7 @@ def build_index(store: Lake, *, now: str | None = None) -> dict:
     build_id = uuid.uuid4().hex[:12]
     built_at = now or _now_iso()
     edges = _edge_files(store)
-    catalog = {"key": CATALOG_KEY, "sha256": None, "episodes": 0}
+    catalog = {"key": CATALOG_KEY, "sha256": None, "episodes": 0, "size": _size(store, CATALOG_KEY)}
     if store.exists(CATALOG_KEY):
         with store.local_path(CATALOG_KEY) as path:
             data = Path(path).read_bytes()
@@ -576,9 +581,13 @@ def query(store: Lake, *, raw: str | None = None, robot: str | None = None, date
     else:
         raw_t = _start_raw(idx, raw_key=raw_key, raw_sha=raw_sha, robot=robot, date_from=date_from,
                            date_to=date_to, episode=episode, warnings=warnings)
-        episodes_t = raw_t.select(["episode_id", "robot", "date"]).group_by(
-            ["episode_id", "robot", "date"]).aggregate([])
+        episodes_t = _distinct(raw_t.select(["episode_id", "robot", "date"]))
         containing = _containing(idx, episodes_t, robot=robot, date_from=date_from, date_to=date_to)
+        catalog = idx.meta["catalog"]
+        if _size(store, catalog["key"]) != catalog.get("size"):
+            # Cheap to notice (one listing), costly to fix here (the whole catalog): say so instead.
+            warnings.append(f"{catalog['key']} changed since the index was built: episodes catalogued since then "
+                            "are missing unless a dataset already holds them (re-materialize lineage_index)")
         downstream = _downstream(idx, containing, production)
     if idx.meta is None:
         warnings.append("no lineage index yet: answered from the edge records alone")
@@ -593,15 +602,27 @@ def query(store: Lake, *, raw: str | None = None, robot: str | None = None, date
                          index=index_info, warnings=tuple(warnings))
 
 
+def _distinct(table: pa.Table) -> pa.Table:
+    """``table`` without repeated rows, first occurrence kept.
+
+    In Python on purpose: answers are small (a robot's years, a dataset), and Table.group_by would
+    load Acero and pyarrow.dataset, ~0.4 s of imports on every fresh `flywheel lineage`.
+    """
+    rows = list(dict.fromkeys(zip(*(table[c].to_pylist() for c in table.column_names), strict=True)))
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in table.column_names]
+    return pa.table([pa.array(list(c), table.schema.field(i).type) for i, c in enumerate(columns)],
+                    schema=table.schema)
+
+
 def _raw_files(raw_t: pa.Table) -> tuple[RawFile, ...]:
     raw_t = _filter(raw_t, pc.is_valid(raw_t["key"]))
-    if not raw_t.num_rows:
-        return ()
-    grouped = raw_t.group_by(["key", "sha256", "robot", "date"]).aggregate([("episode_id", "count_distinct")])
-    grouped = grouped.sort_by([("robot", "ascending"), ("date", "ascending"), ("key", "ascending")])
-    return tuple(RawFile(k, s, r, d, n) for k, s, r, d, n in zip(
-        grouped["key"].to_pylist(), grouped["sha256"].to_pylist(), grouped["robot"].to_pylist(),
-        grouped["date"].to_pylist(), grouped["episode_id_count_distinct"].to_pylist(), strict=True))
+    edges = dict.fromkeys(zip(*(raw_t[c].to_pylist() for c in ("key", "sha256", "robot", "date", "episode_id")),
+                              strict=True))
+    counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    for key, sha, robot, date, _ in edges:
+        counts[(key, sha, robot, date)] += 1
+    order = sorted(counts, key=lambda f: (f[2], f[3], f[0]))
+    return tuple(RawFile(k, s, r, d, counts[(k, s, r, d)]) for k, s, r, d in order)
 
 
 def _fresh_raw(idx: _Index) -> pa.Table:
@@ -674,7 +695,7 @@ def _start_raw(idx: _Index, *, raw_key, raw_sha, robot, date_from, date_to, epis
                                   "sha256": pa.array([None], pa.string())}, schema=_RAW_SCHEMA)
             out = pa.concat_tables([found, out])
     # The same edge can come from the catalog and from a fresh dataset record.
-    return out.group_by(out.column_names).aggregate([]) if out.num_rows else out
+    return _distinct(out)
 
 
 def _containing(idx: _Index, episodes_t: pa.Table, *, robot, date_from, date_to) -> dict[int, int]:
@@ -802,8 +823,8 @@ def render_tree(result: LineageResult, *, max_robot_days: int = 12, max_raw_file
     """A human-readable tree, compact at fleet scale: episodes are summarized per robot-day (or per
     robot when there are many days), raw files listed up to ``max_raw_files``."""
     lines = [f"lineage of {_selector_text(result.selector)}"]
-    for n in result.upstream:
-        lines.append(f"  built from: {_node_line(n)}")
+    for i, n in enumerate(result.upstream):
+        lines.append(f"  {'selected:  ' if i == 0 else 'built from:'} {_node_line(n)}")
     days = result.robot_days
     robots = sorted({r for r, _, _ in days})
     lines.append(f"  episodes: {len(result.episodes)} on {len(days)} robot-days of {len(robots)} robots, "

@@ -186,7 +186,11 @@ def test_edges_written_after_the_index_are_found(fleet):
     summary = li.build_index(fleet)
     assert summary["artifacts"] == {"datasets": 4, "policies": 4, "evals": 4, "releases": 3}
     again = li.query(fleet, raw=raw_key("r1", DAYS[0]))
-    assert again.index["fresh_edge_files"] == 0
+    assert again.index["fresh_edge_files"] == 0 and not again.warnings
+    write_catalog(fleet, episode_rows() + new)
+    assert "changed since the index was built" in li.query(fleet, robot="r1").warnings[0]
+    li.build_index(fleet)
+    assert li.query(fleet, robot="r3").warnings == ()
     assert names(again.downstream, "release") == names(result.downstream, "release")
 
 
