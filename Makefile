@@ -12,7 +12,7 @@ LEROBOT_STAMP := $(LEROBOT_VENV)/.installed-$(shell cksum $(LEROBOT_REQS) | cut 
 export FLYWHEEL_HOME ?= $(CURDIR)/.flywheel
 export DAGSTER_HOME ?= $(FLYWHEEL_HOME)/dagster_home
 
-.PHONY: install lerobot-env demo test test-fast dev bench lint clean
+.PHONY: install lerobot-env browser demo test test-fast dev bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,12 +35,17 @@ $(LEROBOT_STAMP): $(LEROBOT_REQS)
 ## The separate environment with lerobot 0.4.4 for the LeRobot compatibility test
 lerobot-env: $(LEROBOT_STAMP)
 
+## Headless Chromium for the UI tests (the Debian package, installed as root when missing;
+## without it the UI tests skip, except under CI, where .ci/run has installed it already)
+browser:
+	bash tools/ensure_browser.sh || echo "make: no Chromium, the UI tests (flywheel_pipelines_tests/ui) will skip"
+
 ## Simulate a 3-robot x 2-day fleet and materialize every asset into .flywheel/
 demo: install
 	$(BIN)/flywheel demo
 
 ## The whole test suite (CI runs exactly this)
-test: install lerobot-env
+test: install lerobot-env browser
 	$(BIN)/pytest
 
 ## The suite without the slow end-to-end tests
