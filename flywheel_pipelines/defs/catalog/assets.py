@@ -8,14 +8,15 @@ import dagster as dg
 from flywheel_pipelines.defs.archive.assets import episode_archive
 from flywheel_pipelines.defs.automation import FOLLOW_UPSTREAM
 from flywheel_pipelines.defs.episodes.assets import episodes
+from flywheel_pipelines.defs.oncall.quarantine import quarantine_log
 from flywheel_pipelines.defs.partitions import FLEET_START
 from flywheel_pipelines.defs.resources import LakeResource
-from flywheel_pipelines.lib import fleet, markdown
+from flywheel_pipelines.lib import fleet, markdown, quarantine
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, build_catalog, catalog_hash
 
 
 @dg.asset(
-    deps=[episodes, episode_archive],
+    deps=[episodes, episode_archive, quarantine_log],
     group_name="catalog",
     kinds={"python", "parquet"},
     owners=["team:robot-data"],
@@ -34,7 +35,8 @@ def episode_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
             table = store.read_parquet(key)
             yield fleet.filter_before(table, before) if before is not None else table
 
-    table = build_catalog(tables())
+    records = quarantine.read_records(store)
+    table = quarantine.mark(build_catalog(tables()), records)
     store.write_parquet(CATALOG_KEY, table)
     rows = table.to_pylist()
     by_outcome = collections.Counter(r["outcome"] for r in rows)
@@ -56,6 +58,8 @@ def episode_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
             "outcomes": dict(by_outcome),
             "quality_ok": sum(r["quality_ok"] for r in rows),
             "interventions": sum(r["intervention"] for r in rows),
+            "quarantined": sum(r["quarantined"] for r in rows),
+            "active_quarantines": len(quarantine.active(records)),
             "by_robot": dg.MetadataValue.md(
                 markdown.table(["robot", "episodes", "success", "failure", "quality issues"], per_robot)),
         },

@@ -5,9 +5,10 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipelines.defs.catalog.assets import episode_catalog
-from flywheel_pipelines.defs.episodes.assets import FRAMES, episodes_prefix
+from flywheel_pipelines.defs.episodes.assets import FRAMES, episodes, episodes_prefix
+from flywheel_pipelines.defs.oncall.quarantine import quarantine_log
 from flywheel_pipelines.defs.resources import LakeResource
-from flywheel_pipelines.lib import markdown
+from flywheel_pipelines.lib import markdown, quarantine
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.datasets.curation import CurationError, CurationSpec, build_dataset, select_episodes
 from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, load_embodiment
@@ -29,6 +30,11 @@ class CurationConfig(dg.Config):
         description="Keep episodes that fail the episode-quality suite (skew, gap, NaN, monotonic time, frame count); "
         "by default they are left out and counted in the manifest and card.",
     )
+    include_quarantined: bool = Field(
+        default=False,
+        description="Keep episodes under an active quarantine (`flywheel quarantine list`); by default they are left "
+        "out, and the manifest records the quarantine state honoured either way.",
+    )
     val_fraction: float = 0.2
     split_seed: int = 0
     min_frames: int = 5
@@ -38,7 +44,8 @@ class CurationConfig(dg.Config):
         return CurationSpec(
             name=self.name, robots=tuple(self.robots), date_from=self.date_from, date_to=self.date_to,
             tasks=tuple(self.tasks), outcomes=tuple(self.outcomes), include_interventions=self.include_interventions,
-            include_quality_issues=self.include_quality_issues, val_fraction=self.val_fraction,
+            include_quality_issues=self.include_quality_issues, include_quarantined=self.include_quarantined,
+            val_fraction=self.val_fraction,
             split_seed=self.split_seed, min_frames=self.min_frames,
         )
 
@@ -58,7 +65,10 @@ def dataset_prefix(name: str, version: str) -> str:
     return f"datasets/{name}/{version}"
 
 
-@dg.asset(deps=[episode_catalog], group_name="curation", kinds={"python", "parquet"}, owners=["team:ml"])
+# Frames are read from the robot-day episode tables (episodes), selection from the catalog, and the
+# quarantine log is honoured as of now (not as of the catalog's last refresh).
+@dg.asset(deps=[episode_catalog, dg.AssetDep(episodes, partition_mapping=dg.AllPartitionMapping()), quarantine_log],
+          group_name="curation", kinds={"python", "parquet"}, owners=["team:ml"])
 def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Selected episodes with a deterministic train/val split, as a LeRobot v3.0 dataset plus a
     manifest naming every episode and raw file (sha256); versioned by content hash."""
@@ -75,7 +85,8 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, l
 
     with staging_dir() as tmp:
         try:
-            built = build_dataset(tmp / "ds", selected=selected, load_frames=load_frames, spec=spec, emb=emb)
+            built = build_dataset(tmp / "ds", selected=selected, load_frames=load_frames, spec=spec, emb=emb,
+                                  quarantine_records=quarantine.read_records(store))
         except CurationError as exc:
             raise dg.Failure(str(exc)) from None
         prefix = dataset_prefix(spec.name, built.version)
@@ -103,6 +114,9 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, l
             "quality_left_out": quality["left_out"],
             "quality_by_check": quality["by_check"],
             "quality_failures": dg.MetadataValue.md(quality_preview(quality)),
+            "quarantine_state": built.manifest["quarantine"]["hash"],
+            "quarantine_records": built.manifest["quarantine"]["records"],
+            "quarantined_left_out": built.manifest["quarantine"]["left_out"],
             "spec": spec.to_dict(),
         },
         data_version=dg.DataVersion(built.version),

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import ids, quarantine
 from flywheel_pipelines.lib.catalog import EpisodeQuery, search
 from flywheel_pipelines.lib.datasets.lerobot import FeatureSpec, write_lerobot_v3
 from flywheel_pipelines.lib.episodes.embodiment import Embodiment
@@ -25,7 +25,8 @@ MANIFEST = "manifest.json"
 CARD = "README.md"
 # Bump when the way a dataset is built changes, so versions change too.
 # 2: episodes are judged by the GX episode-quality suite; the manifest records what it left out.
-FORMAT_VERSION = 2
+# 3: quarantined episodes are left out by default; the manifest records the quarantine state honoured.
+FORMAT_VERSION = 3
 
 
 class CurationError(ValueError):
@@ -45,6 +46,8 @@ class CurationSpec:
     include_interventions: bool = False
     # Keep episodes that fail the episode-quality suite (or that standardize marked quality_ok=false).
     include_quality_issues: bool = False
+    # Keep episodes under an active quarantine (an explicit opt-in; recorded in the manifest).
+    include_quarantined: bool = False
     val_fraction: float = 0.2
     split_seed: int = 0
     min_frames: int = 5
@@ -184,6 +187,7 @@ def build_dataset(
     load_frames: Callable[[str, str], pa.Table],
     spec: CurationSpec,
     emb: Embodiment,
+    quarantine_records: list[quarantine.Record] | tuple = (),
 ) -> BuiltDataset:
     """Write the curated dataset into ``out_dir`` (an empty staging folder).
 
@@ -196,9 +200,23 @@ def build_dataset(
         load_frames: (robot, day) -> that robot-day's standardized frames table.
         spec: the curation spec (recorded in the manifest).
         emb: the embodiment mapping the frames were standardized with; its tolerances judge quality.
+        quarantine_records: the quarantine log (:func:`quarantine.read_records`); episodes under an
+            active quarantine are left out unless ``spec.include_quarantined``. The state honoured
+            is part of the version.
     """
     if selected.num_rows == 0:
         raise CurationError(f"curation spec {spec.name!r} selects no episodes: {spec.to_dict()}")
+    held = dict(zip(selected["episode_id"].to_pylist(), quarantine.episode_quarantines(selected, quarantine_records),
+                    strict=True))
+    held = {e: q for e, q in held.items() if q}
+    q_state = {**quarantine.state(quarantine_records), "include_quarantined": spec.include_quarantined,
+               "matched": len(held), "left_out": 0 if spec.include_quarantined else len(held),
+               "episodes": [{"episode_id": e, "quarantines": q} for e, q in sorted(held.items())]}
+    if held and not spec.include_quarantined:
+        selected = selected.filter(pc.invert(pc.is_in(selected["episode_id"], pa.array(sorted(held)))))
+        if selected.num_rows == 0:
+            raise CurationError(f"curation spec {spec.name!r}: every selected episode is quarantined "
+                                f"({', '.join(q_state['records'])}); set include_quarantined to keep them")
     gate = quality_gate(selected, emb, include_failures=spec.include_quality_issues)
     if gate.left_out:
         selected = selected.filter(pc.invert(pc.is_in(selected["episode_id"], pa.array(sorted(gate.left_out)))))
@@ -241,6 +259,7 @@ def build_dataset(
             "robot": row["robot"], "date": row["date"], "task": row["task"], "outcome": row["outcome"],
             "num_frames": n, "start_ns": int(ts[0]), "end_ns": int(ts[-1]),
             "quality_failures": gate.failures.get(row["episode_id"], []),
+            "quarantines": held.get(row["episode_id"], []),
             "raw_files": [{"key": k, "sha256": s} for k, s in zip(row["source_keys"], row["source_sha256"], strict=True)],
         })
     table = {}
@@ -258,13 +277,15 @@ def build_dataset(
         tasks=tasks, splits={k: v for k, v in split_idx.items() if v},
     )
     identity = json.dumps({"data": _hash_dir(out_dir), "spec": spec.to_dict(), "embodiment": emb.content_hash,
-                           "quality_suite": gate.suite, "format": FORMAT_VERSION}, sort_keys=True)
+                           "quality_suite": gate.suite, "quarantine": q_state["hash"], "format": FORMAT_VERSION},
+                          sort_keys=True)
     version = hashlib.sha256(identity.encode()).hexdigest()[:12]
     manifest = {
         "name": spec.name, "version": version, "format_version": FORMAT_VERSION,
         "layout": "lerobot-v3.0", "spec": spec.to_dict(),
         "embodiment": {"name": emb.name, "version": emb.version, "hash": emb.content_hash},
         "quality": gate.to_dict(),
+        "quarantine": q_state,
         "episodes": manifest_episodes,
         "splits": {s: len(v) for s, v in split_idx.items()},
         "frames": int(sum(m["num_frames"] for m in manifest_episodes)),
@@ -297,6 +318,7 @@ def dataset_card(manifest: dict) -> str:
         f"({manifest['embodiment']['hash']}), copied to meta/embodiment.yaml",
         f"- raw files: {len(manifest['raw_files'])} (each with sha256 in manifest.json)",
         quality_line(manifest["quality"]),
+        quarantine_line(manifest["quarantine"]),
         "",
         "## Curation spec",
         "",
@@ -318,3 +340,15 @@ def quality_line(quality: dict) -> str:
                 "included on request (include_quality_issues); see quality.failures in manifest.json")
     return (f"- quality: {quality['left_out']} of {quality['checked']} selected episodes left out, failing the {suite} "
             f"({why}); listed under quality.failures in manifest.json (include_quality_issues keeps them)")
+
+
+def quarantine_line(q: dict) -> str:
+    """The card's line on the quarantine state the dataset honoured."""
+    if not q["records"]:
+        return "- quarantine: none active when the dataset was built"
+    what = f"{len(q['records'])} active quarantine(s) ({', '.join(q['records'])}, state {q['hash']})"
+    if not q["matched"]:
+        return f"- quarantine: {what}; none of them covers a selected episode"
+    if q["include_quarantined"]:
+        return f"- quarantine: {q['matched']} quarantined episodes INCLUDED on request (include_quarantined); {what}"
+    return f"- quarantine: {q['left_out']} quarantined episodes left out; {what}"
