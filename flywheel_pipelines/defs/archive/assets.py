@@ -19,8 +19,8 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from flywheel_pipelines.defs.episodes.assets import EPISODE_TABLE, episodes_prefix, ingest_episodes
-from flywheel_pipelines.defs.ingest.assets import build_manifest, manifest_key, write_manifest
+from flywheel_pipelines.defs.episodes.assets import EPISODE_TABLE, episodes, episodes_prefix, ingest_episodes
+from flywheel_pipelines.defs.ingest.assets import build_manifest, log_manifest, manifest_key, raw_fleet_logs, write_manifest
 from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import HOT_START, MONTHS
 from flywheel_pipelines.defs.resources import LakeResource
@@ -108,7 +108,16 @@ def compact_month(store: Lake, month: str, complete_before: str, *, changed: lis
     return {**info, "mode": mode}
 
 
+# A month depends on every robot-day: it re-ingests cold days from raw/ (writing their manifests and
+# episode tables as log_manifest and episodes would, after reading the manifest log_manifest left
+# when the day was hot) and compacts robot-day episode tables that the episodes asset wrote while
+# the day was hot. Declared so the UI's lineage shows cold-day ingest.
+ARCHIVE_DEPS = [dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping())
+                for a in (raw_fleet_logs, log_manifest, episodes)]
+
+
 @dg.asset(
+    deps=ARCHIVE_DEPS,
     partitions_def=MONTHS,
     group_name="episodes",
     kinds={"python", "parquet"},

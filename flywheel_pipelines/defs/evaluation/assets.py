@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from flywheel_pipelines.defs.catalog.assets import episode_catalog
-from flywheel_pipelines.defs.episodes.assets import FRAMES, episodes_prefix
+from flywheel_pipelines.defs.episodes.assets import FRAMES, episodes, episodes_prefix
 from flywheel_pipelines.defs.k8s import EVALUATION_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.training.assets import POLICY_ONNX, policy_candidate
@@ -68,7 +68,10 @@ def _previous_golden(store) -> list[dict]:
 
 # Rebuilt by the nightly job (before evaluation) and on demand. Not on declarative automation: the
 # catalog's automation deliberately requests nothing downstream (test_automation.py).
-@dg.asset(deps=[episode_catalog], group_name="evaluation", kinds={"mujoco", "python"}, owners=OWNERS)
+# Field failures come from the catalog; their frames (to fit each robot's parameters) from the
+# robot-day episode tables.
+@dg.asset(deps=[episode_catalog, dg.AssetDep(episodes, partition_mapping=dg.AllPartitionMapping())],
+          group_name="evaluation", kinds={"mujoco", "python"}, owners=OWNERS)
 def golden_scenarios(context: dg.AssetExecutionContext, config: GoldenConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Field failures and interventions from the catalog as simulator scenarios: start, goal and the
     robot as its logs show it, with provenance down to the raw file. The set only grows; a

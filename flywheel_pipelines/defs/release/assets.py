@@ -7,9 +7,10 @@ import shutil
 
 import dagster as dg
 
-from flywheel_pipelines.defs.evaluation.assets import eval_report, read_summary
+from flywheel_pipelines.defs.curation.assets import curated_dataset
+from flywheel_pipelines.defs.evaluation.assets import eval_report, golden_scenarios, read_summary
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
-from flywheel_pipelines.defs.training.assets import POLICY_ONNX
+from flywheel_pipelines.defs.training.assets import POLICY_ONNX, policy_candidate
 from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib.evaluation import registry
 from flywheel_pipelines.lib.evaluation.report import REPORT_MD
@@ -54,7 +55,9 @@ def gate_refusal(summary: dict, *, candidate: str, golden_version: str | None,
     return None
 
 
-@dg.asset(deps=[eval_report], group_name="release", kinds={"onnx"}, owners=["team:ml"])
+# Every asset the body reads: the evaluation summary and report, the policy files, the dataset (its
+# validation split for the parity proof, its manifest for lineage.json) and the golden set's version.
+@dg.asset(deps=[eval_report, policy_candidate, curated_dataset, golden_scenarios], group_name="release", kinds={"onnx"}, owners=["team:ml"])
 def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """The deployable bundle. Refuses a candidate whose evaluation gate did not pass, or whose
     evaluation is stale (other golden set, other production policy), even when run on its own:
@@ -64,9 +67,7 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow
     pol = upstream_metadata(context, "policy_candidate")
     ds = upstream_metadata(context, "curated_dataset")
     summary = read_summary(store, ev)
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("golden_scenarios"))
-    golden_now = (event.asset_materialization.metadata["golden_version"].value
-                  if event is not None and event.asset_materialization is not None else None)
+    golden_now = upstream_metadata(context, "golden_scenarios")["golden_version"]
     production_now = None
     if pol.get("registered_model"):
         with mlflow.session() as mlf:
