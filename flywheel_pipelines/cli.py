@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -460,5 +461,122 @@ def logs_inspect(path: str, as_json: bool, decode: bool) -> None:
         click.echo(line)
 
 
+@main.group()
+def quarantine() -> None:
+    """Keep bad data out of datasets: quarantine a robot (x days), a raw log or an episode."""
+
+
+def _report_quarantine_event(record, key: str, store) -> None:
+    """Tell the Dagster instance ($DAGSTER_HOME), if there is one, so the catalog refreshes as
+    after the UI's quarantine jobs. Curation reads the records itself, so nothing depends on it."""
+    import os
+
+    if not os.environ.get("DAGSTER_HOME"):
+        return
+    import dagster as dg
+
+    try:
+        with dg.DagsterInstance.get() as instance:
+            instance.report_runless_asset_event(dg.AssetMaterialization(
+                asset_key="quarantine_log",
+                metadata={"action": record.action, "id": record.id, "by": record.by, "reason": record.reason,
+                          "record": dg.MetadataValue.path(store.uri(key)), "via": "cli"}))
+    except Exception as exc:  # the record is written; the instance is a convenience
+        click.echo(f"  (could not report to the Dagster instance: {exc})", err=True)
+
+
+@quarantine.command("add")
+@click.option("--robot", default=None, help="Robot id.")
+@click.option("--from", "date_from", default=None, help="First day, YYYY-MM-DD (with --robot).")
+@click.option("--to", "date_to", default=None, help="Last day, YYYY-MM-DD (with --robot).")
+@click.option("--raw", default=None, help="A raw log key: raw/robot=<id>/date=<day>/<file> (a bag folder ends in /).")
+@click.option("--episode", default=None, help="An episode id.")
+@click.option("--reason", required=True, help="Why (recorded in the log and every dataset manifest honouring it).")
+@click.option("--incident", default=None, help="The incident this belongs to.")
+@_BY_OPTION
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--lake", default=None)
+def quarantine_add(robot, date_from, date_to, raw, episode, reason, incident, by, as_json, lake) -> None:
+    """Record a quarantine (append-only). Curation leaves the covered episodes out from now on."""
+    from flywheel_pipelines.lib import quarantine as q
+    from flywheel_pipelines.lib.catalog import CATALOG_KEY
+
+    store = _lake(lake)
+    catalog = store.read_parquet(CATALOG_KEY) if store.exists(CATALOG_KEY) else None
+    try:
+        scope = q.make_scope(robot=robot, date_from=date_from, date_to=date_to, raw=raw, episode=episode)
+        record, key = q.add(store, scope, reason=reason, by=_who(by), known=q.known_target(store, catalog),
+                            incident=incident)
+    except q.QuarantineError as exc:
+        raise click.ClickException(str(exc)) from None
+    _report_quarantine_event(record, key, store)
+    if as_json:
+        click.echo(json.dumps({**record.to_dict(), "key": key}, sort_keys=True))
+        return
+    click.echo(f"quarantined {scope.describe()} as {record.id}: {record.reason} (by {record.by})")
+    click.echo(f"  recorded at {store.uri(key)}; curation leaves these episodes out from the next dataset on")
+
+
+@quarantine.command("lift")
+@click.argument("quarantine_id")
+@click.option("--reason", required=True, help="Why it is safe again (recorded).")
+@_BY_OPTION
+@click.option("--lake", default=None)
+def quarantine_lift(quarantine_id: str, reason: str, by: str | None, lake: str | None) -> None:
+    """End the active quarantine QUARANTINE_ID (a new record; the old one stays)."""
+    from flywheel_pipelines.lib import quarantine as q
+
+    store = _lake(lake)
+    try:
+        record, key = q.lift(store, quarantine_id, reason=reason, by=_who(by))
+    except q.QuarantineError as exc:
+        raise click.ClickException(str(exc)) from None
+    _report_quarantine_event(record, key, store)
+    click.echo(f"lifted {quarantine_id} as {record.id}: {record.reason} (by {record.by}); recorded at {store.uri(key)}")
+
+
+@quarantine.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Every record, lifted ones and lifts too.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--lake", default=None)
+def quarantine_list(show_all: bool, as_json: bool, lake: str | None) -> None:
+    """Active quarantines (with --all: the whole append-only log)."""
+    from flywheel_pipelines.lib import quarantine as q
+
+    records = q.read_records(_lake(lake))
+    shown = records if show_all else q.active(records)
+    if as_json:
+        for r in shown:
+            click.echo(json.dumps(r.to_dict(), sort_keys=True))
+        return
+    active_ids = {r.id for r in q.active(records)}
+    click.echo(f"{len(q.active(records))} active quarantines" + (f", {len(records)} records" if show_all else ""))
+    for r in shown:
+        what = r.scope.describe() if r.scope else f"lifts {r.lifts}"
+        status = "" if not show_all else (" [active]" if r.id in active_ids else "")
+        click.echo(f"  {r.id}  {r.at}  {r.action:<4} {what}{status}  by {r.by}: {r.reason}")
+
+
+def entry() -> None:
+    """The `flywheel` executable: ``main`` with its exit status kept.
+
+    Native libraries loaded by a command (pyarrow's filesystem modules among them) sometimes abort
+    the interpreter's shutdown ("terminate called without an active exception"): the command's
+    status 0 or 1 became 134 in ~10% of short runs that read Parquet (measured here). Once the
+    command has finished and its output is flushed there is nothing left to clean up, so the
+    process ends with the command's own status. Unexpected exceptions propagate as usual.
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, int | type(None)):
+            print(exc.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    entry()
