@@ -557,6 +557,113 @@ def quarantine_list(show_all: bool, as_json: bool, lake: str | None) -> None:
         click.echo(f"  {r.id}  {r.at}  {r.action:<4} {what}{status}  by {r.by}: {r.reason}")
 
 
+@policy.command("withdraw")
+@click.argument("name")
+@click.argument("version")
+@click.option("--reason", required=True, help="Why (recorded).")
+@_BY_OPTION
+@_MLFLOW_OPTION
+@click.option("--lake", default=None)
+def policy_withdraw(name: str, version: str, reason: str, by: str | None, mlflow_uri: str | None,
+                    lake: str | None) -> None:
+    """Take NAME version VERSION out of service for good: no rollback returns to it, and promoting
+    it again needs --force (recorded). Refused while it is production: promote its replacement first."""
+    from flywheel_pipelines.lib.evaluation.registry import PromotionError, withdraw
+
+    store = _lake(lake)
+    try:
+        entry, key = withdraw(_registry(mlflow_uri), store, name, version, by=_who(by), reason=reason)
+    except PromotionError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{name}: version {entry.version} withdrawn by {entry.by}: {entry.reason}")
+    click.echo(f"  production stays version {entry.from_version or 'none'}; recorded: MLflow tag "
+               f"flywheel.withdrawn, and {store.uri(key)}")
+
+
+def _release_prefix(ref: str, store) -> str:
+    """NAME/VERSION, releases/NAME/VERSION or a bundle folder inside the lake -> the lake prefix."""
+    from flywheel_pipelines.lib import ids
+
+    ref = ref.rstrip("/")
+    root = getattr(store, "root", None)  # a folder lake
+    if root is not None and Path(ref).is_dir():
+        try:
+            ref = Path(ref).resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            raise click.ClickException(f"{ref}: not inside the lake {store.root_uri}") from None
+    parts = ref.removeprefix("releases/").split("/")
+    if len(parts) != 2:
+        raise click.ClickException(f"{ref}: expected NAME/VERSION (e.g. reach-bc/05a9684cfeec) or a release folder")
+    try:
+        return f"releases/{ids.name(parts[0], what='release name')}/{ids.name(parts[1], what='release version')}"
+    except ids.InvalidIdentifier as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("release")
+@click.option("--top-features", default=3, show_default=True, help="Deviating features named per robot-day.")
+@click.option("--limit", default=25, show_default=True, help="Robot-days shown (all are in --json).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--lake", default=None)
+def incident(release: str, top_features: int, limit: int, as_json: bool, lake: str | None) -> None:
+    """Rank the robot-days behind RELEASE (NAME/VERSION or its folder) by how far their training data
+    deviates from the rest of the fleet, with each one's share of the training frames, quality-check
+    history and golden failures. Then: `flywheel quarantine add --robot ... --from ... --to ...`."""
+    from flywheel_pipelines.lib import incident as inc
+
+    store = _lake(lake)
+    prefix = _release_prefix(release, store)
+    if not store.exists(f"{prefix}/lineage.json"):
+        raise click.ClickException(f"no release bundle at {store.uri(prefix)}")
+    try:
+        report = inc.load_incident_report(store, prefix, top_k=top_features)
+    except inc.IncidentError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(inc.to_dict(report), sort_keys=True))
+        return
+    click.echo(inc.to_markdown(report, limit=limit))
+    outliers = [r for r in report.rows if r.outlier]
+    if outliers:
+        click.echo(f"{len(outliers)} outlier robot-day(s). To keep them out of the next dataset:")
+        for r in outliers:
+            click.echo(f"  flywheel quarantine add --robot {r.robot} --from {r.date} --to {r.date} --reason '...'")
+
+
+@main.command()
+@click.option("--home", type=click.Path(file_okay=False), default=None,
+              help="The drill's own FLYWHEEL_HOME (emptied first). Default: <FLYWHEEL_HOME>/drill.")
+@click.option("--robots", default=4, show_default=True)
+@click.option("--days", default=4, show_default=True)
+@click.option("--fault-days", default=2, show_default=True, help="The last N days carry the encoder fault.")
+@click.option("--episodes", "episodes_per_day", default=10, show_default=True)
+@click.option("--robot", "faulty_robot", default="r103", show_default=True, help="The robot with the bad encoder.")
+@click.option("--offset", "offset_rad", default=0.3, show_default=True, help="Encoder offset, rad.")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the result as JSON here.")
+def drill(home, robots, days, fault_days, episodes_per_day, faulty_robot, offset_rad, seed, json_out) -> None:
+    """The on-call drill: a fleet with a bad encoder yields a bad release; starting from its version
+    alone, find the robot-days, quarantine them, retrain, promote the replacement, withdraw the bad
+    release and record the incident. Prints what it found and its time."""
+    from flywheel_pipelines.drill import DrillError, result_json, run_drill, summary_lines
+
+    target = Path(home) if home else settings.flywheel_home() / "drill"
+    t0 = time.perf_counter()
+    try:
+        result = run_drill(home=target, robots=robots, days=days, fault_days=fault_days,
+                           episodes_per_day=episodes_per_day, faulty_robot=faulty_robot, offset_rad=offset_rad,
+                           seed=seed, log=lambda m: click.echo(m))
+    except DrillError as exc:
+        raise click.ClickException(f"drill failed: {exc}") from None
+    click.echo("")
+    for line in summary_lines(result):
+        click.echo(line)
+    click.echo(f"wall time {time.perf_counter() - t0:.0f} s")
+    if json_out:
+        Path(json_out).write_text(result_json(result) + "\n")
+
+
 def entry() -> None:
     """The `flywheel` executable: ``main`` with its exit status kept.
 

@@ -1,7 +1,11 @@
 """Shared fixtures: every test gets its own FLYWHEEL_HOME, lake and Dagster home."""
 
 import datetime as dt
+import json
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,3 +51,39 @@ def require_real_logs() -> Path:
     if not REAL_LOGS.is_dir():
         missing(f"real logs not present at {REAL_LOGS} (../shared/real-logs beside the repository)")
     return REAL_LOGS
+
+
+@dataclass(frozen=True)
+class Drilled:
+    """A FLYWHEEL_HOME the on-call drill ran in, and what the drill reported."""
+
+    home: Path
+    result: dict
+
+    @property
+    def lake(self) -> Path:
+        return self.home / "lake"
+
+
+@pytest.fixture(scope="session")
+def drilled(tmp_path_factory) -> Drilled:
+    """The on-call drill, run once per session the way a person runs it (`flywheel drill`, in a
+    subprocess with its own FLYWHEEL_HOME); the drill test and the UI tests both look at it.
+    ``FLYWHEEL_DRILL_HOME=<folder>`` reuses a drill run there before (quicker while writing tests)."""
+    reuse = os.environ.get("FLYWHEEL_DRILL_HOME")
+    home = Path(reuse) if reuse else tmp_path_factory.mktemp("drill") / "home"
+    out = home.parent / f"{home.name}-drill.json"
+    if not (reuse and out.is_file()):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("FLYWHEEL_LAKE", "FLYWHEEL_MLFLOW_URI", "FLYWHEEL_MLFLOW_ARTIFACTS", "DAGSTER_HOME")}
+        env.update({"FLYWHEEL_HOME": str(home.parent), "DAGSTER_DISABLE_TELEMETRY": "1", "GIT_PYTHON_REFRESH": "quiet",
+                    "MUJOCO_GL": env.get("MUJOCO_GL", "egl")})
+        log = home.parent / f"{home.name}-drill.log"
+        with log.open("w") as f:
+            proc = subprocess.run([sys.executable, "-m", "flywheel_pipelines.cli", "drill", "--home", str(home),
+                                   "--json-out", str(out)], stdout=f, stderr=subprocess.STDOUT, timeout=900,
+                                  cwd=Path(__file__).resolve().parents[1])
+        text = log.read_text()
+        print(text[-3000:])  # the drill's own account, with its time, in the test log
+        assert proc.returncode == 0, f"flywheel drill failed (exit {proc.returncode}):\n{text[-6000:]}"
+    return Drilled(home, json.loads(out.read_text()))

@@ -205,7 +205,7 @@ def write_release_edge(store: Lake, *, name: str, version: str, policy_name: str
 
 # --- the index ---------------------------------------------------------------------------------
 
-def _now_iso() -> str:
+def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
@@ -252,7 +252,7 @@ def build_index(store: Lake, *, now: str | None = None) -> dict:
     from flywheel_pipelines.lib.catalog import CATALOG_KEY
 
     build_id = uuid.uuid4().hex[:12]
-    built_at = now or _now_iso()
+    built_at = now or now_iso()
     edges = _edge_files(store)
     catalog = {"key": CATALOG_KEY, "sha256": None, "episodes": 0, "size": _size(store, CATALOG_KEY)}
     if store.exists(CATALOG_KEY):
@@ -504,14 +504,16 @@ def production_version(store: Lake, model: str) -> str | None:
     """The registered-model version holding the production alias now, from the promotion log.
 
     The log is append-only and its object names sort by time (``registry.read_log`` reads them in
-    that order), so the newest entry's ``version`` is where the alias points after the last
-    promotion or rollback; only that entry is read.
+    that order). The newest promotion or rollback says where the alias points; a withdrawal after
+    it does not move the alias, so entries are read newest first until a move is found.
     """
     keys = sorted(o.key for o in store.list(registry.log_prefix(ids.name(model, what="model")) + "/")
                   if o.key.endswith(".json"))
-    if not keys:
-        return None
-    return str(store.read_json(keys[-1])["version"])
+    for key in reversed(keys):
+        entry = store.read_json(key)
+        if entry.get("action") in ("promote", "rollback"):
+            return str(entry["version"])
+    return None
 
 
 def _split_ref(value: str, what: str) -> tuple[str, str]:

@@ -168,6 +168,9 @@ def test_production_follows_the_promotion_log(fleet):
     prod = {f"{n.kind} {n.name}/{n.version}" for n in li._walk(result.downstream) if n.production}
     assert prod == {"policy reach-bc/p1", "release reach-bc/p1"}
     assert li.production_version(fleet, "grasp-bc") is None
+    # A withdrawal does not move the alias: production stays where the last promotion put it.
+    promote(fleet, "reach-bc", "2", minute=3, action="withdraw")
+    assert li.production_version(fleet, "reach-bc") == "1"
 
 
 def test_edges_written_after_the_index_are_found(fleet):

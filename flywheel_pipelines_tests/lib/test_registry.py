@@ -195,3 +195,35 @@ def test_production_history_follows_pushes_and_pops():
            {"action": "rollback", "version": "5"}, {"action": "promote", "version": "7"}]
     assert registry.production_history(log) == ["4", "5", "7"]
     assert registry.production_history([]) == []
+
+
+def test_a_withdrawn_version_is_never_rolled_back_to_and_needs_force_to_return(client, lake):
+    now = _clock()
+    _gate(client, "1", passed=True)
+    registry.promote(client, lake, MODEL, "1", by="maya", reason="first", now=now)
+    _gate(client, "2", passed=True, production="1")
+    registry.promote(client, lake, MODEL, "2", by="maya", reason="nightly", now=now)
+    _gate(client, "3", passed=True, production="2")
+    with pytest.raises(registry.PromotionError, match="is production now"):
+        registry.withdraw(client, lake, MODEL, "2", by="oncall", reason="inc-1: bad data", now=now)
+    registry.promote(client, lake, MODEL, "3", by="oncall", reason="inc-1: replacement", now=now)
+    entry, key = registry.withdraw(client, lake, MODEL, "2", by="oncall", reason="inc-1: bad data", now=now)
+    assert (entry.action, entry.version, entry.from_version) == ("withdraw", "2", "3")
+    assert json.loads(lake.read_bytes(key))["action"] == "withdraw"
+    assert client.get_model_version(MODEL, "2").tags[registry.WITHDRAWN_TAG].endswith("by oncall: inc-1: bad data")
+    assert _prod(client) == "3", "withdrawing does not move the alias"
+    assert registry.production_history(registry.read_log(lake, MODEL)) == ["1", "3"]
+    with pytest.raises(registry.PromotionError, match="already withdrawn"):
+        registry.withdraw(client, lake, MODEL, "2", by="oncall", reason="again", now=now)
+    # A rollback from 3 returns to 1, skipping the withdrawn 2.
+    back, _ = registry.rollback(client, lake, MODEL, by="oncall", reason="3 misbehaves too", now=now)
+    assert (back.from_version, back.version) == ("3", "1")
+    assert _prod(client) == "1"
+    with pytest.raises(registry.PromotionError, match="was withdrawn"):
+        registry.promote(client, lake, MODEL, "2", by="maya", reason="try again", now=now)
+    forced, _ = registry.promote(client, lake, MODEL, "2", by="maya", reason="fixed upstream", force=True, now=now)
+    assert forced.forced and _prod(client) == "2"
+    with pytest.raises(registry.PromotionError, match="needs a person"):
+        registry.withdraw(client, lake, MODEL, "1", by=" ", reason="x", now=now)
+    with pytest.raises(registry.PromotionError, match="has no version 9"):
+        registry.withdraw(client, lake, MODEL, "9", by="a", reason="x", now=now)

@@ -8,7 +8,7 @@ from flywheel_pipelines.defs.catalog.assets import episode_catalog
 from flywheel_pipelines.defs.episodes.assets import FRAMES, episodes, episodes_prefix
 from flywheel_pipelines.defs.oncall.quarantine import quarantine_log
 from flywheel_pipelines.defs.resources import LakeResource
-from flywheel_pipelines.lib import markdown, quarantine
+from flywheel_pipelines.lib import lineage_index, markdown, quarantine
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.datasets.curation import CurationError, CurationSpec, build_dataset, select_episodes
 from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, load_embodiment
@@ -91,6 +91,9 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, l
             raise dg.Failure(str(exc)) from None
         prefix = dataset_prefix(spec.name, built.version)
         created = store.publish_dir(prefix, tmp / "ds")
+    # The episode -> dataset edges, written by the asset that creates them (idempotent per version).
+    lineage_index.write_dataset_edges(store, name=spec.name, version=built.version, manifest=built.manifest,
+                                      at=lineage_index.now_iso())
     robots = sorted({e["robot"] for e in built.manifest["episodes"]})
     days = sorted({e["date"] for e in built.manifest["episodes"]})
     quality = built.manifest["quality"]

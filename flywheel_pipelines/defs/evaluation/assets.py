@@ -16,7 +16,7 @@ from flywheel_pipelines.defs.k8s import EVALUATION_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.training.assets import POLICY_ONNX, policy_candidate
 from flywheel_pipelines.defs.upstream import upstream_metadata
-from flywheel_pipelines.lib import markdown
+from flywheel_pipelines.lib import lineage_index, markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, catalog_hash
 from flywheel_pipelines.lib.evaluation import golden as gold
 from flywheel_pipelines.lib.evaluation import registry
@@ -240,6 +240,12 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
                 reasons=summary["gate"]["reasons"], suite=suite.name, suite_version=suite.version,
                 report_uri=store.uri(f"{prefix}/{REPORT_HTML}"), golden_version=gm["golden_version"],
                 production=production_id["registered_version"] if production_id else None, policy_version=version)
+    # The policy -> evaluation edge; the id is the summary's hash, so each distinct evaluation of a
+    # policy (new golden set, new production policy) is its own record.
+    lineage_index.write_eval_edge(
+        store, policy_name=pol["policy_name"], policy_version=version,
+        eval_id=hashlib.sha256(ev.files[SUMMARY]).hexdigest()[:12], gate_passed=summary["gate"]["passed"],
+        at=lineage_index.now_iso(), prefix=prefix)
     cand = summary["summaries"][0]
     by = {g: {s["policy"]: s for s in rows} for g, rows in summary["by_group"].items()}
     # The UI cannot show images from the lake: the plots become their locations.

@@ -12,6 +12,7 @@ from flywheel_pipelines.defs.evaluation.assets import eval_report, golden_scenar
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.training.assets import POLICY_ONNX, policy_candidate
 from flywheel_pipelines.defs.upstream import upstream_metadata
+from flywheel_pipelines.lib import lineage_index
 from flywheel_pipelines.lib.evaluation import registry
 from flywheel_pipelines.lib.evaluation.report import REPORT_MD
 from flywheel_pipelines.lib.learning.bc import load_training_data
@@ -57,7 +58,8 @@ def gate_refusal(summary: dict, *, candidate: str, golden_version: str | None,
 
 # Every asset the body reads: the evaluation summary and report, the policy files, the dataset (its
 # validation split for the parity proof, its manifest for lineage.json) and the golden set's version.
-@dg.asset(deps=[eval_report, policy_candidate, curated_dataset, golden_scenarios], group_name="release", kinds={"onnx"}, owners=["team:ml"])
+@dg.asset(deps=[eval_report, policy_candidate, curated_dataset, golden_scenarios], group_name="release", kinds={"onnx"},
+          owners=["team:ml"])
 def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """The deployable bundle. Refuses a candidate whose evaluation gate did not pass, or whose
     evaluation is stale (other golden set, other production policy), even when run on its own:
@@ -120,6 +122,10 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow
                 raise dg.Failure(f"bundle failed its own verification: {check.problems}")
             prefix = release_prefix(name, version)
             created = store.publish_dir(prefix, bundle)
+    lineage_index.write_release_edge(
+        store, name=name, version=version, policy_name=name, policy_version=version,
+        dataset_name=ds["dataset_name"], dataset_version=ds["dataset_version"], eval_prefix=ev["prefix"],
+        prefix=prefix, at=release["created_at"])
     if not created:
         context.log.info(f"release {name} {version} already exists at {store.uri(prefix)}; kept as is")
     return dg.MaterializeResult(

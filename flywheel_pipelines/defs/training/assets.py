@@ -14,7 +14,7 @@ from flywheel_pipelines.defs.curation.assets import curated_dataset
 from flywheel_pipelines.defs.k8s import TRAINING_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.upstream import upstream_metadata
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import ids, lineage_index
 from flywheel_pipelines.lib.learning.bc import BCConfig, load_training_data, pick_device, train_bc
 from flywheel_pipelines.lib.learning.checkpoint import clear_checkpoints, close_interrupted_runs, latest_step
 from flywheel_pipelines.lib.learning.policy import save_policy
@@ -186,6 +186,11 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
             registered_version = getattr(info, "registered_model_version", None)
             prefix = policy_prefix(name, version)
             store.publish_dir(prefix, out)
+    lineage_index.write_policy_edge(
+        store, name=name, version=version, dataset_name=ds["dataset_name"], dataset_version=ds["dataset_version"],
+        mlflow_run_id=run.info.run_id, registered_model=name,
+        registered_version=str(registered_version) if registered_version is not None else None,
+        at=lineage_index.now_iso())
     clear_checkpoints(ckpt_root)  # published: nothing left to resume
     last = history[-1]
     if rl is None:

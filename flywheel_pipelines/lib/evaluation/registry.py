@@ -16,6 +16,9 @@ longer production, unless forced with a reason; the force is recorded.
 Rollback returns the alias to the version that was production before the current one, following
 the log (promotions push, rollbacks pop), and refuses when MLflow and the log disagree about
 who is production now: someone moved the alias outside flywheel, and guessing would be worse.
+Withdrawing a version (a bad release found by on-call) takes it out of that history for good: a
+later rollback skips it, and promoting it again needs ``force`` with a reason. It is recorded
+like the other actions, and refused while the version is production (move the alias first).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from flywheel_pipelines.lib.storage import Lake
 PRODUCTION_ALIAS = "production"
 LOG_SCHEMA = "flywheel-promotion-v1"
 GATE_TAG = "flywheel.gate"
+WITHDRAWN_TAG = "flywheel.withdrawn"
 GATE_TAGS = ("flywheel.gate", "flywheel.gate.reasons", "flywheel.gate.suite", "flywheel.gate.suite_version",
              "flywheel.gate.report", "flywheel.gate.golden_version", "flywheel.gate.production_version",
              "flywheel.policy_version")
@@ -86,10 +90,10 @@ def record_gate(client, model: str, version: str, *, passed: bool, reasons: list
 class Promotion:
     """One entry of the promotion log."""
 
-    action: str  # "promote" | "rollback"
+    action: str  # "promote" | "rollback" | "withdraw"
     model: str
     alias: str
-    version: str  # the version the alias points to after the action
+    version: str  # the version the alias points to after the action (withdraw: the version withdrawn)
     from_version: str | None  # before the action
     by: str
     at: str  # ISO 8601 UTC
@@ -114,11 +118,17 @@ def read_log(lake: Lake, model: str) -> list[dict]:
 
 
 def production_history(entries: list[dict]) -> list[str]:
-    """The stack of production versions the log implies: promotions push, rollbacks pop."""
+    """The stack of production versions the log implies: promotions push, rollbacks pop, and a
+    withdrawal removes the version wherever it is (a rollback never returns to it)."""
     stack: list[str] = []
+    withdrawn: set[str] = set()
     for e in entries:
+        if e["action"] == "withdraw":
+            withdrawn.add(e["version"])
+            stack = [v for v in stack if v != e["version"]]
+            continue
         if e["action"] == "promote":
-            if not stack and e.get("from_version"):
+            if not stack and e.get("from_version") and e["from_version"] not in withdrawn:
                 stack.append(e["from_version"])
             stack.append(e["version"])
         elif e["action"] == "rollback" and stack:
@@ -181,6 +191,9 @@ def promote(client, lake: Lake, model: str, version: str, *, by: str, reason: st
     if current is not None and str(current.version) == version:
         raise PromotionError(f"{model} version {version} is already {alias}")
     gate = mv.tags.get(GATE_TAG, "unknown")
+    if mv.tags.get(WITHDRAWN_TAG) and not force:
+        raise PromotionError(f"refusing to promote {model} version {version}: it was withdrawn "
+                             f"({mv.tags[WITHDRAWN_TAG]}). Use --force with a reason to override; the override is recorded.")
     if gate != "passed" and not force:
         why = mv.tags.get("flywheel.gate.reasons") or "it was never evaluated"
         raise PromotionError(f"refusing to promote {model} version {version}: its release gate is {gate} ({why}). "
@@ -198,7 +211,7 @@ def promote(client, lake: Lake, model: str, version: str, *, by: str, reason: st
         action="promote", model=model, alias=alias, version=version,
         from_version=str(current.version) if current is not None else None, by=by.strip(),
         at=when.isoformat(timespec="seconds"), reason=reason.strip(),
-        forced=bool(force and (gate != "passed" or stale)),
+        forced=bool(force and (gate != "passed" or stale or mv.tags.get(WITHDRAWN_TAG))),
         gate=f"passed against production {judged_against}" if stale else gate,
         gate_reasons=mv.tags.get("flywheel.gate.reasons", ""), report=mv.tags.get("flywheel.gate.report", ""),
         policy_version=mv.tags.get("flywheel.policy_version", ""), via=via, dagster_run_id=dagster_run_id,
@@ -251,3 +264,49 @@ def rollback(client, lake: Lake, model: str, *, by: str, reason: str, alias: str
             entry.from_version: {"flywheel.rolled_back_at": entry.at, "flywheel.rolled_back_by": entry.by,
                                  "flywheel.rollback_reason": entry.reason[:_MAX_TAG]}}
     return entry, _move_alias(client, lake, entry, when, tags)
+
+
+def withdraw(client, lake: Lake, model: str, version: str, *, by: str, reason: str, alias: str = PRODUCTION_ALIAS,
+             via: str = "cli", dagster_run_id: str | None = None,
+             now: Callable[[], dt.datetime] = _now) -> tuple[Promotion, str]:
+    """Take ``model`` version ``version`` out of service for good: later rollbacks skip it, and
+    promoting it again needs ``force``. Returns (log entry, its lake key).
+
+    Raises:
+        PromotionError: no such version, no person or reason, already withdrawn, or the version is
+            production now (promote its replacement or roll back first).
+    """
+    from mlflow.exceptions import MlflowException
+
+    version = str(version)
+    if not by.strip() or not reason.strip():
+        raise PromotionError("withdrawing a version needs a person (--by / requested_by) and a reason")
+    try:
+        mv = client.get_model_version(model, version)
+    except MlflowException as exc:
+        if _not_found(exc):
+            raise PromotionError(f"registered model {model!r} has no version {version}") from None
+        raise
+    if mv.tags.get(WITHDRAWN_TAG):
+        raise PromotionError(f"{model} version {version} is already withdrawn ({mv.tags[WITHDRAWN_TAG]})")
+    current = production_version(client, model, alias=alias)
+    if current is not None and str(current.version) == version:
+        raise PromotionError(f"{model} version {version} is {alias} now: promote its replacement or roll back first, "
+                             "then withdraw it")
+    when = now()
+    entry = Promotion(
+        action="withdraw", model=model, alias=alias, version=version,
+        from_version=str(current.version) if current is not None else None, by=by.strip(),
+        at=when.isoformat(timespec="seconds"), reason=reason.strip(), forced=False,
+        gate=mv.tags.get(GATE_TAG, "unknown"), gate_reasons=mv.tags.get("flywheel.gate.reasons", ""),
+        report=mv.tags.get("flywheel.gate.report", ""), policy_version=mv.tags.get("flywheel.policy_version", ""),
+        via=via, dagster_run_id=dagster_run_id,
+    )
+    for key, value in {WITHDRAWN_TAG: f"{entry.at} by {entry.by}: {entry.reason}"[:_MAX_TAG],
+                       "flywheel.withdrawn_by": entry.by, "flywheel.withdrawn_at": entry.at}.items():
+        client.set_model_version_tag(model, version, key, value)
+    try:
+        return entry, _append(lake, entry, when)
+    except Exception:
+        client.delete_model_version_tag(model, version, WITHDRAWN_TAG)
+        raise
