@@ -5,29 +5,25 @@ by Playwright with ``executable_path``: Playwright's own browser download is nev
 Screenshots go to ``$FLYWHEEL_TEST_ARTIFACTS/ui`` (default ``<repo>/.test-artifacts/ui``), with the
 instance build log and the webserver log; a failed test also leaves ``<test>-failure.png``.
 
-``FLYWHEEL_UI_HOME=<folder>`` reuses an instance built there before (the builder runs only when
-the folder has no ``dagster_home``): quicker when working on the tests themselves.
+The instance is the on-call drill's (the session's ``drilled`` fixture, shared with the drill
+test): a bad release, its incident report, the quarantine, the replacement.
+``FLYWHEEL_UI_HOME=<folder>`` points the tests at an instance built there before instead (a
+FLYWHEEL_HOME with a ``dagster_home``): quicker when working on the tests themselves.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from flywheel_pipelines_tests.conftest import missing
-from flywheel_pipelines_tests.ui.server import REPO, InstanceBuilder, build_demo_instance, instance_env, webserver
+from flywheel_pipelines_tests.ui.server import REPO, webserver
 
 CHROMIUM = os.environ.get("FLYWHEEL_CHROMIUM", "/usr/bin/chromium")
-
-
-@pytest.fixture(scope="session")
-def ui_instance_builder() -> InstanceBuilder:
-    """Which builder fills the instance the UI tests look at (``(home, env) -> None``)."""
-    return build_demo_instance
 
 
 @pytest.fixture(scope="session")
@@ -39,18 +35,27 @@ def ui_artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ui_home(tmp_path_factory, ui_instance_builder, ui_artifacts) -> Path:
+def ui_home(request) -> Path:
     """A FLYWHEEL_HOME holding the instance, lake and MLflow store the UI shows."""
     reuse = os.environ.get("FLYWHEEL_UI_HOME")
-    home = Path(reuse) if reuse else tmp_path_factory.mktemp("ui-flywheel")
-    if not (home / "dagster_home").is_dir():
-        home.mkdir(parents=True, exist_ok=True)
-        try:
-            ui_instance_builder(home, instance_env(home))
-        finally:
-            if (home / "build.log").is_file():
-                shutil.copyfile(home / "build.log", ui_artifacts / "build.log")
-    return home
+    if reuse:
+        home = Path(reuse)
+        if not (home / "dagster_home").is_dir():
+            pytest.fail(f"FLYWHEEL_UI_HOME={reuse} holds no dagster_home (run `flywheel drill --home {reuse}` first)")
+        return home
+    return request.getfixturevalue("drilled").home
+
+
+@pytest.fixture(scope="session")
+def drill_result(request) -> dict:
+    """What the drill reported (the robot-days it found, the releases), for the UI's expectations."""
+    reuse = os.environ.get("FLYWHEEL_UI_HOME")
+    if reuse:
+        path = Path(reuse).parent / f"{Path(reuse).name}-drill.json"
+        if not path.is_file():
+            pytest.fail(f"{path} missing: run `flywheel drill --home {reuse} --json-out {path}`")
+        return json.loads(path.read_text())
+    return request.getfixturevalue("drilled").result
 
 
 @pytest.fixture(scope="session")

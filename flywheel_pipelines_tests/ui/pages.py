@@ -119,14 +119,25 @@ def assert_asset_table_lists(
     """Open the asset's page and assert that a Markdown table in its latest materialization's
     metadata shows every one of ``texts`` (each as a substring of the table's text). With
     ``metadata_key`` the table is that key's value; without, the first Markdown table among the
-    metadata values. Saves the table's row to ``screenshot`` when given (also when an assertion
+    metadata values (a long value opens in Dagster's Markdown dialog). Saves the table (its metadata
+    row, or the dialog) to ``screenshot`` when given (also when an assertion
     fails, so the artifact shows what was there). Returns the table."""
     open_asset(page, asset_key)
     scope = metadata_row(page, metadata_key) if metadata_key else page
+    in_dialog = False
+    if metadata_key:
+        # A long Markdown value is not inlined: the row shows a "[Show Markdown]" link that opens
+        # the rendered Markdown in a dialog.
+        expect(scope, f"{asset_key}'s metadata row {metadata_key!r}").to_be_visible(timeout=LOAD_TIMEOUT_MS)
+        more = scope.get_by_text("[Show Markdown]")
+        in_dialog = more.count() > 0
+        if in_dialog:
+            more.first.click()
+            scope = page.get_by_role("dialog")
     table = scope.locator("td table").first if metadata_key is None else scope.locator("table").first
     expect(table, f"a Markdown table in {asset_key}'s metadata"
            + (f" under {metadata_key!r}" if metadata_key else "")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
-    row = table.locator("xpath=ancestor::tr[last()]")
+    row = table if metadata_key and in_dialog else table.locator("xpath=ancestor::tr[last()]")
     try:
         for text in texts:
             expect(table, f"{asset_key}'s metadata table lists {text!r}").to_contain_text(text)

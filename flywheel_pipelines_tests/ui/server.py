@@ -1,9 +1,7 @@
 """A built instance and a `dagster-webserver` on it, for the UI tests.
 
-The instance builder is a plain function ``(home, env) -> None`` that fills ``home`` (a
-FLYWHEEL_HOME: lake, dagster_home, MLflow store) so that the UI has something to show. The
-default runs the demo flywheel in a subprocess; the ``ui_instance_builder`` fixture in
-``conftest.py`` says which builder the session uses (swap in the on-call drill there).
+The instance is a FLYWHEEL_HOME (lake, dagster_home, MLflow store) that the on-call drill filled
+(``conftest.py``); the webserver runs on it with exactly that environment.
 """
 
 from __future__ import annotations
@@ -14,17 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-
-InstanceBuilder = Callable[[Path, dict[str, str]], None]
 
 
 def instance_env(home: Path) -> dict[str, str]:
@@ -39,31 +34,6 @@ def instance_env(home: Path) -> dict[str, str]:
         "GIT_PYTHON_REFRESH": "quiet",
     })
     return env
-
-
-def run_builder_script(script: str, env: dict[str, str], log_path: Path, timeout_s: float = 600) -> None:
-    """Run ``script`` with this interpreter in a subprocess (the pytest process keeps its own
-    environment and Dagster instance); its output goes to ``log_path``; a failure shows its tail."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log:
-        proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=timeout_s)
-    if proc.returncode != 0:
-        tail = log_path.read_text()[-4000:]
-        raise RuntimeError(f"instance builder failed (exit {proc.returncode}), log {log_path}:\n{tail}")
-
-
-def build_demo_instance(home: Path, env: dict[str, str]) -> None:
-    """The demo flywheel on 2 robots x 2 days x 20 episodes (the same fleet as the end-to-end
-    test, whose candidate passes the gate, so release_bundle is materialized): ~40 s on 2 cores."""
-    script = textwrap.dedent("""
-        from flywheel_pipelines.demo import run_demo
-        from flywheel_pipelines_tests.conftest import days_ago
-
-        result = run_demo(robots=2, days=2, episodes_per_day=20, seed=0, start_date=days_ago(2), log=print)
-        assert "release_bundle" in result.metadata, sorted(result.metadata)
-    """)
-    run_builder_script(script, env, home / "build.log")
 
 
 def free_port() -> int:

@@ -1,4 +1,5 @@
-"""The UI path in a real browser: the release's upstream lineage and an asset's metadata table."""
+"""The on-call path in a real browser, over the drilled instance: the bad release's upstream lineage
+down to the raw logs, the incident report's ranking, and the quarantine."""
 
 import os
 
@@ -41,8 +42,28 @@ def test_release_lineage_shows_the_upstream_chain_to_the_raw_logs(page, ui_artif
 
 
 def test_catalog_table_lists_the_robots(page, ui_artifacts):
-    assert_asset_table_lists(page, "episode_catalog", ["r101", "r102"], metadata_key="by_robot",
+    assert_asset_table_lists(page, "episode_catalog", ["r101", "r102", "r103", "r104"], metadata_key="by_robot",
                              screenshot=ui_artifacts / "episode_catalog-by_robot.png")
+
+
+def test_incident_report_lists_the_faulty_robot_days(page, ui_artifacts, drill_result):
+    robots = sorted({robot for robot, _ in drill_result["found"]})
+    days = [day for _, day in drill_result["found"]]
+    table = assert_asset_table_lists(page, "incident_report", [*robots, *days, "(outlier)"], metadata_key="ranking",
+                                     screenshot=ui_artifacts / "incident_report-ranking.png")
+    # Ranked first: the first data rows of the table are the faulty robot-days.
+    first = table.locator("tbody tr").first
+    expect(first).to_contain_text(robots[0])
+    expect(first).to_contain_text("(outlier)")
+
+
+def test_quarantine_log_shows_the_quarantine(page, ui_artifacts, drill_result):
+    open_asset(page, "quarantine_log")
+    robot, _ = drill_result["found"][0]
+    expect(metadata_row(page, "target")).to_contain_text(f"robot {robot}", timeout=LOAD_TIMEOUT_MS)
+    expect(metadata_row(page, "id")).to_contain_text(drill_result["quarantine_ids"][-1], timeout=LOAD_TIMEOUT_MS)
+    settle(page)
+    page.screenshot(path=str(ui_artifacts / "quarantine_log.png"))
 
 
 def test_table_helper_fails_on_a_missing_text(page):
