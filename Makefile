@@ -44,6 +44,10 @@ browser:
 demo: install
 	$(BIN)/flywheel demo
 
+## The on-call drill: a bad release found from its version alone, quarantined, replaced (prints its time)
+drill: install
+	$(BIN)/flywheel drill
+
 ## The whole test suite (CI runs exactly this)
 test: install lerobot-env browser
 	$(BIN)/pytest

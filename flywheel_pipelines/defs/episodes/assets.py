@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from flywheel_pipelines.defs.ingest.assets import log_manifest, manifest_key, open_log
+from flywheel_pipelines.defs.ingest.assets import log_manifest, manifest_key, open_log, raw_fleet_logs
 from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
@@ -60,7 +60,7 @@ def ingest_episodes(store: Lake, robot: str, day: str, emb: Embodiment):
 
 
 @dg.asset(
-    deps=[log_manifest],
+    deps=[log_manifest, raw_fleet_logs],  # the manifest says which files are usable; frames come from the raw bytes
     partitions_def=ROBOT_DAY,
     group_name="episodes",
     kinds={"python", "parquet"},
