@@ -12,7 +12,7 @@ LEROBOT_STAMP := $(LEROBOT_VENV)/.installed-$(shell cksum $(LEROBOT_REQS) | cut 
 export FLYWHEEL_HOME ?= $(CURDIR)/.flywheel
 export DAGSTER_HOME ?= $(FLYWHEEL_HOME)/dagster_home
 
-.PHONY: install lerobot-env browser demo test test-fast dev bench lint clean
+.PHONY: install lerobot-env browser demo drill test test-fast dev bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
