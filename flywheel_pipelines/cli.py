@@ -265,8 +265,9 @@ def policy_status(name: str, limit: int, as_json: bool, mlflow_uri: str | None, 
     click.echo(f"promotion log ({len(log)} entries, {store.uri(f'promotions/{name}')}):")
     for e in log[-limit:]:
         forced = " FORCED" if e.get("forced") else ""
-        click.echo(f"  {e['at']}  {e['action']:<8} {e.get('from_version') or 'none'} -> {e['version']}{forced}  "
-                   f"by {e['by']}: {e['reason']}")
+        move = (f"{e['version']} (production stays {e.get('from_version') or 'none'})" if e["action"] == "withdraw"
+                else f"{e.get('from_version') or 'none'} -> {e['version']}")
+        click.echo(f"  {e['at']}  {e['action']:<8} {move}{forced}  by {e['by']}: {e['reason']}")
 
 
 @main.group()

@@ -378,6 +378,7 @@ class _Index:
     def __init__(self, store: Lake):
         self.store = store
         self.meta: dict | None = None
+        self.withdrawn_policies: set[tuple[str, str]] = set()  # set by query() from the promotion log
         artifacts = {"datasets": [], "policies": [], "evals": [], "releases": []}
         if store.exists(f"{INDEX_PREFIX}/{INDEX_META}"):
             self.meta = store.read_json(f"{INDEX_PREFIX}/{INDEX_META}")
@@ -450,6 +451,16 @@ class _Index:
             table = table.filter(_mask(table, filters))
         return table.select(columns) if columns else table
 
+    def withdrawn(self) -> set[tuple[str, str]]:
+        """Policies whose registered version was withdrawn (and not promoted again since)."""
+        out: set[tuple[str, str]] = set()
+        models = {p["registered_model"] for p in self.policies.values() if p.get("registered_model")}
+        for model in sorted(models):
+            versions = withdrawn_versions(self.store, model)
+            out |= {(p["name"], p["version"]) for p in self.policies.values()
+                    if p.get("registered_model") == model and p.get("registered_version") in versions}
+        return out
+
     def production(self) -> dict[tuple[str, str], str]:
         """Policies holding the production alias now: {(name, version): "registered <model> v<n>"}."""
         out = {}
@@ -516,6 +527,18 @@ def production_version(store: Lake, model: str) -> str | None:
     return None
 
 
+def withdrawn_versions(store: Lake, model: str) -> set[str]:
+    """Registered versions of ``model`` withdrawn by on-call (``registry.withdraw``) and not
+    promoted again since (a forced re-promotion brings a version back)."""
+    out: set[str] = set()
+    for entry in registry.read_log(store, ids.name(model, what="model")):
+        if entry.get("action") == "withdraw":
+            out.add(str(entry["version"]))
+        elif entry.get("action") == "promote":
+            out.discard(str(entry["version"]))
+    return out
+
+
 def _split_ref(value: str, what: str) -> tuple[str, str]:
     name, sep, version = value.partition("/")
     if not sep:
@@ -576,6 +599,7 @@ def query(store: Lake, *, raw: str | None = None, robot: str | None = None, date
     warnings: list[str] = []
     upstream: list[ArtifactNode] = []
     production = idx.production()
+    idx.withdrawn_policies = idx.withdrawn()
     if refs:
         kind, (name, version) = next(iter(refs.items()))
         episodes_t, raw_t, upstream, root = _upstream(idx, kind, name, version, production)
@@ -739,12 +763,14 @@ def _policy_node(idx: _Index, p: dict, production: dict) -> ArtifactNode:
     children = [ArtifactNode("evaluation", e["eval_id"], e["policy_version"], False,
                              {"gate_passed": e["gate_passed"], "prefix": e["prefix"], "at": e.get("at")})
                 for e in sorted(idx.evals.get(key, []), key=lambda e: (e.get("at") or "", e["eval_id"]))]
+    withdrawn = key in idx.withdrawn_policies
     children += [ArtifactNode("release", r["name"], r["version"], key in production,
-                              {"prefix": r["prefix"], "eval_prefix": r["eval_prefix"], "at": r.get("at")})
+                              {"prefix": r["prefix"], "eval_prefix": r["eval_prefix"], "at": r.get("at"),
+                               **({"withdrawn": True} if withdrawn else {})})
                  for r in sorted(idx.releases_of.get(key, []), key=lambda r: (r.get("at") or "", r["name"], r["version"]))]
     detail = {"mlflow_run_id": p.get("mlflow_run_id"), "registered_model": p.get("registered_model"),
               "registered_version": p.get("registered_version"), "at": p.get("at"),
-              "dataset": f"{p['dataset_name']}/{p['dataset_version']}"}
+              "dataset": f"{p['dataset_name']}/{p['dataset_version']}", **({"withdrawn": True} if withdrawn else {})}
     return ArtifactNode("policy", p["name"], p["version"], key in production, detail, tuple(children))
 
 
@@ -807,7 +833,7 @@ def _selector_text(selector: dict) -> str:
 
 
 def _node_line(n: ArtifactNode) -> str:
-    mark = " [PRODUCTION]" if n.production else ""
+    mark = (" [PRODUCTION]" if n.production else "") + (" [WITHDRAWN]" if n.detail.get("withdrawn") else "")
     d = n.detail
     if n.kind == "dataset":
         extra = (f"{d['matched_episodes']} of its {d['episodes']} episodes" if "matched_episodes" in d

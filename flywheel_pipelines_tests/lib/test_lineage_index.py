@@ -171,6 +171,12 @@ def test_production_follows_the_promotion_log(fleet):
     # A withdrawal does not move the alias: production stays where the last promotion put it.
     promote(fleet, "reach-bc", "2", minute=3, action="withdraw")
     assert li.production_version(fleet, "reach-bc") == "1"
+    marked = li.query(fleet, robot="r1")
+    assert {f"{n.kind} {n.name}/{n.version}" for n in li._walk(marked.downstream) if n.detail.get("withdrawn")} == {
+        "policy reach-bc/p2", "release reach-bc/p2"}
+    assert "[WITHDRAWN]" in li.render_tree(marked)
+    promote(fleet, "reach-bc", "2", minute=4)  # a (forced) promotion brings it back
+    assert li.withdrawn_versions(fleet, "reach-bc") == set()
 
 
 def test_edges_written_after_the_index_are_found(fleet):
