@@ -260,21 +260,22 @@ def test_a_corrupt_message_index_falls_back_to_walking_the_chunk(arm7_log: Path,
     np.testing.assert_array_equal(good.stamp, bad.stamp)
 
 
-def test_non_cdr_channels_are_counted_as_undecodable(tmp_path: Path) -> None:
-    path = tmp_path / "json.mcap"
+def test_unsupported_encodings_are_counted_as_undecodable_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "cbor.mcap"
     buf = io.BytesIO()
     writer = Writer(buf)
     writer.start()
-    schema = writer.register_schema("Pose", "jsonschema", b"{}")
-    channel = writer.register_channel("/pose", "json", schema)
+    schema = writer.register_schema("Pose", "x-cbor-schema", b"{}")
+    channel = writer.register_channel("/pose", "cbor", schema)
     for i in range(5):
-        writer.add_message(channel, i, b'{"x": 1}', i)
+        writer.add_message(channel, i, b"\xa1\x61x\x01", i)
     writer.finish()
     path.write_bytes(buf.getvalue())
     stats = ReadStats()
     assert read_columns(path, {"/pose": TopicRequest(("x",))}, stats=stats) == {}
     assert stats.undecodable == 5 and stats.undecodable_by_topic == {"/pose": 5}
-    assert "not CDR" in stats.first_decode_error
+    assert stats.read_by_topic == {"/pose": 5} and stats.encoding_by_topic == {"/pose": "cbor/x-cbor-schema"}
+    assert "message encoding 'cbor' is not supported" in stats.first_decode_error
 
 
 def write_variant(path: Path, *, n: int = 900, shuffle: bool = False, **writer_options) -> None:

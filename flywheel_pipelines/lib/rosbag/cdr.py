@@ -497,6 +497,7 @@ class Columns:
     text_of_layout: list[dict[str, object]]
     bad: np.ndarray  # bool per message: did not decode (the reason is in ``errors``)
     errors: list[str]
+    stamp: np.ndarray | None = None  # the message's own stamp (int64 ns, -1: none), for decoders that find it
 
 
 class StreamDecoder:
@@ -511,6 +512,10 @@ class StreamDecoder:
         self.templates: list[Template] = []
         self.walked = 0  # messages decoded one by one (no template)
         self.fast = 0  # messages decoded by a template gather
+
+    def layout_text(self) -> list[dict[str, object]]:
+        """The text fields of each layout, indexed by the layout numbers :meth:`decode` gives."""
+        return [t.text for t in self.templates]
 
     def decode(self, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Columns:
         """``buf``: uint8 array; message ``i`` is ``buf[starts[i] : starts[i] + lengths[i]]``."""

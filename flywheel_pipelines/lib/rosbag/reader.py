@@ -198,6 +198,10 @@ class ReadStats:
     lost_messages: int | None = 0
     lost_ranges: list[tuple[int, int]] = field(default_factory=list)
     skipped_bytes: int = 0
+    # Filled by ``columnar.read_columns``: messages read per requested topic (decoded or not) and
+    # each topic's encodings (``"<message encoding>/<schema encoding>"``).
+    read_by_topic: dict[str, int] = field(default_factory=dict)
+    encoding_by_topic: dict[str, str] = field(default_factory=dict)
 
     @property
     def damaged(self) -> bool:
