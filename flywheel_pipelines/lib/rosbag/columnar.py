@@ -583,8 +583,10 @@ def _ros1_type(name: str, text: str):
     through its (correct) ROS 1 deserializer and are serialized again as CDR.
     """
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+    from rosbags.typesys.msg import normalize_msgtype
 
     store = get_typestore(Stores.EMPTY)
+    name = normalize_msgtype(name)  # MCAP ros1msg schemas say "pkg/Type", rosbags "pkg/msg/Type"
     try:
         store.register(get_types_from_msg(text, name))
     except Exception as exc:  # noqa: BLE001 - the definition text is untrusted input

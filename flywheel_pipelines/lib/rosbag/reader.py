@@ -202,6 +202,7 @@ class ReadStats:
     # each topic's encodings (``"<message encoding>/<schema encoding>"``).
     read_by_topic: dict[str, int] = field(default_factory=dict)
     encoding_by_topic: dict[str, str] = field(default_factory=dict)
+    decode_error_by_topic: dict[str, str] = field(default_factory=dict)  # the first failure per topic
 
     @property
     def damaged(self) -> bool:
@@ -329,6 +330,7 @@ def _build_decoder(factory: Any, channel: Channel, schema: Schema | None) -> Any
 def _count_undecodable(stats: ReadStats, topic: str, why: str) -> None:
     stats.undecodable += 1
     stats.undecodable_by_topic[topic] = stats.undecodable_by_topic.get(topic, 0) + 1
+    stats.decode_error_by_topic.setdefault(topic, why)
     if stats.first_decode_error is None:
         stats.first_decode_error = f"{topic}: {why}"
 

@@ -404,7 +404,6 @@ class ProtobufDecoder:
         rows: list = []
         stamps: list[int] = []
         k = len(self.numeric_paths)
-        paths = (*self.numeric_paths, *self.text_paths)
         for i, message in enumerate(messages):
             if isinstance(message, _Failed):
                 bad[i] = True
@@ -416,7 +415,7 @@ class ProtobufDecoder:
             try:
                 values = [_protobuf_get(message, parts) for parts in self.parts]
                 numbers = []
-                for (value, present), path in zip(values[:k], paths[:k], strict=True):
+                for value, present in values[:k]:
                     if not present:
                         numbers.append([])
                     elif isinstance(value, bool | int | float):
