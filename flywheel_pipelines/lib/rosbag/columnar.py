@@ -209,7 +209,7 @@ def read_columns(
     Raises:
         LogReadError: The log cannot be read at all.
     """
-    from flywheel_pipelines.lib.rosbag.manifest import read_log  # the walk lives beside the manifest
+    from flywheel_pipelines.lib.rosbag.manifest import describe_fatal, read_log  # the walk lives beside the manifest
 
     p = Path(path)
     stats = stats if stats is not None else ReadStats()
@@ -217,7 +217,8 @@ def read_columns(
     sink = ColumnSink(requests, stats)
     reading = read_log(p, stats.source, topics=frozenset(requests), sink=sink, batch_bytes=batch_bytes)
     if reading.fatal is not None:
-        raise LogReadError(f"{stats.source}: {reading.fatal}", source=stats.source, problem=reading.fatal)
+        problem = describe_fatal(reading)
+        raise LogReadError(f"{stats.source}: {problem}", source=stats.source, problem=problem)
     stats.problems.extend(reading.problems)
     stats.lost_messages = reading.lost
     stats.lost_ranges = sorted(reading.lost_ranges)

@@ -291,6 +291,15 @@ def read_log(
 
 
 _BATCH_BYTES = 32 * 2**20
+NO_MESSAGE = "no message could be read"
+
+
+def describe_fatal(reading: _Reading) -> str:
+    """Why nothing could be read, with every problem found, as one text (without the file name)."""
+    problems = "; ".join(reading.problems)
+    if reading.fatal == NO_MESSAGE:
+        return f"{problems}; {NO_MESSAGE}" if problems else NO_MESSAGE
+    return f"{reading.fatal} ({problems})" if problems else str(reading.fatal)
 
 
 class _DecodeSink:
@@ -465,11 +474,9 @@ def _manifest(key: str, label: str, sha256: str, size: int, reading: _Reading) -
     # The loss the problems state (None: they state none that can be counted).
     lost = reading.lost if reading.problems else None
     if reading.fatal is not None:
-        verdict, reason = "rejected", f"{label}: {reading.fatal}"
-        if problems:
-            reason += f" ({problems})"
+        verdict, reason = "rejected", f"{label}: {describe_fatal(reading)}"
     elif count == 0 and reading.problems:
-        verdict, reason = "rejected", f"{label}: {problems}; no message could be read"
+        verdict, reason = "rejected", f"{label}: {problems}; {NO_MESSAGE}"
     elif count == 0:
         # Intact and well-formed, but nothing was recorded: not damage, and not data either.
         verdict, reason, lost = "empty", f"{label}: a valid log that holds no messages", 0
@@ -522,7 +529,9 @@ def _read_mcap(path: Path, label: str, *, topics=None, sink=None, batch_bytes: i
         scan_mcap(path, label, reading, topics=topics, sink=sink, batch_bytes=batch_bytes, key_prefix=key_prefix,
                   verify=verify)
     except LogReadError as exc:
-        reading.fatal = exc.problem or str(exc)
+        # The problems that made it unreadable are in reading.problems already (scan_mcap puts
+        # them there); the fatal part is only what followed from them.
+        reading.fatal = NO_MESSAGE if reading.problems else (exc.problem or str(exc))
     return reading
 
 
