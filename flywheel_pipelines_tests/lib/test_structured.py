@@ -163,12 +163,22 @@ def _write_bad_json(path: Path, payloads: list[bytes]) -> None:
 
 def test_a_bad_json_payload_is_undecodable_with_its_reason_and_the_rest_decode(tmp_path: Path) -> None:
     path = tmp_path / "bad.mcap"
-    _write_bad_json(path, [b'{"x": 1}', b'{"x": ', b'[1, 2]', b'{"y": 2}', b'{"x": "high"}', b'{"x": 4}'])
+    _write_bad_json(path, [b'{"x": 1}', b'{"x": ', b'[1, 2]', b'{"y": 2}', b'{"x": "high"}', b'{"x": 4}',
+                           b'{"x": NaN}', b'{"x": null}'])
     stats = ReadStats()
     cols = read_columns(path, {"/pose": TopicRequest(("x",))}, stats=stats)["/pose"]
-    assert cols.numeric["x"][:, 0].tolist() == [1.0, 4.0]
-    assert stats.undecodable_by_topic == {"/pose": 4} and stats.read_by_topic == {"/pose": 6}
+    np.testing.assert_array_equal(cols.numeric["x"][:, 0], [1.0, 4.0, np.nan, np.nan])
+    assert stats.undecodable_by_topic == {"/pose": 4} and stats.read_by_topic == {"/pose": 8}
     assert stats.decode_error_by_topic["/pose"].startswith("payload is not valid JSON")
+
+
+def test_numbers_written_as_strings_are_not_taken_for_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "strings.mcap"
+    _write_bad_json(path, [b'{"x": "1.5"}', b'{"x": "2.5"}'])
+    stats = ReadStats()
+    columns = read_columns(path, {"/pose": TopicRequest(("x",))}, stats=stats)
+    assert len(columns["/pose"]) == 0
+    assert stats.undecodable == 2 and stats.decode_error_by_topic["/pose"] == "field x is a str, not a number or an array of numbers"
 
 
 def test_a_bad_protobuf_payload_is_undecodable_and_named(tmp_path: Path, protobuf_log: Path) -> None:
