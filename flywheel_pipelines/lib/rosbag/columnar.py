@@ -361,6 +361,14 @@ def _unit_positions(scan: _McapScan, loads, number: int, unit: _Unit):
 
 
 def _mcap_info(scan: _McapScan, channel, key_prefix: str) -> ChannelInfo:
+    cache = scan.__dict__.setdefault("_infos", {})
+    info = cache.get(channel.id)
+    if info is None or info.topic != channel.topic:
+        info = cache[channel.id] = _make_info(scan, channel, key_prefix)
+    return info
+
+
+def _make_info(scan: _McapScan, channel, key_prefix: str) -> ChannelInfo:
     schema = scan.schemas.get(channel.schema_id) if channel.schema_id else None
     return ChannelInfo(
         (key_prefix, channel.id), channel.topic, schema.name if schema is not None else "", channel.message_encoding,
