@@ -178,7 +178,8 @@ def test_numbers_written_as_strings_are_not_taken_for_numbers(tmp_path: Path) ->
     stats = ReadStats()
     columns = read_columns(path, {"/pose": TopicRequest(("x",))}, stats=stats)
     assert len(columns["/pose"]) == 0
-    assert stats.undecodable == 2 and stats.decode_error_by_topic["/pose"] == "field x is a str, not a number or an array of numbers"
+    assert stats.undecodable == 2
+    assert stats.decode_error_by_topic["/pose"] == "field x is a str, not a number or an array of numbers"
 
 
 def test_a_bad_protobuf_payload_is_undecodable_and_named(tmp_path: Path, protobuf_log: Path) -> None:

@@ -49,8 +49,11 @@ def ingest_episodes(store: Lake, robot: str, day: str, emb: Embodiment):
     """
     manifest = store.read_json(manifest_key(robot, day))
     usable = [f for f in manifest["files"] if f["verdict"] in ("ok", "recovered")]
-    if not usable and any(f["verdict"] == "rejected" for f in manifest["files"]):
-        raise dg.Failure(f"robot {robot} on {day}: every raw file was rejected by log_manifest")
+    rejected = [f["key"] for f in manifest["files"] if f["verdict"] == "rejected"]
+    if not usable and rejected:
+        others = "" if len(rejected) == len(manifest["files"]) else " (the others hold no messages)"
+        raise dg.Failure(f"robot {robot} on {day}: every raw file was rejected by log_manifest{others}: "
+                         + "; ".join(f.get("reason") or f["key"] for f in manifest["files"] if f["verdict"] == "rejected"))
     with contextlib.ExitStack() as stack:
         files = [SourceFile(f["key"], stack.enter_context(open_log(store, f["key"])), f["sha256"]) for f in usable]
         result = standardize(files, emb, robot=robot, day=day)
