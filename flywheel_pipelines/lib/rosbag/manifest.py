@@ -8,7 +8,13 @@ summary) and returns a :class:`FileManifest` with a verdict:
   ``lost_messages`` how many messages are known to be missing (``None`` when that cannot be
   counted, e.g. a truncated MCAP has no summary to compare with) and ``lost_ranges`` the log-time
   intervals the lost messages fall in, where those are known;
-* ``"rejected"``: nothing usable (empty, not a log, no readable message).
+* ``"empty"``: a valid log that holds no messages (not damage, and not data either);
+* ``"rejected"``: damaged beyond use (a zero-length file, not a log, no readable message).
+
+``lost_messages`` is always the number the ``reason`` states (for ``"rejected"`` too).
+
+:func:`read_log` is the walk over a log's messages that both this manifest and standardization
+(:func:`.columnar.read_columns`) use, so what the manifest counts per topic is what ingest reads.
 
 Damage never raises: whatever can still be read is counted, and the raw input is only ever
 opened for reading (a sqlite3 file is opened ``immutable``; one with a write-ahead log is read
@@ -32,10 +38,11 @@ Supported inputs, recognised by content rather than by name:
   a bag ``rosbags`` cannot open (its index is written last, so a killed recorder leaves none) is
   walked record by record instead, chunks decompressed as far as their data goes.
 
-With ``decode=True``, MCAP messages are also decoded as :func:`.reader.iter_decoded` decodes
-them, and each topic counts the messages that do not decode; without it, only a channel whose
-encodings have no ROS 2 decoder at all is counted (that costs nothing). Either way an
-undecodable topic is not damage: it does not change the verdict.
+Each topic records whether ingest can decode its channel (``decodable``, and why not), judged
+from its encodings and schema (:func:`.columnar.decoder_problem`); a topic that cannot be decoded
+counts all its messages ``undecodable``. With ``decode=True`` every message is also decoded in
+full (CDR, ROS 1, JSON, protobuf; see :mod:`.structured`) and each topic counts the payloads that
+fail. Either way an undecodable topic is not damage: it does not change the verdict.
 
 For a folder, ``size`` is the total size of its regular files and ``sha256`` is the SHA-256 of a
 ``sha256sum``-style listing of them: one line ``"<hex sha256 of the file>  <relative path>\\n"``
