@@ -201,3 +201,42 @@ def test_a_copy_of_the_bag_folder_elsewhere_reads_the_same(tmp_path: Path) -> No
         columns = read_columns(folder, {"/joint_states": TopicRequest(("position",))}, stats=stats)
         assert len(columns["/joint_states"]) == stats.read_by_topic["/joint_states"] == 150
         assert {t.topic: t.count for t in inspect_log(folder).topics} == {"/joint_states": 150}
+
+
+def test_some_undecodable_mapped_messages_publish_the_rest_and_fail_the_accounting_check(tmp_path: Path) -> None:
+    """Two files of one day (the second a copy of the recording, as a re-sent upload would be); in
+    the second, 3 /arm/command payloads are cut short. The day's frames are published, and the
+    every_message_accounted check fails naming the file, topic, encoding and reason."""
+    from mcap.reader import make_reader
+    from mcap.writer import Writer
+
+    lake = LocalLake(tmp_path / "lake")
+    day_dir = lake.root / f"raw/robot=js3/date={DAY}"
+    day_dir.mkdir(parents=True)
+    write_json_log(day_dir / "a.mcap")
+    source = tmp_path / "b_source.mcap"
+    write_json_log(source)
+    with open(source, "rb") as fh, open(day_dir / "b.mcap", "wb") as out:
+        writer = Writer(out)
+        writer.start()
+        ids: dict[str, int] = {}
+        cut = 0
+        for schema, channel, message in make_reader(fh).iter_messages():
+            if channel.topic not in ids:
+                ids[channel.topic] = writer.register_channel(
+                    channel.topic, "json", writer.register_schema(schema.name, schema.encoding, schema.data))
+            data = message.data
+            if channel.topic == "/arm/command" and cut < 3:
+                data, cut = data[:20], cut + 1
+            writer.add_message(ids[channel.topic], message.log_time, data, message.publish_time)
+        writer.finish()
+    result = materialize(lake, "js3", "json_arm6")
+    assert result.success, failure_text(result)
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert (lake.root / episodes_prefix("js3", DAY) / "frames.parquet").exists()
+    check = evaluations["every_message_accounted"]
+    assert not check.passed
+    assert check.description.startswith(f"raw/robot=js3/date={DAY}/b.mcap: /arm/command (json/jsonschema): 3 of 500 "
+                                        "undecodable: payload is not valid JSON")
+    meta = result.asset_materializations_for_node("episodes")[0].metadata
+    assert meta["messages_undecodable"].value == 3 and meta["messages_read"].value == 2 * 2504

@@ -23,6 +23,12 @@ OWNERS = ["team:robot-data"]
 FRAMES = "frames.parquet"
 EPISODE_TABLE = "episodes.parquet"
 ACCOUNTING = "accounting.json"  # where every message of every mapped topic went (see standardize.account)
+ACCOUNTED = "every_message_accounted"
+ACCOUNTED_DESCRIPTION = (
+    "Every message of every mapped topic is decoded and placed: in an episode, outside every episode, or "
+    "dropped by a named rule; it fails, naming each file, topic, encoding and reason, when some are undecodable. "
+    "ERROR, not blocking: the day's decodable messages are still published (a day that gives no frame at all "
+    "fails its materialization instead).")
 # Severity, chosen on purpose: an episode over the mapping's tolerance fails its check as an ERROR,
 # but no check is blocking. A check judges a whole robot-day, and one flaky episode must not hold
 # the day's clean episodes back from the catalog; the failing ids are in the check's metadata, and
@@ -116,8 +122,9 @@ def accounting_metadata(accounting: list[dict]) -> dict:
     owners=OWNERS,
     pool="ingest",  # re-runs and backfills of episodes count against the ingest limit too
     op_tags=INGEST_TAGS,
-    check_specs=[dg.AssetCheckSpec(name, asset="episodes", description=d + CHECK_NOTE, blocking=False)
-                 for name, d in CHECKS.items()],
+    check_specs=[*(dg.AssetCheckSpec(name, asset="episodes", description=d + CHECK_NOTE, blocking=False)
+                   for name, d in CHECKS.items()),
+                 dg.AssetCheckSpec(ACCOUNTED, asset="episodes", description=ACCOUNTED_DESCRIPTION, blocking=False)],
 )
 def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Standardized frames (int64 ns clock, one row per frame) and an episode table with
@@ -133,6 +140,7 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
                 "gap_tolerance": {"max_gap_ms": float(pc.max(table["max_gap_ms"]).as_py() or 0.0),
                                   "tolerance_gap_ms": emb.max_gap_ms}}
     checks = [check_result(verdict, name, observed.get(name, {})) for name in CHECKS]
+    checks.append(accounted_check(result.accounting))
     outcomes = table.column("outcome").to_pylist()
     preview = markdown.table(
         ["episode", "outcome", "frames", "max skew ms", "max gap ms", "issues"],
@@ -155,6 +163,23 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
             "episodes_table": dg.MetadataValue.md(preview),
         },
         check_results=checks,
+    )
+
+
+def accounted_check(accounting: list[dict]) -> dg.AssetCheckResult:
+    """Fails when mapped messages were undecodable (or, which cannot happen, are not all placed)."""
+    lost = [r for r in accounting if r["undecodable"]]
+    unplaced = [r for r in accounting if r["read"] != r["undecodable"] + r["events"] + r["in_episodes"]
+                + r["outside_episodes"] + sum(r["dropped"].values())]
+    problems = [f"{r['file']}: {r['topic']} ({r['encoding']}): {r['undecodable']} of {r['read']} undecodable: {r['reason']}"
+                for r in lost] + [f"{r['file']}: {r['topic']}: messages not placed" for r in unplaced]
+    totals = accounting_totals(accounting)
+    return dg.AssetCheckResult(
+        check_name=ACCOUNTED,
+        passed=not problems,
+        severity=CHECK_SEVERITY,
+        description="; ".join(problems) if problems else f"all {totals['read']} mapped messages decoded and placed",
+        metadata={**{f"messages_{k}": v for k, v in totals.items()}, "problems": problems},
     )
 
 
