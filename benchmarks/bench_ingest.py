@@ -5,7 +5,12 @@
    ``iter_decoded_messages`` reading the same file. Goal: >= 15x.
 2. The general decoder, on messages whose layout changes from one to the next (a JointState whose
    joints and frame id vary), against rosbags' ``deserialize_cdr`` on the same payloads. Goal: >= 1x.
-3. Peak memory of standardizing a 2 GB log in a fresh process (RSS high-water mark). Goal: < 1 GB.
+3. JSON and Protobuf channels (a 6-joint arm written by mcap's Writer / mcap-protobuf-support's
+   Writer, see structured_logs.py): our batch decoders on the mapping's fields against the naive
+   per-message decode (``json.loads`` per payload; mcap-protobuf-support's decoder, i.e.
+   ``ParseFromString`` per payload), on the same payloads; and the whole read (file -> columns)
+   against mcap's reader with those per-message decoders. No goal: the ratios are printed.
+4. Peak memory of standardizing a 2 GB log in a fresh process (RSS high-water mark). Goal: < 1 GB.
    Skipped with --quick.
 
 Usage: python benchmarks/bench_ingest.py [--minutes 10] [--quick] [--workdir DIR]
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import resource
 import subprocess
 import sys
@@ -30,6 +36,7 @@ from mcap_ros2.decoder import DecoderFactory
 
 sys.path.insert(0, str(Path(__file__).parent))
 from arm7_log import EMBODIMENT, write_arm7_log  # noqa: E402
+from structured_logs import write_json_log, write_protobuf_log  # noqa: E402
 from timing import best_of  # noqa: E402
 
 from flywheel_pipelines.lib.episodes.embodiment import parse_embodiment  # noqa: E402
@@ -106,6 +113,90 @@ def bench_variable_layout(repeat: int, *, unique_names: bool = False) -> None:
     print(f"  ratio ours / rosbags: {t_peer / t_ours:.2f}x")
 
 
+def bench_structured(workdir: Path, repeat: int, seconds: float = 300.0) -> None:
+    """JSON and Protobuf decode throughput beside the naive per-message decode (see the module docstring)."""
+    from mcap_protobuf.decoder import DecoderFactory as ProtobufDecoderFactory
+
+    from flywheel_pipelines.lib.episodes.embodiment import load_embodiment
+    from flywheel_pipelines.lib.episodes.standardize import _requests
+    from flywheel_pipelines.lib.rosbag.columnar import ChannelInfo, read_columns
+    from flywheel_pipelines.lib.rosbag.structured import decoder_for
+
+    for encoding, writer, mapping in (("json", write_json_log, "json_arm6"), ("protobuf", write_protobuf_log, "protobuf_arm6")):
+        path = workdir / f"arm6_{encoding}_{seconds:g}s.mcap"
+        if not path.exists():
+            writer(path, seconds=seconds, episodes=10)
+        requests = _requests(load_embodiment(mapping))
+        factory = ProtobufDecoderFactory()
+        by_topic: dict[str, list] = {}
+        with open(path, "rb") as fh:
+            for schema, channel, message in make_reader(fh).iter_messages(log_time_order=False):
+                by_topic.setdefault(channel.topic, [schema, []])[1].append(message.data)
+        n = sum(len(v[1]) for v in by_topic.values())
+
+        def naive(by_topic=by_topic, encoding=encoding, factory=factory) -> None:
+            for schema, payloads in by_topic.values():
+                decode = json.loads if encoding == "json" else factory.decoder_for("protobuf", schema)
+                for payload in payloads:
+                    decode(payload)
+
+        def naive_fields(by_topic=by_topic, encoding=encoding, factory=factory, requests=requests) -> None:
+            """The naive decode, then the mapped fields read from each decoded message into lists."""
+            from flywheel_pipelines.lib.rosbag.cdr import parse_path
+
+            for topic, (schema, payloads) in by_topic.items():
+                decode = json.loads if encoding == "json" else factory.decoder_for("protobuf", schema)
+                request = requests[topic]
+                paths = [parse_path(p) for p in (*request.numeric, *request.text)]
+                columns: list[list] = [[] for _ in paths]
+                for payload in payloads:
+                    msg = decode(payload)
+                    for column, parts in zip(columns, paths, strict=True):
+                        value = msg
+                        for part in parts:
+                            value = value[part] if encoding == "json" or isinstance(part, int) else getattr(value, part)
+                        column.append(value if encoding == "json" or isinstance(value, (int, float, str)) else list(value))
+
+        batches = {}
+        for topic, (schema, payloads) in by_topic.items():
+            info = ChannelInfo(topic, topic, schema.name, encoding, schema.encoding, schema.data)
+            lengths = np.array([len(p) for p in payloads], np.int64)
+            starts = np.zeros(len(payloads), np.int64)
+            np.cumsum(lengths[:-1], out=starts[1:])
+            batches[topic] = (info, np.frombuffer(b"".join(payloads), np.uint8), starts, lengths)
+
+        def ours(batches=batches, requests=requests) -> None:
+            for topic, (info, buf, starts, lengths) in batches.items():
+                request = requests[topic]
+                decoder = decoder_for(info, request.numeric, request.text, stamp=request.stamp)
+                decoder.decode(buf, starts, lengths)
+
+        def naive_file(path=path, encoding=encoding) -> None:
+            with open(path, "rb") as fh:
+                if encoding == "json":
+                    for _schema, _channel, message in make_reader(fh).iter_messages():
+                        json.loads(message.data)
+                else:
+                    for _ in make_reader(fh, decoder_factories=[ProtobufDecoderFactory()]).iter_decoded_messages():
+                        pass
+
+        t_naive, _ = best_of(repeat, naive)
+        t_naive_fields, _ = best_of(repeat, naive_fields)
+        t_ours, _ = best_of(repeat, ours)
+        t_naive_file, _ = best_of(repeat, naive_file)
+        t_ours_file, _ = best_of(repeat, lambda path=path, requests=requests: read_columns(path, requests))
+        what = "json.loads per message" if encoding == "json" else "mcap-protobuf-support decoder (ParseFromString) per message"
+        print(f"\n{encoding}: {path.name}, {n:,} messages ({path.stat().st_size / 1e6:.0f} MB), fields of {mapping}")
+        print(f"  decode, naive ({what}): {n / t_naive:>10,.0f} msg/s")
+        print(f"  decode, flywheel batch decoder (mapped fields, columns): {n / t_ours:>10,.0f} msg/s")
+        print(f"  ratio ours / naive (decode): {t_naive / t_ours:.2f}x")
+        print(f"  decode + read the mapped fields, naive (per message):   {n / t_naive_fields:>10,.0f} msg/s")
+        print(f"  ratio ours / naive (decode + fields): {t_naive_fields / t_ours:.2f}x")
+        print(f"  file -> decoded, naive (mcap reader + per-message decode): {n / t_naive_file:>10,.0f} msg/s")
+        print(f"  file -> columns, flywheel read_columns:                    {n / t_ours_file:>10,.0f} msg/s")
+        print(f"  ratio ours / naive (whole read): {t_naive_file / t_ours_file:.2f}x")
+
+
 def bench_memory(workdir: Path) -> None:
     big = workdir / "arm7_2gb.mcap"
     if not big.exists():
@@ -146,6 +237,7 @@ def main() -> None:
         print(f"  ratio ours / peer: {t_peer / t_ours:.1f}x (goal >= 15x)")
         bench_variable_layout(args.repeat)
         bench_variable_layout(args.repeat, unique_names=True)
+        bench_structured(workdir, args.repeat)
         if not args.quick:
             bench_memory(workdir)
     print(f"\n(this process's peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")

@@ -426,12 +426,14 @@ def logs() -> None:
 @logs.command("inspect")
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON object: verdict, reason, topics, lost_messages, lost_ranges.")
+              help="One JSON object (schema: docs/logs-inspect.schema.json): verdict, reason, lost messages "
+                   "and ranges, and per topic its encodings, counts and whether it can be decoded.")
 @click.option("--decode", is_flag=True,
-              help="Also decode every MCAP message as ingest does and count per topic those that do not "
-                   "decode (several times slower; ROS 1 and sqlite3 storage are not decoded).")
+              help="Also decode every message in full (CDR, ROS 1, JSON, protobuf) and count per topic those "
+                   "that do not decode (several times slower).")
 def logs_inspect(path: str, as_json: bool, decode: bool) -> None:
-    """Verdict and per-topic type, count and first/last time (int64 ns), as ingest sees them.
+    """Verdict (ok / recovered / empty / rejected) and, per topic, type, encodings, whether ingest
+    can decode it (and why not), count and first/last time (int64 ns), as ingest sees them.
 
     PATH is an MCAP file, a ROS 1 bag, a rosbag2 folder or a bare rosbag2 .db3 file. The exit
     status is 0 whatever the verdict: a damaged log is a finding, not an error of this command.
@@ -440,24 +442,20 @@ def logs_inspect(path: str, as_json: bool, decode: bool) -> None:
 
     m = inspect_log(Path(path), decode=decode)
     if as_json:
-        topics = []
-        for t in m.topics:
-            topic = {"topic": t.topic, "type": t.type, "count": t.count, "first_ns": t.first_ns, "last_ns": t.last_ns}
-            if decode:
-                topic.update(undecodable=t.undecodable, decode_error=t.decode_error)
-            topics.append(topic)
-        out = {"verdict": m.verdict, "reason": m.reason, "lost_messages": m.lost_messages,
-               "lost_ranges": [list(r) for r in m.lost_ranges], "topics": topics}
-        click.echo(json.dumps(out, sort_keys=True))
+        click.echo(json.dumps(inspect_document(m, decoded=decode), sort_keys=True))
         return
     click.echo(f"{m.key}: {m.verdict}" + (f" ({m.reason})" if m.reason else ""))
     click.echo(f"  {m.message_count} messages, {m.size} bytes, sha256 {m.sha256}")
-    if m.verdict == "recovered":
+    if m.verdict in ("recovered", "rejected") and (m.lost_messages or m.lost_ranges or m.verdict == "recovered"):
         lost = "an unknown number of" if m.lost_messages is None else str(m.lost_messages)
         click.echo(f"  lost: {lost} messages" + "".join(f"; {a} .. {b}" for a, b in m.lost_ranges))
     for t in m.topics:
-        line = f"  {t.topic:<28} {t.type:<40} {t.count:>8}  {t.first_ns} .. {t.last_ns}  ({t.rate_hz:.1f} Hz)"
-        if t.undecodable:
+        encoding = f"{t.encoding or 'none'}/{t.schema_encoding or 'none'}"
+        line = (f"  {t.topic:<28} {t.type:<40} {encoding:<20} {t.count:>8}  {t.first_ns} .. {t.last_ns}  "
+                f"({t.rate_hz:.1f} Hz)")
+        if not t.decodable:
+            line += f"  not decodable: {t.decodable_reason}"
+        elif t.undecodable:
             line += f"  {t.undecodable} undecodable: {t.decode_error}"
         click.echo(line)
 
@@ -684,6 +682,18 @@ def entry() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def inspect_document(m, *, decoded: bool) -> dict:
+    """``flywheel logs inspect --json``'s object; docs/logs-inspect.schema.json is its contract."""
+    topics = [{"topic": t.topic, "type": t.type, "encoding": t.encoding, "schema_encoding": t.schema_encoding,
+               "decodable": t.decodable, "decodable_reason": t.decodable_reason, "count": t.count,
+               "first_ns": t.first_ns, "last_ns": t.last_ns, "rate_hz": t.rate_hz, "undecodable": t.undecodable,
+               "decode_error": t.decode_error} for t in m.topics]
+    return {"key": m.key, "verdict": m.verdict, "reason": m.reason, "message_count": m.message_count,
+            "size": m.size, "sha256": m.sha256, "start_ns": m.start_ns, "end_ns": m.end_ns,
+            "lost_messages": m.lost_messages, "lost_ranges": [list(r) for r in m.lost_ranges], "decoded": decoded,
+            "topics": topics}
 
 
 if __name__ == "__main__":

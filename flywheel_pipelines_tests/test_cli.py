@@ -1,11 +1,19 @@
 """The `flywheel` command line on real files."""
 
 import json
+import re
+import sys
+from pathlib import Path
 
+import jsonschema
+import pytest
 from click.testing import CliRunner
 
 from flywheel_pipelines.cli import main
 from flywheel_pipelines_tests.conftest import require_real_logs
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "logs-inspect.schema.json").read_text())
+jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
 
 def test_fleet_simulate_writes_the_raw_layout(tmp_path):
@@ -29,12 +37,12 @@ def test_logs_inspect_json_on_a_real_log():
     out = CliRunner().invoke(main, ["logs", "inspect", str(path), "--json"])
     assert out.exit_code == 0, out.output
     doc = json.loads(out.output)
-    assert set(doc) == {"verdict", "reason", "topics", "lost_messages", "lost_ranges"}
+    jsonschema.validate(doc, SCHEMA)
     assert doc["verdict"] == "ok" and doc["reason"] is None
     assert doc["lost_messages"] == 0 and doc["lost_ranges"] == []
     counts = {t["topic"]: t["count"] for t in doc["topics"]}
     assert counts == {"/odom": 2639, "/tf": 5422, "/tf_static": 1, "/amcl_pose": 135}
-    assert all(set(t) == {"topic", "type", "count", "first_ns", "last_ns"} for t in doc["topics"])
+    assert all(t["encoding"] == "cdr" and t["schema_encoding"] == "ros2msg" and t["decodable"] for t in doc["topics"])
     assert all(isinstance(t["first_ns"], int) and t["first_ns"] <= t["last_ns"] for t in doc["topics"])
 
 
@@ -182,3 +190,122 @@ def test_policy_commands_need_a_reason_and_say_why_they_refuse(tmp_path):
     assert out.exit_code == 1 and "reach-bc has no production version to roll back" in out.output
     out = CliRunner().invoke(main, ["policy", "promote", "reach-bc", "7", "--reason", "r", "--by", "x", *common])
     assert out.exit_code == 1 and "registered model 'reach-bc' has no version 7" in out.output
+
+
+def _crc_damaged_chunk(path: Path, messages: int = 30) -> None:
+    """One uncompressed chunk of ``messages`` JSON messages (mcap's Writer), a payload byte flipped."""
+    from mcap.writer import CompressionType, Writer
+
+    with open(path, "wb") as fh:
+        writer = Writer(fh, compression=CompressionType.NONE)
+        writer.start()
+        channel = writer.register_channel("/imu", "json", writer.register_schema("Imu", "jsonschema", b"{}"))
+        for i in range(messages):
+            writer.add_message(channel, 1000 + i, b'{"ax": 0.125}', 1000 + i)
+        writer.finish()
+    data = bytearray(path.read_bytes())
+    at = data.index(b"0.125")
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_crc_damaged_chunk_is_rejected_with_the_loss_its_reason_states(tmp_path):
+    path = tmp_path / "crc.mcap"
+    _crc_damaged_chunk(path)
+    doc = json.loads(CliRunner().invoke(main, ["logs", "inspect", str(path), "--json"]).output)
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["verdict"] == "rejected"
+    assert "CRC mismatch" in doc["reason"] and "read 0 of the 30 messages the summary lists (/imu: 30 missing)" in doc["reason"]
+    assert doc["lost_messages"] == 30 and doc["lost_ranges"] == [[1000, 1029]]
+
+
+def _stated_loss(reason: str) -> int | None:
+    """The loss a reason states: 'read X of the Y messages ... lists' means Y - X are gone."""
+    found = re.findall(r"read (\d+) of the (\d+) messages", reason)
+    return sum(int(y) - int(x) for x, y in found) if found else None
+
+
+def _damaged_inputs(tmp_path: Path) -> list[Path]:
+    real = require_real_logs()
+    data = (real / "mcap" / "evo__nav2_turtlebot.mcap").read_bytes()
+    out = []
+    for name, blob in (("cut.mcap", data[:250_000]), ("flipped.mcap", data[:60_000] + bytes([data[60_000] ^ 0xFF])
+                                                         + data[60_001:]), ("notes.txt", b"fine today\n"), ("zero.mcap", b"")):
+        (tmp_path / name).write_bytes(blob)
+        out.append(tmp_path / name)
+    _crc_damaged_chunk(tmp_path / "crc.mcap")
+    out.append(tmp_path / "crc.mcap")
+    bag = tmp_path / "wbag"
+    bag.mkdir()
+    for part in (real / "rosbag2" / "ros2_rosbag2__rosbag2_py__mcap_wbag").iterdir():
+        if part.name != "wbag_2.mcap":
+            (bag / part.name).write_bytes(part.read_bytes())
+    out.append(bag)
+    return out
+
+
+def test_lost_messages_always_equals_what_the_reason_says(tmp_path):
+    for path in _damaged_inputs(tmp_path):
+        doc = json.loads(CliRunner().invoke(main, ["logs", "inspect", str(path), "--json"]).output)
+        jsonschema.validate(doc, SCHEMA)
+        stated = _stated_loss(doc["reason"])
+        assert doc["verdict"] in ("recovered", "rejected"), path
+        assert doc["lost_messages"] == stated, (path.name, doc["reason"], doc["lost_messages"])
+
+
+def test_every_real_and_written_log_validates_against_the_schema(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from structured_logs import write_json_log, write_protobuf_log
+
+    real = require_real_logs()
+    paths = [*sorted((real / "mcap").iterdir()), *sorted((real / "rosbag2").iterdir()), *sorted((real / "ros1").iterdir()),
+             real / "rosbag2" / "plotjuggler__rosbag2_test" / "rosbag2_test_0.db3"]
+    write_json_log(tmp_path / "json.mcap", seconds=1.0)
+    write_protobuf_log(tmp_path / "pb.mcap", seconds=1.0)
+    paths += [tmp_path / "json.mcap", tmp_path / "pb.mcap"]
+    verdicts = set()
+    for path in paths:
+        for flags in ([], ["--decode"]):
+            out = CliRunner().invoke(main, ["logs", "inspect", str(path), "--json", *flags])
+            assert out.exit_code == 0, out.output
+            doc = json.loads(out.output)
+            jsonschema.validate(doc, SCHEMA)
+            verdicts.add(doc["verdict"])
+            assert doc["decoded"] == bool(flags)
+            assert all(t["decodable"] and t["undecodable"] == 0 for t in doc["topics"]), (path, doc["topics"])
+    assert verdicts == {"ok", "recovered"}  # the bare .db3 has no metadata.yaml to check it against
+
+
+@pytest.mark.parametrize("bad", [
+    {"verdict": "fine"},
+    {"verdict": "ok", "lost_messages": 3},
+    {"verdict": "empty", "message_count": 4},
+])
+def test_the_schema_rejects_what_the_contract_rules_out(bad):
+    path = require_real_logs() / "mcap" / "evo__nav2_turtlebot.mcap"
+    doc = json.loads(CliRunner().invoke(main, ["logs", "inspect", str(path), "--json"]).output)
+    doc.update(bad)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, SCHEMA)
+
+
+def test_logs_inspect_says_why_a_channel_cannot_be_decoded(tmp_path):
+    from mcap.writer import Writer
+
+    path = tmp_path / "odd.mcap"
+    with open(path, "wb") as fh:
+        writer = Writer(fh)
+        writer.start()
+        channel = writer.register_channel("/lidar", "flatbuffer", writer.register_schema("Scan", "flatbuffer", b"\x00"))
+        for i in range(3):
+            writer.add_message(channel, i + 1, b"\x01\x02", i + 1)
+        writer.finish()
+    doc = json.loads(CliRunner().invoke(main, ["logs", "inspect", str(path), "--json"]).output)
+    jsonschema.validate(doc, SCHEMA)
+    [topic] = doc["topics"]
+    assert doc["verdict"] == "ok"  # an encoding ingest cannot decode is not damage
+    assert topic["encoding"] == "flatbuffer" and topic["decodable"] is False
+    assert "message encoding 'flatbuffer' is not supported" in topic["decodable_reason"]
+    assert topic["undecodable"] == 3 and topic["decode_error"] == topic["decodable_reason"]
+    text = CliRunner().invoke(main, ["logs", "inspect", str(path)]).output
+    assert "flatbuffer/flatbuffer" in text and "not decodable: message encoding 'flatbuffer'" in text

@@ -112,7 +112,7 @@ def test_log_manifest_and_episodes_materialize_with_checks(lake):
         assert ep_meta["episodes"].value == 4
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks == {"monotonic_time": True, "no_nan": True, "sync_skew": True, "gap_tolerance": True,
-                          "frame_count": True}
+                          "frame_count": True, "every_message_accounted": True}
         assert lake.exists(f"episodes/robot=r201/date={DAY}/frames.parquet")
         # The raw files are untouched, the broken one included.
         assert (lake.root / "raw" / "robot=r201" / f"date={DAY}" / "broken.mcap").read_bytes() == b"not an mcap file"

@@ -521,9 +521,11 @@ def test_unknown_encodings_and_undecodable_messages_are_counted_per_topic(tmp_pa
         assert {t.topic: t.count for t in manifest.topics} == reference
     by_topic = {t.topic: t for t in quick.topics}
     assert by_topic["/tf"].undecodable == reference["/tf"]
-    assert "schema encoding 'x-robot-idl'" in by_topic["/tf"].decode_error
+    assert "CDR messages with a 'x-robot-idl' schema" in by_topic["/tf"].decode_error
+    assert not by_topic["/tf"].decodable and by_topic["/tf"].decodable_reason == by_topic["/tf"].decode_error
     assert by_topic["/tf_static"].undecodable == 1
-    assert "message encoding 'protobuf'" in by_topic["/tf_static"].decode_error
+    assert "protobuf messages with a 'ros2msg' schema" in by_topic["/tf_static"].decode_error
+    assert by_topic["/odom"].decodable and by_topic["/odom"].decodable_reason is None
     assert by_topic["/amcl_pose"].undecodable == 0  # payloads are only checked when decoding
     by_topic = {t.topic: t for t in decoded.topics}
     assert {t: s.undecodable for t, s in by_topic.items()} == {"/tf": 5422, "/tf_static": 1, "/amcl_pose": 10, "/odom": 0}

@@ -203,6 +203,8 @@ def test_intact_log(tmp_path: Path) -> None:
         first_ns=T0,
         last_ns=T0 + 199 * PERIOD_NS,
         rate_hz=pytest.approx(100.0),
+        schema_encoding="ros2msg",
+        decodable=True,
     )
     assert (status.topic, status.type, status.count) == ("/status", "std_msgs/msg/String", 20)
     assert manifest.start_ns == T0 and manifest.end_ns == T0 + 199 * PERIOD_NS
@@ -356,19 +358,21 @@ def test_unusable_files_are_rejected(tmp_path: Path, name: str, content: bytes, 
     assert problem in manifest.reason
     assert manifest.message_count == 0 and manifest.topics == ()
     assert manifest.start_ns is None and manifest.end_ns is None
-    assert manifest.lost_messages == 0
+    assert manifest.lost_messages is None  # the reason states no count: what was meant to be there is unknown
     assert manifest.size == len(content)
     assert manifest.sha256 == hashlib.sha256(content).hexdigest()
 
 
-def test_valid_log_without_messages_is_rejected(tmp_path: Path) -> None:
+def test_valid_log_without_messages_is_empty_not_rejected(tmp_path: Path) -> None:
     path = tmp_path / "idle.mcap"
     write_test_log(path, count=0)
 
     manifest = inspect_log(path)
 
-    assert manifest.verdict == "rejected"
-    assert manifest.reason == f"{path}: contains no messages"
+    # Not damage (that is "rejected"), and not data either.
+    assert manifest.verdict == "empty"
+    assert manifest.reason == f"{path}: a valid log that holds no messages"
+    assert manifest.lost_messages == 0 and manifest.lost_ranges == ()
 
 
 def test_manifest_written_before_lost_ranges_still_loads(tmp_path: Path) -> None:

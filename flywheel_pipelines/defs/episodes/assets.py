@@ -2,6 +2,7 @@
 
 
 import contextlib
+import json
 
 import dagster as dg
 import pyarrow.compute as pc
@@ -21,6 +22,13 @@ from flywheel_pipelines.lib.storage import Lake, staging_dir
 OWNERS = ["team:robot-data"]
 FRAMES = "frames.parquet"
 EPISODE_TABLE = "episodes.parquet"
+ACCOUNTING = "accounting.json"  # where every message of every mapped topic went (see standardize.account)
+ACCOUNTED = "every_message_accounted"
+ACCOUNTED_DESCRIPTION = (
+    "Every message of every mapped topic is decoded and placed: in an episode, outside every episode, or "
+    "dropped by a named rule; it fails, naming each file, topic, encoding and reason, when some are undecodable. "
+    "ERROR, not blocking: the day's decodable messages are still published (a day that gives no frame at all "
+    "fails its materialization instead).")
 # Severity, chosen on purpose: an episode over the mapping's tolerance fails its check as an ERROR,
 # but no check is blocking. A check judges a whole robot-day, and one flaky episode must not hold
 # the day's clean episodes back from the catalog; the failing ids are in the check's metadata, and
@@ -39,14 +47,27 @@ class EpisodesConfig(dg.Config):
 
 def ingest_episodes(store: Lake, robot: str, day: str, emb: Embodiment):
     """Standardize, validate and publish one robot-day from its stored manifest; returns
-    (standardize result, GX verdict). Shared by ``episodes`` (hot days) and ``episode_archive``."""
+    (standardize result, GX verdict). Shared by ``episodes`` (hot days) and ``episode_archive``.
+
+    A robot-day that would silently yield nothing fails instead (``dg.Failure``), naming the
+    files, topics, encodings and the cause: mapped topics that hold messages but give no frame,
+    or logs whose messages are all on topics the mapping does not name.
+    """
     manifest = store.read_json(manifest_key(robot, day))
-    usable = [f for f in manifest["files"] if f["verdict"] != "rejected"]
-    if not usable:
-        raise dg.Failure(f"robot {robot} on {day}: every raw file was rejected by log_manifest")
+    usable = [f for f in manifest["files"] if f["verdict"] in ("ok", "recovered")]
+    rejected = [f["key"] for f in manifest["files"] if f["verdict"] == "rejected"]
+    if not usable and rejected:
+        others = "" if len(rejected) == len(manifest["files"]) else " (the others hold no messages)"
+        raise dg.Failure(f"robot {robot} on {day}: every raw file was rejected by log_manifest{others}: "
+                         + "; ".join(f.get("reason") or f["key"] for f in manifest["files"] if f["verdict"] == "rejected"))
     with contextlib.ExitStack() as stack:
         files = [SourceFile(f["key"], stack.enter_context(open_log(store, f["key"])), f["sha256"]) for f in usable]
         result = standardize(files, emb, robot=robot, day=day)
+    if result.empty_cause is not None:
+        raise dg.Failure(description=result.empty_cause, metadata=accounting_metadata(result.accounting))
+    unmapped = _unmapped_cause(usable, result.accounting, emb, robot, day)
+    if unmapped is not None:
+        raise dg.Failure(description=unmapped)
     # Validated before publishing: a suite that cannot run must not leave an unrecorded table behind.
     try:
         verdict = validate_episodes(result.episodes, emb)
@@ -55,8 +76,42 @@ def ingest_episodes(store: Lake, robot: str, day: str, emb: Embodiment):
     with staging_dir() as tmp:
         pq.write_table(result.frames, tmp / FRAMES, compression="zstd")
         pq.write_table(result.episodes, tmp / EPISODE_TABLE, compression="zstd")
+        (tmp / ACCOUNTING).write_text(json.dumps(
+            {"robot": robot, "date": day, "embodiment": f"{emb.name} v{emb.version} ({emb.content_hash})",
+             "totals": accounting_totals(result.accounting), "topics": result.accounting}, indent=1, sort_keys=True))
         store.publish_dir(episodes_prefix(robot, day), tmp, replace=True)
     return result, verdict
+
+
+def _unmapped_cause(usable: list[dict], accounting: list[dict], emb: Embodiment, robot: str, day: str) -> str | None:
+    """A day whose logs hold messages, none of them on a mapped topic: the mapping does not fit."""
+    if any(row["read"] for row in accounting) or not any(f["message_count"] for f in usable):
+        return None
+    mapped = sorted({f.topic for f in emb.features} | {i.topic for i in emb.images}
+                    | ({emb.events_topic} if emb.events_topic else set()))
+    held = "; ".join(f"{f['key']}: " + ", ".join(f"{t['topic']} ({t['encoding']}, {t['count']})"
+                                                 for t in f["topics"] if t["count"]) for f in usable if f["message_count"])
+    return (f"robot {robot} on {day}: none of the mapped topics ({', '.join(mapped)}; mapping {emb.name} "
+            f"v{emb.version}) has a message, but the logs hold messages on other topics: {held}")
+
+
+def accounting_totals(accounting: list[dict]) -> dict[str, int]:
+    """Messages of the mapped topics, summed over files and topics, by where they went."""
+    totals = {k: sum(row[k] for row in accounting) for k in ("read", "in_episodes", "outside_episodes", "events",
+                                                              "undecodable")}
+    totals["dropped"] = sum(sum(row["dropped"].values()) for row in accounting)
+    return totals
+
+
+def accounting_metadata(accounting: list[dict]) -> dict:
+    """The accounting as asset metadata: totals and a per file and topic table."""
+    totals = accounting_totals(accounting)
+    rows = [(r["file"].rsplit("/", 1)[-1] or r["file"], r["topic"], r["encoding"], r["read"], r["in_episodes"],
+             r["outside_episodes"], r["events"], ", ".join(f"{k}: {v}" for k, v in r["dropped"].items()),
+             r["undecodable"], r["reason"] or "") for r in accounting]
+    table = markdown.table(["file", "topic", "encoding", "read", "in episodes", "outside", "events", "dropped",
+                            "undecodable", "reason"], rows)
+    return {**{f"messages_{k}": v for k, v in totals.items()}, "accounting": dg.MetadataValue.md(table)}
 
 
 @dg.asset(
@@ -67,8 +122,9 @@ def ingest_episodes(store: Lake, robot: str, day: str, emb: Embodiment):
     owners=OWNERS,
     pool="ingest",  # re-runs and backfills of episodes count against the ingest limit too
     op_tags=INGEST_TAGS,
-    check_specs=[dg.AssetCheckSpec(name, asset="episodes", description=d + CHECK_NOTE, blocking=False)
-                 for name, d in CHECKS.items()],
+    check_specs=[*(dg.AssetCheckSpec(name, asset="episodes", description=d + CHECK_NOTE, blocking=False)
+                   for name, d in CHECKS.items()),
+                 dg.AssetCheckSpec(ACCOUNTED, asset="episodes", description=ACCOUNTED_DESCRIPTION, blocking=False)],
 )
 def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Standardized frames (int64 ns clock, one row per frame) and an episode table with
@@ -84,6 +140,7 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
                 "gap_tolerance": {"max_gap_ms": float(pc.max(table["max_gap_ms"]).as_py() or 0.0),
                                   "tolerance_gap_ms": emb.max_gap_ms}}
     checks = [check_result(verdict, name, observed.get(name, {})) for name in CHECKS]
+    checks.append(accounted_check(result.accounting))
     outcomes = table.column("outcome").to_pylist()
     preview = markdown.table(
         ["episode", "outcome", "frames", "max skew ms", "max gap ms", "issues"],
@@ -99,12 +156,30 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
             "failures": outcomes.count("failure"),
             "quality_ok": int(sum(table.column("quality_ok").to_pylist())),
             "undecodable_messages": result.undecodable,
+            **accounting_metadata(result.accounting),
             "embodiment": f"{emb.name} v{emb.version} ({emb.content_hash})",
             "gx_suite": verdict.suite,
             "quality_failing_episodes": verdict.failing_episodes(),
             "episodes_table": dg.MetadataValue.md(preview),
         },
         check_results=checks,
+    )
+
+
+def accounted_check(accounting: list[dict]) -> dg.AssetCheckResult:
+    """Fails when mapped messages were undecodable (or, which cannot happen, are not all placed)."""
+    lost = [r for r in accounting if r["undecodable"]]
+    unplaced = [r for r in accounting if r["read"] != r["undecodable"] + r["events"] + r["in_episodes"]
+                + r["outside_episodes"] + sum(r["dropped"].values())]
+    problems = [f"{r['file']}: {r['topic']} ({r['encoding']}): {r['undecodable']} of {r['read']} undecodable: {r['reason']}"
+                for r in lost] + [f"{r['file']}: {r['topic']}: messages not placed" for r in unplaced]
+    totals = accounting_totals(accounting)
+    return dg.AssetCheckResult(
+        check_name=ACCOUNTED,
+        passed=not problems,
+        severity=CHECK_SEVERITY,
+        description="; ".join(problems) if problems else f"all {totals['read']} mapped messages decoded and placed",
+        metadata={**{f"messages_{k}": v for k, v in totals.items()}, "problems": problems},
     )
 
 

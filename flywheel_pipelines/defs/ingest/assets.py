@@ -7,7 +7,7 @@ from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import ids, markdown
-from flywheel_pipelines.lib.rosbag.manifest import inspect_log
+from flywheel_pipelines.lib.rosbag.manifest import VERDICTS, inspect_log
 from flywheel_pipelines.lib.storage import Lake, raw_fingerprint
 
 OWNERS = ["team:robot-data"]
@@ -37,7 +37,7 @@ def _log_name(key: str) -> str:
 
 def _lost(entry: dict) -> str:
     """Lost messages and the log-time ranges they fell in (int64 ns), as the manifest records them."""
-    if entry["verdict"] != "recovered":
+    if entry["verdict"] not in ("recovered", "rejected"):
         return ""
     count = entry.get("lost_messages")
     ranges = entry.get("lost_ranges") or []
@@ -95,12 +95,12 @@ def write_manifest(lake: Lake, robot: str, day: str, manifest: dict | None = Non
 )
 def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """Per raw file of a robot-day: sha256, size, topics with types, counts, rates, time range
-    and an integrity verdict (ok / recovered / rejected)."""
+    and an integrity verdict (ok / recovered / empty / rejected)."""
     robot, day = robot_day(context)
     store = lake.lake()
     manifest = write_manifest(store, robot, day)
     files = manifest["files"]
-    verdicts = {v: sum(f["verdict"] == v for f in files) for v in ("ok", "recovered", "rejected")}
+    verdicts = {v: sum(f["verdict"] == v for f in files) for v in VERDICTS}
     rows = [(_log_name(f["key"]), f["verdict"], f["message_count"], len(f["topics"]), f"{f['size'] / 1e6:.2f}",
              _lost(f), f.get("reason") or "") for f in files]
     for f in files:
@@ -115,6 +115,7 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
             "messages": sum(f["message_count"] for f in files),
             "ok": verdicts["ok"],
             "recovered": verdicts["recovered"],
+            "empty": verdicts["empty"],
             "rejected": verdicts["rejected"],
             "rejected_files": [f["key"] for f in files if f["verdict"] == "rejected"],
             "files_table": dg.MetadataValue.md(

@@ -68,11 +68,18 @@ class EpisodeSpan:
 
 @dataclass(frozen=True)
 class Standardized:
-    """The standardized frames and the episode table of one robot-day."""
+    """The standardized frames and the episode table of one robot-day.
+
+    ``accounting`` says where every message of every mapped topic went (see :func:`account`);
+    ``empty_cause`` is set when the mapped topics held messages but no frame came out, and
+    names each file, topic, encoding and cause.
+    """
 
     frames: pa.Table
     episodes: pa.Table
     undecodable: int
+    accounting: list[dict] = field(default_factory=list)
+    empty_cause: str | None = None
 
 
 def _parse_event(text: str) -> dict:
@@ -85,12 +92,27 @@ def _parse_event(text: str) -> dict:
     return {"event": text.strip()}
 
 
+@dataclass
+class TopicRead:
+    """What one file gave for one mapped topic: messages read, undecodable ones (and why), and the
+    decoded messages' times on the mapping's clock (to place them in or outside episodes)."""
+
+    file: str
+    topic: str
+    encoding: str
+    read: int
+    undecodable: int
+    reason: str | None
+    stamps: np.ndarray
+
+
 @dataclass(frozen=True)
 class Extracted:
     streams: dict[str, Stream]
     events: list[Event]
     file_ranges: dict[str, tuple[int, int]]  # key -> (first, last) stamp read from that file
     undecodable: int
+    reads: list[TopicRead] = field(default_factory=list)
 
 
 def _requests(emb: Embodiment) -> dict[str, TopicRequest]:
@@ -192,10 +214,16 @@ def extract_streams(files: Sequence[SourceFile], emb: Embodiment) -> Extracted:
     events: list[Event] = []
     undecodable = 0
     file_ranges: dict[str, tuple[int, int]] = {}
+    reads: list[TopicRead] = []
     for source in files:
         stats = ReadStats(source=source.key)
         columns = read_columns(source.path, requests, stats=stats)
         undecodable += stats.undecodable
+        for topic, count in stats.read_by_topic.items():
+            reads.append(TopicRead(source.key, topic, stats.encoding_by_topic.get(topic, "?"), count,
+                                   stats.undecodable_by_topic.get(topic, 0), stats.decode_error_by_topic.get(topic),
+                                   np.zeros(0, np.int64)))
+        by_topic_read = {r.topic: r for r in reads if r.file == source.key}
         lo, hi = None, None
         for topic in list(columns):
             cols = columns.pop(topic)  # freed topic by topic: a long log's columns are large
@@ -205,6 +233,8 @@ def extract_streams(files: Sequence[SourceFile], emb: Embodiment) -> Extracted:
             order = _order(cols.log_time)
             t = _clock(cols, emb.clock)
             t = t if order is None else t[order]
+            if topic in by_topic_read:
+                by_topic_read[topic].stamps = t
             lo = int(t.min()) if lo is None else min(lo, int(t.min()))
             hi = int(t.max()) if hi is None else max(hi, int(t.max()))
             if topic == emb.events_topic:
@@ -228,7 +258,7 @@ def extract_streams(files: Sequence[SourceFile], emb: Embodiment) -> Extracted:
         order = _order(st)
         streams[topic] = Stream(topic, st if order is None else st[order], vals if order is None else vals[order], back)
     events.sort(key=lambda e: e.t_ns)
-    return Extracted(streams, events, file_ranges, undecodable)
+    return Extracted(streams, events, file_ranges, undecodable, reads)
 
 
 def segment(events: Sequence[Event], *, default_task: str, id_prefix: str) -> list[EpisodeSpan]:
@@ -462,7 +492,93 @@ def standardize(files: Sequence[SourceFile], emb: Embodiment, *, robot: str, day
             "quality_ok": not quality["issues"], "stream_quality": json.dumps(quality["streams"], sort_keys=True),
         })
     frames_table = pa.concat_tables(frame_tables) if frame_tables else empty_frames(emb)
-    return Standardized(frames_table, pa.Table.from_pylist(rows, schema=EPISODE_SCHEMA), ex.undecodable)
+    counts = [r["num_frames"] for r in rows]
+    accounting = account(ex, spans, counts, emb)
+    cause = empty_cause(ex, spans, counts, accounting, emb, robot=robot, day=day)
+    return Standardized(frames_table, pa.Table.from_pylist(rows, schema=EPISODE_SCHEMA), ex.undecodable,
+                        accounting, cause)
+
+
+def account(ex: Extracted, spans: Sequence[EpisodeSpan], frame_counts: Sequence[int], emb: Embodiment) -> list[dict]:
+    """Where every message of every mapped topic went, per file and topic.
+
+    Each message read is exactly one of: ``undecodable`` (with the first ``reason``),
+    ``events`` (the event topic: consumed to cut episodes), ``in_episodes`` (decoded, its time
+    inside an episode that has frames), ``dropped`` by a named rule (``episode_without_frames``:
+    inside an episode too short for one frame at the mapping's fps), or ``outside_episodes``.
+    ``read`` is the manifest's count for that file and topic (the same walk reads both).
+    """
+    kept = [(s.start_ns, s.end_ns) for s, n in zip(spans, frame_counts, strict=True) if n > 0]
+    empty = [(s.start_ns, s.end_ns) for s, n in zip(spans, frame_counts, strict=True) if n == 0]
+    rows = []
+    for r in ex.reads:
+        decoded = r.read - r.undecodable
+        row = {"file": r.file, "topic": r.topic, "encoding": r.encoding, "read": r.read,
+               "undecodable": r.undecodable, "reason": r.reason, "events": 0, "in_episodes": 0,
+               "outside_episodes": 0, "dropped": {}}
+        if r.topic == emb.events_topic:
+            row["events"] = decoded
+        else:
+            inside = _within(r.stamps, kept)
+            dropped = _within(r.stamps, empty) & ~inside
+            row["in_episodes"] = int(inside.sum())
+            if dropped.any():
+                row["dropped"] = {"episode_without_frames": int(dropped.sum())}
+            # Messages whose time could not be placed (none today) would show as a mismatch here.
+            row["outside_episodes"] = decoded - row["in_episodes"] - int(dropped.sum())
+        rows.append(row)
+    return rows
+
+
+def _within(stamps: np.ndarray, ranges: Sequence[tuple[int, int]]) -> np.ndarray:
+    mask = np.zeros(len(stamps), bool)
+    for lo, hi in ranges:
+        mask |= (stamps >= lo) & (stamps <= hi)
+    return mask
+
+
+def empty_cause(ex: Extracted, spans: Sequence[EpisodeSpan], frame_counts: Sequence[int], accounting: list[dict],
+                emb: Embodiment, *, robot: str, day: str) -> str | None:
+    """Why a robot-day whose mapped topics hold messages yielded no frame (None when it yielded
+    frames, or when the mapped topics hold nothing). Names each file, topic, encoding and cause."""
+    if sum(frame_counts) > 0 or not any(row["read"] for row in accounting):
+        return None
+    causes: list[str] = []
+    feature_topics = list(dict.fromkeys([f.topic for f in emb.features] + [i.topic for i in emb.images]))
+    for topic in feature_topics:
+        rows = [row for row in accounting if row["topic"] == topic]
+        decoded = sum(row["read"] - row["undecodable"] for row in rows)
+        if decoded:
+            continue
+        if not rows:
+            causes.append(f"mapped topic {topic} has no message in any file (every frame needs each mapped stream)")
+        for row in rows:
+            causes.append(f"{row['file']}: {topic} ({row['encoding']}): all {row['read']} messages undecodable: "
+                          f"{row['reason']}")
+    if emb.events_topic is not None and not spans:
+        rows = [row for row in accounting if row["topic"] == emb.events_topic]
+        if not rows:
+            causes.append(f"event topic {emb.events_topic} has no message in any file, so no episode starts")
+        for row in rows:
+            if row["undecodable"] == row["read"]:
+                causes.append(f"{row['file']}: event topic {emb.events_topic} ({row['encoding']}): all {row['read']} "
+                              f"messages undecodable: {row['reason']}")
+            else:
+                causes.append(f"{row['file']}: event topic {emb.events_topic} ({row['encoding']}): {row['events']} "
+                              "events, none an episode_start")
+    if not causes and spans:
+        inside = sum(row["in_episodes"] for row in accounting)
+        dropped = sum(sum(row["dropped"].values()) for row in accounting)
+        outside = [row for row in accounting if row["outside_episodes"]]
+        causes.append(f"{len(spans)} episodes, none with a frame at {emb.fps} fps ({inside + dropped} messages inside "
+                      "them" + "".join(f"; {r['file']}: {r['topic']} ({r['encoding']}): {r['outside_episodes']} outside"
+                                        for r in outside) + ")")
+    if not causes:
+        causes.append("no frame could be aligned: " + "; ".join(
+            f"{r['file']}: {r['topic']} ({r['encoding']}): {r['read']} read" for r in accounting))
+    total = sum(row["read"] for row in accounting)
+    return (f"robot {robot} on {day}: the mapped topics hold {total} messages but no frame came out "
+            f"(mapping {emb.name} v{emb.version}): " + "; ".join(causes))
 
 
 EPISODE_SCHEMA = pa.schema([

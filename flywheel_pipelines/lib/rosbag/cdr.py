@@ -318,130 +318,184 @@ def _missing(trie: _Trie, found: _Found) -> None:
         _missing(sub, found)
 
 
-# -- the general decoder: a walk compiled to Python per stream ---------------------------------------
+# -- the general decoder: one walk over all pending messages at once ---------------------------------
 
 
-_GUARD = "if c > L - r: raise CdrError('a sequence length runs past the payload')"
+class _VectorWalk:
+    """The general decoder: walks every pending message of a batch together, field by field.
 
-
-def _strings(data: bytes, misalign: int, length: int | None) -> list[str]:
-    """A CDR string array from its bytes (with its count when ``length`` is None)."""
-    pos, out = 0, []
-    if length is None:
-        (length,) = _U32[True].unpack_from(data, 0)
-        pos = 4
-    for _ in range(length):
-        pos = ((pos + misalign + 3) & -4) - misalign
-        (n,) = _U32[True].unpack_from(data, pos)
-        out.append(data[pos + 4 : pos + 3 + n].decode("utf-8", "replace"))
-        pos += 4 + n
-    return out
-
-
-class _FastWalk:
-    """A per-message walk compiled to straight-line Python for one type and one set of wanted paths.
-
-    Used for messages no template covers. It computes the wanted fields' offsets and counts (the
-    values are then gathered for all such messages at once) and decodes the wanted strings, and
-    never builds the message's object tree, which is why it is quicker than a full deserializer.
-    Little-endian CDR only; anything else goes to :class:`_Walker`.
+    Positions are one int64 array (a message per element), so a field costs a few numpy calls
+    per batch, not a Python step per message: a sequence or string length is one gather, an array
+    of messages or strings is walked element by element over the messages that still have one.
+    It records the wanted fields' offsets and counts (the values are gathered afterwards, as for
+    templates) and the places of the wanted strings, which are then decoded in one go: a stream
+    whose joint names never repeat costs one ``bytes.decode`` per batch. Messages whose lengths
+    run past their payload are marked and left to :class:`_Walker`, which words the error.
+    Little-endian CDR only.
     """
 
     def __init__(self, mtype: MessageType, numeric: Sequence[str], text: Sequence[str]):
+        self.mtype = mtype
         self.numeric, self.text = tuple(numeric), tuple(text)
+        self.trie = _build_trie([*numeric, *text])
         self.dtypes: dict[str, str] = {}
-        self._lines: list[str] = []
-        self._functions: dict[tuple[str, int | None], str] = {}
-        self._tries: list[_Trie] = []
-        trie = _build_trie([*numeric, *text])
-        slots = {path: i for i, path in enumerate([*self.numeric, *self.text])}
-        entry = self._function(mtype, mtype.name, trie, slots, True)
-        self.cache: dict[bytes, list[str]] = {}
-        namespace = {"U": _U32[True].unpack_from, "CdrError": CdrError, "strings": _strings, "S": self.cache}
-        exec(compile("\n".join(self._lines), f"<cdr walk {mtype.name}>", "exec"), namespace)  # noqa: S102 - our own generated code
-        # entry(data, origin, 0, payload length - 4, out) -> end; fills out with, in order of the
-        # numeric then the text paths, (offset from the origin, count) or the decoded text.
-        self.entry = namespace[entry]
-        self.slots = len(slots)
 
-    def _function(self, mtype: MessageType, typename: str, trie: _Trie | None, slots: dict[str, int], tail: bool) -> str:
-        key = (typename, None if trie is None else id(trie), tail)
-        if key in self._functions:
-            return self._functions[key]
-        name = f"w{len(self._functions)}"
-        self._functions[key] = name
-        if trie is not None:
-            self._tries.append(trie)  # keep alive: its id is part of the key
-        ops = mtype.ops(typename)
+    def walk(self, buf: np.ndarray, origin: np.ndarray, limit: np.ndarray):
+        """``origin``: where each payload's CDR body starts in ``buf`` (after the 4-byte header);
+        ``limit``: its length. Returns (numeric: path -> (offsets from origin, counts), text: path ->
+        per-message values, bad mask)."""
+        n = len(origin)
+        self._buf, self._origin, self._limit = buf, origin, limit
+        self._bad = np.zeros(n, bool)
+        self._numeric = {p: (np.zeros(n, np.int64), np.zeros(n, np.int64)) for p in self.numeric}
+        # wanted strings: path -> list of (message rows, element number, absolute start, length with NUL)
+        self._strings: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {p: [] for p in self.text}
+        self._counts: dict[str, np.ndarray] = {}
+        self._walk(self.mtype.name, self.trie, np.arange(n), np.zeros(n, np.int64), True)
+        text = {path: self._decode_strings(path, n) for path in self.text}
+        return self._numeric, text, self._bad
+
+    def _u32(self, rows: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """The u32 at each message's position ``r``; a message without 4 bytes there is marked bad (0)."""
+        fits = r + 4 <= self._limit[rows]
+        where = np.where(fits, self._origin[rows] + r, 0)
+        values = _rows(self._buf, where, 4).copy().view("<u4").ravel().astype(np.int64) if len(rows) else \
+            np.zeros(0, np.int64)
+        if not fits.all():
+            self._bad[rows[~fits]] = True
+            values[~fits] = 0
+        return values
+
+    def _check(self, rows: np.ndarray, end: np.ndarray) -> None:
+        over = end > self._limit[rows]
+        if over.any():
+            self._bad[rows[over]] = True
+
+    def _count(self, rows: np.ndarray, r: np.ndarray, op: _Op) -> tuple[np.ndarray, np.ndarray]:
+        if op.length is not None:
+            return np.full(len(rows), op.length, np.int64), r
+        r = (r + 3) & -4
+        c = self._u32(rows, r)
+        r = r + 4
+        # No element is smaller than a byte: a count past the payload is damage (and must not loop).
+        over = c > self._limit[rows] - r
+        if over.any():
+            self._bad[rows[over]] = True
+            c[over] = 0
+        return c, r
+
+    def _walk(self, typename: str, trie: _Trie | None, rows: np.ndarray, r: np.ndarray, tail: bool) -> np.ndarray:
+        ops = self.mtype.ops(typename)
         if trie is not None and tail:
             ops = ops[: max((i for i, op in enumerate(ops) if op.name in trie), default=-1) + 1]
-        body: list[str] = []
         final = len(ops) - 1
         for number, op in enumerate(ops):
+            if not len(rows):
+                return r
             sub = trie.get(op.name) if trie is not None else None
-            slot = slots.get(sub.path) if sub is not None and sub.path is not None else None
+            path = sub.path if sub is not None else None
             last = tail and number == final
-            body.extend(self._op(mtype, op, sub, slot, slots, last))
-        self._lines.append(f"def {name}(d, o, r, L, out):")
-        self._lines.extend("    " + line for line in body or ["pass"])
-        self._lines.append("    return r")
-        return name
+            kind = op.kind
+            if kind in ("prim", "prim_array"):
+                size = _SIZES[op.base]
+                if kind == "prim":
+                    c = None
+                    r = (r + size - 1) & -size
+                else:
+                    c, r = self._count(rows, r, op)
+                    if size > 1:
+                        r = np.where(c > 0, (r + size - 1) & -size, r)
+                if path is not None and path in self._numeric:
+                    self.dtypes[path] = "<" + _KINDS[op.base] + str(size)
+                    offsets, counts = self._numeric[path]
+                    offsets[rows] = r
+                    counts[rows] = 1 if c is None else c
+                r = r + (size if c is None else size * c)
+                self._check(rows, r)
+            elif kind == "string":
+                r = (r + 3) & -4
+                length = self._u32(rows, r)
+                if path is not None and path in self._strings:
+                    self._strings[path].append((rows, np.zeros(len(rows), np.int64), self._origin[rows] + r + 4, length))
+                r = r + 4 + length
+                self._check(rows, r)
+            elif kind == "string_array":
+                c, r = self._count(rows, r, op)
+                wanted = path is not None and path in self._strings
+                if wanted:
+                    counts = np.zeros(len(self._origin), np.int64)
+                    counts[rows] = c
+                    self._counts[path] = counts
+                for k in range(int(c.max()) if len(c) else 0):
+                    active = c > k
+                    sub_rows = rows[active]
+                    pos = (r[active] + 3) & -4
+                    length = self._u32(sub_rows, pos)
+                    if wanted:
+                        self._strings[path].append((sub_rows, np.full(len(sub_rows), k, np.int64),
+                                                    self._origin[sub_rows] + pos + 4, length))
+                    r[active] = pos + 4 + length
+                self._check(rows, r)
+            elif kind == "msg":
+                r = self._walk(op.sub, sub, rows, r, last)
+            else:  # msg_array
+                c, r = self._count(rows, r, op)
+                wanted = [i for i in (sub or {}) if isinstance(i, int)]
+                stop = last and sub is not None
+                top = int(c.max()) if len(c) else 0
+                if stop:
+                    top = min(top, max(wanted, default=-1) + 1)
+                for k in range(top):
+                    active = c > k
+                    elem = sub.get(k) if sub is not None else None
+                    r[active] = self._walk(op.sub, elem, rows[active], r[active].copy(),
+                                           stop and k == max(wanted, default=-1))
+        return r
 
-    def _op(
-        self, mtype: MessageType, op: _Op, sub: _Trie | None, slot: int | None, slots: dict[str, int], last: bool
-    ) -> list[str]:
-        lines: list[str] = []
-        count = "c" if op.length is None else str(op.length)
-        if op.length is None and op.kind in ("prim_array", "msg_array"):
-            lines += ["r = (r + 3) & -4", "c = U(d, o + r)[0]", "r += 4", _GUARD]
-        if op.kind in ("prim", "prim_array"):
-            size = _SIZES[op.base]
-            n = "1" if op.kind == "prim" else count
-            if sub is not None and slot is not None:
-                self.dtypes[sub.path] = "<" + _KINDS[op.base] + str(size)
-            if size > 1:
-                align = f"r = (r + {size - 1}) & -{size}"
-                lines.append(align if op.kind == "prim" or op.length else f"if c: {align}")
-            if slot is not None:
-                lines.append(f"out[{slot}] = (r, {n})")
-            lines.append(f"r += {size} * {n}" if n != "1" else f"r += {size}")
-        elif op.kind == "string":
-            lines += ["r = (r + 3) & -4", "n = U(d, o + r)[0]"]
-            if slot is not None:
-                lines.append(f"out[{slot}] = d[o + r + 4 : o + r + 3 + n].decode('utf-8', 'replace')")
-            lines.append("r += 4 + n")
-        elif op.kind == "string_array":
-            if op.length is None:
-                lines += ["r = (r + 3) & -4", "r0 = r", "c = U(d, o + r)[0]", "r += 4", _GUARD]
-            else:
-                lines.append("r0 = r")
-            lines += [f"for _ in range({count}):", "    r = (r + 3) & -4", "    r += 4 + U(d, o + r)[0]"]
-            if slot is not None:
-                # Joint names and the like repeat: each distinct list is decoded once, cached by
-                # its bytes (the count included).
-                lines += ["k = d[o + r0 : o + r]", "v = S.get(k)",
-                          "if v is None:", f"    v = strings(k, r0 & 3, {op.length})", "    if len(S) < 4096: S[k] = v",
-                          f"out[{slot}] = v"]
-        elif op.kind == "msg":
-            fn = self._function(mtype, op.sub, sub, slots, last)
-            lines.append(f"r = {fn}(d, o, r, L, out)")
-        else:  # msg_array
-            wanted = sorted(i for i in (sub or {}) if isinstance(i, int))
-            skip = self._function(mtype, op.sub, None, slots, False)
-            if not wanted:
-                lines += [f"for _ in range({count}):", f"    r = {skip}(d, o, r, L, out)"]
-            else:
-                lines.append(f"for i in range({count}):")
-                for index in wanted:
-                    fn = self._function(mtype, op.sub, sub[index], slots, False)
-                    lines.append(f"    if i == {index}: r = {fn}(d, o, r, L, out); continue")
-                lines.append(f"    r = {skip}(d, o, r, L, out)")
-                for index in wanted:
-                    missing = _Found()
-                    _missing(sub[index], missing)
-                    for path in missing.numeric:
-                        lines.append(f"if {count} <= {index}: out[{slots[path]}] = (0, 0)")
-        return lines
+    def _decode_strings(self, path: str, n: int) -> list:
+        """The wanted strings of every message, decoded together (a list of str per message for a
+        string array, a str for a string)."""
+        pieces = self._strings[path]
+        array = path in self._counts
+        out: list = [[] if array else None for _ in range(n)]
+        if not pieces:
+            return out
+        rows = np.concatenate([p[0] for p in pieces])
+        element = np.concatenate([p[1] for p in pieces])
+        start = np.concatenate([p[2] for p in pieces])
+        length = np.concatenate([p[3] for p in pieces])
+        good = ~self._bad[rows]
+        rows, element, start, length = rows[good], element[good], start[good], length[good]
+        order = np.lexsort((element, rows))
+        rows, start, length = rows[order], start[order], length[order]
+        strings = self._bulk_decode(start, length)
+        if not array:
+            for i, s in zip(rows.tolist(), strings, strict=True):
+                out[i] = s
+            return out
+        counts = self._counts[path][rows]  # rows are grouped by message: slice each message's names
+        first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.zeros(0, np.int64)
+        for i, a, m in zip(rows[first].tolist(), first.tolist(), counts[first].tolist(), strict=True):
+            out[i] = strings[a : a + m]
+        return out
+
+    def _bulk_decode(self, start: np.ndarray, length: np.ndarray) -> list[str]:
+        """Strings (without their NUL) at these places, with one gather and one decode."""
+        if not len(start):
+            return []
+        total = int(length.sum())
+        if total and (length > 0).all():
+            offsets = np.zeros(len(length), np.int64)
+            np.cumsum(length[:-1], out=offsets[1:])
+            index = np.repeat(start - offsets, length) + np.arange(total)
+            blob = self._buf[index]
+            # Each CDR string ends in its NUL: one decode, one split, unless a string holds a NUL
+            # of its own (then one decode each, below).
+            if (blob[offsets + length - 1] == 0).all() and np.count_nonzero(blob == 0) == len(length):
+                return blob.tobytes().decode("utf-8", "replace").split("\x00")[:-1]
+        data = self._buf
+        return [bytes(data[a : a + max(m - 1, 0)]).decode("utf-8", "replace")
+                for a, m in zip(start.tolist(), length.tolist(), strict=True)]
 
 
 # -- templates and batches -----------------------------------------------------------------------
@@ -497,6 +551,7 @@ class Columns:
     text_of_layout: list[dict[str, object]]
     bad: np.ndarray  # bool per message: did not decode (the reason is in ``errors``)
     errors: list[str]
+    stamp: np.ndarray | None = None  # the message's own stamp (int64 ns, -1: none), for decoders that find it
 
 
 class StreamDecoder:
@@ -507,10 +562,14 @@ class StreamDecoder:
         self.numeric_paths = tuple(numeric)
         self.text_paths = tuple(text)
         self._walker = _Walker(mtype, [*numeric, *text], keep_text=text)
-        self._fast = _FastWalk(mtype, numeric, text)
+        self._vector = _VectorWalk(mtype, numeric, text)
         self.templates: list[Template] = []
         self.walked = 0  # messages decoded one by one (no template)
         self.fast = 0  # messages decoded by a template gather
+
+    def layout_text(self) -> list[dict[str, object]]:
+        """The text fields of each layout, indexed by the layout numbers :meth:`decode` gives."""
+        return [t.text for t in self.templates]
 
     def decode(self, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Columns:
         """``buf``: uint8 array; message ``i`` is ``buf[starts[i] : starts[i] + lengths[i]]``."""
@@ -583,48 +642,29 @@ class StreamDecoder:
         return Columns(numeric, text, layout, [t.text for t in self.templates], bad, errors)
 
     def _walk_each(self, buf, starts, lengths, pending, pieces, text, bad, errors) -> None:
-        """The general decoder: one compiled walk per message, then one gather per field and count."""
+        """The general decoder: one vectorized walk over the pending messages (see :class:`_VectorWalk`),
+        then one gather per field and count; big-endian or damaged payloads go to the interpreter."""
         self.walked += len(pending)
         first = starts[pending]
         little = (lengths[pending] >= 4) & (buf[first] == 0) & (buf[np.minimum(first + 1, len(buf) - 1)] == 1)
-        entry, slots = self._fast.entry, self._fast.slots
-        outs: list[list] = []
-        rows: list[int] = []
         slow: list[int] = pending[~little].tolist()
         fast = pending[little]
-        # The walk runs on one bytes object holding just these messages: struct and slicing are
-        # quickest on bytes, and string slices can key the cache directly.
-        view = memoryview(buf)
-        sizes = lengths[fast].tolist()
-        data = b"".join([view[a : a + n] for a, n in zip(starts[fast].tolist(), sizes, strict=True)])
-        local = np.zeros(len(fast), np.int64)
-        np.cumsum(lengths[fast][:-1], out=local[1:])
-        for i, start, length in zip(fast.tolist(), local.tolist(), sizes, strict=True):
-            out = [None] * slots
-            try:
-                end = entry(data, start + 4, 0, length - 4, out)
-            except (struct.error, IndexError, ValueError):  # CdrError is a ValueError
-                slow.append(i)
-                continue
-            if end > length - 4:
-                slow.append(i)
-                continue
-            outs.append(out)
-            rows.append(i)
-        n_numeric = len(self.numeric_paths)
-        if outs:
-            row_array = np.asarray(rows, np.int64)
-            base = starts[row_array] + 4
-            for k, path in enumerate(self.numeric_paths):
-                table = np.asarray([out[k] for out in outs], np.int64).reshape(-1, 2)
-                dtype = self._fast.dtypes.get(path, "<f8")
-                for count in np.unique(table[:, 1]).tolist():
-                    sel = table[:, 1] == count
-                    pieces[path].append((row_array[sel], base[sel] + table[sel, 0], count, dtype))
-            for k, path in enumerate(self.text_paths):
-                column = text[path]
-                for i, out in zip(rows, outs, strict=True):
-                    column[i] = out[n_numeric + k]
+        if len(fast):
+            origin = starts[fast] + 4
+            found, strings, failed = self._vector.walk(buf, origin, lengths[fast] - 4)
+            slow += fast[failed].tolist()
+            keep = ~failed
+            rows, base = fast[keep], origin[keep]
+            for path in self.numeric_paths:
+                offsets, counts = (a[keep] for a in found[path])
+                dtype = self._vector.dtypes.get(path, "<f8")
+                for count in np.unique(counts).tolist():
+                    sel = counts == count
+                    pieces[path].append((rows[sel], base[sel] + offsets[sel], count, dtype))
+            for path in self.text_paths:
+                column, values = text[path], strings[path]
+                for j in np.flatnonzero(keep).tolist():
+                    column[int(fast[j])] = values[j]
         # Big-endian CDR and damaged payloads: the interpreter, which also words the error.
         for i in slow:
             try:

@@ -12,13 +12,20 @@ in file order, not merged across topics: the caller sorts by the clock it uses a
 Memory is bounded by the batch, not the file: decompressed chunks are dropped after their batch
 is decoded, and only the wanted fields are kept.
 
-rosbag2 folders that store ``.db3`` files and ROS 1 bags are read through rosbags (ROS 1 payloads
-converted to CDR), then decoded by the same column decoder.
+Every storage kind goes through one walk (:func:`.manifest.read_log`): the same code that counts
+a log's messages for its manifest hands the payloads of the wanted topics to :class:`ColumnSink`,
+so what the manifest counts and what standardization reads agree by construction. rosbag2
+``.db3`` parts are read with SQLite (page by page when it reports them malformed), ROS 1 bags
+with rosbags' own bag reader (record by record when it cannot open them).
+
+Decoding depends on the channel's encodings (:func:`stream_for`): CDR with ``ros2msg`` schemas
+(or a type known to rosbags' type store) by :mod:`.cdr`; ROS 1 payloads converted to CDR first;
+``json`` and ``protobuf`` channels by :mod:`.structured`. Anything else is counted undecodable,
+with the reason.
 """
 
 from __future__ import annotations
 
-import contextlib
 import struct
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,7 +48,7 @@ from flywheel_pipelines.lib.rosbag.reader import (
     _Unit,
 )
 
-__all__ = ["BATCH_BYTES", "TopicColumns", "TopicRequest", "read_columns"]
+__all__ = ["BATCH_BYTES", "ChannelInfo", "ColumnSink", "TopicColumns", "TopicRequest", "read_columns", "stream_for"]
 
 BATCH_BYTES = 32 * 2**20
 _PREFIX = _RECORD_HEADER.size + _MESSAGE_PREFIX.size  # payload offset within a message record
@@ -79,25 +86,109 @@ class TopicColumns:
         return len(self.log_time)
 
 
+@dataclass(frozen=True)
+class ChannelInfo:
+    """One channel (MCAP), topic row (.db3) or connection (ROS 1) as the log declares it.
+
+    Attributes:
+        key: Unique within one read of a log (e.g. ``(part file, channel id)``).
+        topic: Topic name.
+        type: Message type name as stored (``sensor_msgs/msg/JointState``, a protobuf full name...).
+        message_encoding: ``cdr``, ``ros1``, ``json``, ``protobuf``, ...
+        schema_encoding: ``ros2msg``, ``ros1msg``, ``jsonschema``, ``protobuf``, ``""`` (none stored:
+            a .db3 without message definitions, a schemaless channel).
+        schema: The schema's bytes (``b""`` when none is stored).
+    """
+
+    key: object
+    topic: str
+    type: str
+    message_encoding: str
+    schema_encoding: str
+    schema: bytes = b""
+
+
 class _Stream:
     """Accumulates one channel's decoded batches."""
 
-    def __init__(self, topic: str, type_: str, decoder: StreamDecoder | None, why: str | None = None,
-                 stamp: str | None = None):
+    def __init__(self, topic: str, type_: str, decoder, why: str | None = None, stamp: str | None = None,
+                 convert=None):
         self.topic, self.type, self.decoder, self.why = topic, type_, decoder, why
-        # "added": header stamp fields read only to make ``stamp`` (dropped after); "asked": kept too
+        # "added": header stamp fields read only to make ``stamp`` (dropped after); "asked": kept too;
+        # "own": the decoder finds the message's own stamp (JSON, protobuf)
         self.stamp = stamp
+        self.convert = convert  # payload -> CDR bytes (ROS 1 payloads), or None
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, object]] = []
 
     def add(self, log_time: np.ndarray, publish_time: np.ndarray, columns) -> None:
         stamp = None
-        if self.stamp is not None:
+        if self.stamp == "own":
+            stamp = getattr(columns, "stamp", None)
+            if stamp is not None:
+                # A message without a stamp of its own is placed at its send time, as a header-less one.
+                fallback = np.where(publish_time > 0, publish_time, log_time)
+                stamp = np.where(stamp >= 0, stamp, fallback)
+        elif self.stamp is not None:
             sec, nanosec = (columns.numeric[path][:, 0] for path in _STAMP)
             stamp = sec.astype(np.int64) * 1_000_000_000 + nanosec.astype(np.int64)
             if self.stamp == "added":
                 for path in _STAMP:
                     del columns.numeric[path]
         self.parts.append((log_time, publish_time, stamp, columns))
+
+    def layout_text(self) -> list[dict[str, object]]:
+        return self.decoder.layout_text() if self.decoder is not None else []
+
+
+class ColumnSink:
+    """Receives the wanted topics' messages from the log walk and decodes them into columns."""
+
+    def __init__(self, requests: Mapping[str, TopicRequest], stats: ReadStats) -> None:
+        self.requests = requests
+        self.stats = stats
+        self.streams: dict[object, _Stream] = {}
+        self.channels: dict[str, ChannelInfo] = {}  # topic -> the first channel seen for it
+
+    def wants(self, topic: str) -> bool:
+        return topic in self.requests
+
+    def add(self, info: ChannelInfo, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+            log_time: np.ndarray, publish_time: np.ndarray) -> None:
+        stream = self.streams.get(info.key)
+        if stream is None:
+            stream = self.streams[info.key] = stream_for(info, self.requests[info.topic])
+            self.channels.setdefault(info.topic, info)
+        self.stats.messages += len(starts)
+        self.stats.read_by_topic[info.topic] = self.stats.read_by_topic.get(info.topic, 0) + len(starts)
+        self.stats.encoding_by_topic.setdefault(info.topic, _encoding_text(info))
+        if stream.convert is not None and stream.decoder is not None:
+            buf, starts, lengths, ok, errors = _converted(stream.convert, buf, starts, lengths)
+            for error in errors:
+                _count_undecodable(self.stats, info.topic, error)
+            log_time, publish_time = log_time[ok], publish_time[ok]
+        _decode_into(stream, self.stats, buf, starts, lengths, log_time, publish_time)
+
+
+def _encoding_text(info: ChannelInfo) -> str:
+    return f"{info.message_encoding or 'none'}/{info.schema_encoding or 'none'}"
+
+
+def _converted(convert, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+    """Payloads converted one by one (ROS 1 -> CDR); the failures, with their reasons, left out."""
+    view = memoryview(buf)
+    out: list[bytes] = []
+    ok = np.ones(len(starts), bool)
+    errors: list[str] = []
+    for i, (a, n) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+        try:
+            out.append(convert(view[a : a + n]))
+        except Exception as exc:  # noqa: BLE001 - a payload that does not match its definition
+            ok[i] = False
+            errors.append(f"ROS 1 payload does not convert to CDR ({type(exc).__name__}: {exc})")
+    sizes = np.fromiter((len(d) for d in out), np.int64, len(out))
+    new_starts = np.zeros(len(out), np.int64)
+    np.cumsum(sizes[:-1], out=new_starts[1:])
+    return np.frombuffer(b"".join(out), np.uint8), new_starts, sizes, ok, errors
 
 
 def read_columns(
@@ -107,52 +198,32 @@ def read_columns(
     stats: ReadStats | None = None,
     batch_bytes: int = BATCH_BYTES,
 ) -> dict[str, TopicColumns]:
-    """Reads the requested topics of one log (an ``.mcap`` file, a rosbag2 folder or a ROS 1 bag).
+    """Reads the requested topics of one log (an MCAP file, a rosbag2 folder or ``.db3`` file, a ROS 1 bag).
 
-    Damage is handled as :func:`.reader.iter_messages` handles it (recorded in ``stats``, never
-    raised once something was read); messages that do not decode are counted in
-    ``stats.undecodable`` per topic. Topics absent from the log are absent from the result.
+    The log is walked by :func:`.manifest.read_log`, the code that makes its manifest. Damage is
+    recorded in ``stats`` (problems, lost messages and ranges), never raised once something was
+    read; ``stats.read_by_topic`` counts the messages read per requested topic (the manifest's
+    count for that topic, by construction) and ``stats.undecodable_by_topic`` those that did not
+    decode. Topics absent from the log are absent from the result.
 
     Raises:
         LogReadError: The log cannot be read at all.
     """
+    from flywheel_pipelines.lib.rosbag.manifest import describe_fatal, read_log  # the walk lives beside the manifest
+
     p = Path(path)
     stats = stats if stats is not None else ReadStats()
     stats.source = stats.source or str(p)
-    streams: dict[object, _Stream] = {}
-    if p.is_dir():
-        mcaps = sorted(p.glob("*.mcap"))
-        if mcaps:
-            for file in mcaps:
-                part = ReadStats(source=f"{stats.source}/{file.name}")
-                try:
-                    _read_mcap(file, requests, part, streams, batch_bytes, key_prefix=file.name)
-                except LogReadError as exc:
-                    part.problems.append(exc.problem or str(exc))
-                    part.lost_messages = None
-                _merge_stats(stats, part, file.name)
-        else:
-            _read_rosbags(p, requests, stats, streams, batch_bytes)
-    elif p.suffix == ".bag":
-        _read_rosbags(p, requests, stats, streams, batch_bytes)
-    else:
-        _read_mcap(p, requests, stats, streams, batch_bytes)
-    return _finish(streams)
-
-
-def _merge_stats(total: ReadStats, part: ReadStats, name: str) -> None:
-    total.messages += part.messages
-    total.undecodable += part.undecodable
-    for topic, n in part.undecodable_by_topic.items():
-        total.undecodable_by_topic[topic] = total.undecodable_by_topic.get(topic, 0) + n
-    total.first_decode_error = total.first_decode_error or part.first_decode_error
-    total.problems.extend(f"{name}: {problem}" for problem in part.problems)
-    total.lost_ranges = sorted([*total.lost_ranges, *part.lost_ranges])
-    total.skipped_bytes += part.skipped_bytes
-    if part.lost_messages is None or total.lost_messages is None:
-        total.lost_messages = None
-    else:
-        total.lost_messages += part.lost_messages
+    sink = ColumnSink(requests, stats)
+    reading = read_log(p, stats.source, topics=frozenset(requests), sink=sink, batch_bytes=batch_bytes)
+    if reading.fatal is not None:
+        problem = describe_fatal(reading)
+        raise LogReadError(f"{stats.source}: {problem}", source=stats.source, problem=problem)
+    stats.problems.extend(reading.problems)
+    stats.lost_messages = reading.lost
+    stats.lost_ranges = sorted(reading.lost_ranges)
+    stats.skipped_bytes += reading.skipped_bytes
+    return _finish(sink.streams)
 
 
 # -- MCAP ----------------------------------------------------------------------------------------
@@ -189,69 +260,119 @@ class _Batch:
         self.messages = {}
 
 
-def _read_mcap(
+def scan_mcap(
     path: Path,
-    requests: Mapping[str, TopicRequest],
-    stats: ReadStats,
-    streams: dict[object, _Stream],
-    batch_bytes: int,
+    label: str,
+    reading,
+    *,
+    topics: frozenset[str] | None,
+    sink: ColumnSink | None,
+    batch_bytes: int = BATCH_BYTES,
     key_prefix: str = "",
+    verify: bool = False,
 ) -> None:
-    label = stats.source or str(path)
-    stats.source = label
-    with _McapScan(path, label, frozenset(requests), stats) as scan:
-        scan.index()
-        batch = _Batch(batch_bytes)
-        loads = _Prefetch(scan)
-        for number, unit in enumerate(scan._units):
-            if unit.is_chunk:
-                if not scan._chunk_wanted(unit):
-                    scan.readable = True
-                    continue
-                positions = None
-                if not (unit.cut or unit.zero_tail):
-                    try:
-                        records = loads.get(number)
-                    except _Damage:
-                        pass  # the reader's own path below words the problem and counts the loss
-                    else:
-                        unit.loaded = True
-                        positions = _indexed_positions(scan, unit, records)
-                        if positions is None:
-                            positions = _framed_positions(scan, records)
-                if positions is None:
-                    # Damaged, cut or zero-tailed: the reader salvages what it can, message by message.
-                    unit.loaded = False
-                    records, positions = _salvaged(scan, number)
+    """The MCAP part of the log walk: counts every message read into ``reading`` (per topic) and
+    hands those of the wanted topics to ``sink``, batch by batch.
+
+    ``topics`` (None: all) limits what is read at all: chunks holding none of them are skipped.
+    ``verify`` also checks the data section CRC (reads the whole file once more).
+    Damage goes to ``reading.problems``, ``lost``, ``lost_ranges`` and ``skipped_bytes``.
+
+    Raises:
+        LogReadError: Nothing could be read (not MCAP, empty, damaged before any message).
+    """
+    stats = ReadStats(source=label)
+    try:
+        with _McapScan(path, label, topics, stats) as scan:
+            scan.index()
+            batch = _Batch(batch_bytes)
+            loads = _Prefetch(scan)
+            try:
+                for number, unit in enumerate(scan._units):
+                    records, positions = _unit_positions(scan, loads, number, unit)
+                    if positions is None:
+                        continue
+                    wanted = {}
+                    for channel_id, pos in positions.items():
+                        channel = scan.channels.get(channel_id)
+                        if channel is None:
+                            scan._orphans[channel_id] += len(pos[0])
+                        elif scan._wanted(channel):
+                            wanted[channel_id] = pos
+                            scan.read_by_channel[channel_id] += len(pos[0])
+                            stats.messages += len(pos[0])
+                            scan.readable = True
+                    if wanted:
+                        if not batch.fits(len(records)):
+                            _deliver_batch(scan, batch, reading, sink, key_prefix)
+                        batch.add(records, wanted)
+                _deliver_batch(scan, batch, reading, sink, key_prefix)
+            finally:
+                loads.close()
+            scan._finish()
+            if verify:
+                scan.verify_data_crc()
+            # Channels that never got a message still document what the robot was set to record.
+            for channel in scan.channels.values():
+                if scan._wanted(channel):
+                    info = _mcap_info(scan, channel, key_prefix)
+                    reading.channel(info)
+            readable = scan.readable
+        if stats.messages == 0 and stats.problems and not readable:
+            raise LogReadError(f"{stats.describe()}; no message could be read", source=label,
+                               problem="; ".join(stats.problems))
+    finally:
+        reading.problems.extend(stats.problems)
+        reading.add_lost(stats.lost_messages)
+        reading.lost_ranges.extend(stats.lost_ranges)
+        reading.skipped_bytes += stats.skipped_bytes
+
+
+def _unit_positions(scan: _McapScan, loads, number: int, unit: _Unit):
+    """A unit's records and its wanted messages' (offsets, lengths) per channel; (None, None) to skip it."""
+    if unit.is_chunk:
+        if not scan._chunk_wanted(unit):
+            scan.readable = True
+            return None, None
+        positions = None
+        if not (unit.cut or unit.zero_tail):
+            try:
+                records = loads.get(number)
+            except _Damage:
+                pass  # the reader's own path below words the problem and counts the loss
             else:
                 unit.loaded = True
-                body = scan._read_at(unit.offset + _RECORD_HEADER.size, unit.body_length)
-                if len(body) < unit.body_length:
-                    scan._problem(f"message at byte {unit.offset} could not be read back")
-                    scan._add_lost(1)
-                    continue
-                records = bytes(_RECORD_HEADER.pack(Opcode.MESSAGE, unit.body_length)) + body
-                positions = {unit.channel_id: (np.zeros(1, np.int64), np.array([unit.body_length], np.int64))}
-            wanted = {}
-            for channel_id, pos in positions.items():
-                channel = scan.channels.get(channel_id)
-                if channel is None:
-                    scan._orphans[channel_id] += len(pos[0])
-                elif scan._wanted(channel):
-                    wanted[channel_id] = pos
-                    scan.read_by_channel[channel_id] += len(pos[0])
-                    stats.messages += len(pos[0])
-                    scan.readable = True
-            if wanted:
-                if not batch.fits(len(records)):
-                    _decode_batch(scan, batch, requests, streams, key_prefix)
-                batch.add(records, wanted)
-        _decode_batch(scan, batch, requests, streams, key_prefix)
-        loads.close()
-        scan._finish()
-        readable = scan.readable
-    if stats.messages == 0 and stats.problems and not readable:
-        raise LogReadError(f"{stats.describe()}; no message could be read", source=label, problem="; ".join(stats.problems))
+                positions = _indexed_positions(scan, unit, records)
+                if positions is None:
+                    positions = _framed_positions(scan, records)
+        if positions is None:
+            # Damaged, cut or zero-tailed: the reader salvages what it can, message by message.
+            unit.loaded = False
+            records, positions = _salvaged(scan, number)
+        return records, positions
+    unit.loaded = True
+    body = scan._read_at(unit.offset + _RECORD_HEADER.size, unit.body_length)
+    if len(body) < unit.body_length:
+        scan._problem(f"message at byte {unit.offset} could not be read back")
+        scan._add_lost(1)
+        return None, None
+    records = bytes(_RECORD_HEADER.pack(Opcode.MESSAGE, unit.body_length)) + body
+    return records, {unit.channel_id: (np.zeros(1, np.int64), np.array([unit.body_length], np.int64))}
+
+
+def _mcap_info(scan: _McapScan, channel, key_prefix: str) -> ChannelInfo:
+    cache = scan.__dict__.setdefault("_infos", {})
+    info = cache.get(channel.id)
+    if info is None or info.topic != channel.topic:
+        info = cache[channel.id] = _make_info(scan, channel, key_prefix)
+    return info
+
+
+def _make_info(scan: _McapScan, channel, key_prefix: str) -> ChannelInfo:
+    schema = scan.schemas.get(channel.schema_id) if channel.schema_id else None
+    return ChannelInfo(
+        (key_prefix, channel.id), channel.topic, schema.name if schema is not None else "", channel.message_encoding,
+        schema.encoding if schema is not None else "", bytes(schema.data) if schema is not None else b"")
 
 
 class _Prefetch:
@@ -391,54 +512,100 @@ def _salvaged(scan: _McapScan, number: int) -> tuple[bytes, dict[int, tuple[np.n
     return b"".join(parts), {cid: (np.asarray(o, np.int64), np.asarray(n, np.int64)) for cid, (o, n) in found.items()}
 
 
-def _decode_batch(
-    scan: _McapScan,
-    batch: _Batch,
-    requests: Mapping[str, TopicRequest],
-    streams: dict[object, _Stream],
-    key_prefix: str,
-) -> None:
+def _deliver_batch(scan: _McapScan, batch: _Batch, reading, sink: ColumnSink | None, key_prefix: str) -> None:
     if not batch.messages:
         return
     buf = batch.buffer[: batch.size]
     for channel_id, pieces in batch.messages.items():
         channel = scan.channels[channel_id]
-        key = (key_prefix, channel_id)
-        stream = streams.get(key)
-        if stream is None:
-            schema = scan.schemas.get(channel.schema_id) if channel.schema_id else None
-            stream = streams[key] = _mcap_stream(channel, schema, requests[channel.topic])
+        info = _mcap_info(scan, channel, key_prefix)
         offsets = np.concatenate([base + o for base, o, _ in pieces])
         lengths = np.concatenate([n for _, _, n in pieces])
         times = _rows(buf, offsets + _RECORD_HEADER.size + 6, 16).copy().view("<u8").astype(np.int64)
-        _decode_into(stream, scan.stats, buf, offsets + _PREFIX, lengths - _MESSAGE_PREFIX.size, times[:, 0],
-                     times[:, 1])
+        reading.channel(info).add_times(times[:, 0])
+        if sink is not None and sink.wants(channel.topic):
+            sink.add(info, buf, offsets + _PREFIX, lengths - _MESSAGE_PREFIX.size, times[:, 0], times[:, 1])
     batch.clear()
 
 
 _STAMP = ("header.stamp.sec", "header.stamp.nanosec")
 
 
-def _stream(topic: str, type_: str, mtype: MessageType, request: TopicRequest) -> _Stream:
+def _cdr_stream(topic: str, type_: str, mtype: MessageType, request: TopicRequest, convert=None) -> _Stream:
     numeric, stamp = request.numeric, None
     if request.stamp and any(op.name == "header" and op.sub == "std_msgs/msg/Header" for op in mtype.ops()):
         stamp = "asked" if all(p in numeric for p in _STAMP) else "added"
         numeric = (*numeric, *(p for p in _STAMP if p not in numeric))
-    return _Stream(topic, type_, StreamDecoder(mtype, numeric, request.text), stamp=stamp)
+    return _Stream(topic, type_, StreamDecoder(mtype, numeric, request.text), stamp=stamp, convert=convert)
 
 
-def _mcap_stream(channel, schema, request: TopicRequest) -> _Stream:
-    type_ = schema.name if schema is not None else ""
-    if channel.message_encoding != "cdr":
-        return _Stream(channel.topic, type_, None, f"message encoding {channel.message_encoding!r} is not CDR")
-    if schema is None or schema.encoding != "ros2msg":
-        encoding = schema.encoding if schema is not None else "none"
-        return _Stream(channel.topic, type_, None, f"schema encoding {encoding!r} is not ros2msg")
+def decoder_problem(info: ChannelInfo) -> str | None:
+    """Why a channel cannot be decoded, judged from its encodings and schema alone; None if it can."""
+    stream = stream_for(info, TopicRequest())
+    return stream.why if stream.decoder is None else None
+
+
+def stream_for(info: ChannelInfo, request: TopicRequest) -> _Stream:
+    """The decoder for one channel's requested fields, chosen by its encodings (see the module
+    docstring); a stream without a decoder carries the reason its messages are undecodable."""
+    topic, type_ = info.topic, info.type
+    encoding, schema_encoding = info.message_encoding, info.schema_encoding
     try:
-        mtype = MessageType.from_msgdef(schema.name, schema.data.decode("utf-8", "replace"))
-        return _stream(channel.topic, type_, mtype, request)
+        if encoding == "cdr":
+            if schema_encoding == "ros2msg":
+                mtype = MessageType.from_msgdef(type_, info.schema.decode("utf-8", "replace"))
+            elif schema_encoding == "":
+                mtype = _known_type(type_)
+            else:
+                return _Stream(topic, type_, None, f"CDR messages with a {schema_encoding!r} schema (expected ros2msg)")
+            return _cdr_stream(topic, type_, mtype, request)
+        if encoding == "ros1":
+            if schema_encoding not in ("ros1msg", ""):
+                return _Stream(topic, type_, None, f"ROS 1 messages with a {schema_encoding!r} schema (expected ros1msg)")
+            mtype, convert = _ros1_type(type_, info.schema.decode("utf-8", "replace"))
+            return _cdr_stream(topic, type_, mtype, request, convert)
+        if encoding in ("json", "protobuf"):
+            from flywheel_pipelines.lib.rosbag import structured
+
+            decoder = structured.decoder_for(info, request.numeric, request.text, stamp=request.stamp)
+            return _Stream(topic, type_, decoder, stamp="own" if request.stamp else None)
     except CdrError as exc:
-        return _Stream(channel.topic, type_, None, str(exc))
+        return _Stream(topic, type_, None, str(exc))
+    known = "cdr (ros2msg), ros1 (ros1msg), json (jsonschema or none), protobuf (protobuf)"
+    return _Stream(topic, type_, None, f"message encoding {encoding or 'none'!r} is not supported (supported: {known})")
+
+
+def _known_type(name: str) -> MessageType:
+    """A type a .db3 names without storing its definition: from rosbags' store of ROS 2 types."""
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.LATEST)
+    if name not in store.fielddefs:
+        raise CdrError(f"type {name!r} has no stored definition and is not a standard ROS 2 type")
+    return MessageType(name, store.fielddefs)
+
+
+def _ros1_type(name: str, text: str):
+    """A ROS 1 type from its stored definition, and the ROS 1 -> CDR conversion of its payloads.
+
+    rosbags' own ``ros1_to_cdr`` mistakes a ROS 1 Header (with seq) for a ROS 2 one, so payloads go
+    through its (correct) ROS 1 deserializer and are serialized again as CDR.
+    """
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+    from rosbags.typesys.msg import normalize_msgtype
+
+    store = get_typestore(Stores.EMPTY)
+    name = normalize_msgtype(name)  # MCAP ros1msg schemas say "pkg/Type", rosbags "pkg/msg/Type"
+    try:
+        store.register(get_types_from_msg(text, name))
+    except Exception as exc:  # noqa: BLE001 - the definition text is untrusted input
+        raise CdrError(f"ROS 1 definition of {name!r} cannot be parsed: {exc}") from None
+    mtype = MessageType(name, store.fielddefs)
+
+    def convert(payload) -> bytes:
+        return bytes(store.serialize_cdr(store.deserialize_ros1(payload, name), name))
+
+    return mtype, convert
 
 
 def _decode_into(
@@ -458,80 +625,9 @@ def _decode_into(
         columns.numeric = {k: v[keep] for k, v in columns.numeric.items()}
         columns.text = {k: [x for x, good in zip(v, keep, strict=True) if good] for k, v in columns.text.items()}
         columns.layout = columns.layout[keep]
+        if getattr(columns, "stamp", None) is not None:
+            columns.stamp = columns.stamp[keep]
     stream.add(log_time, publish_time, columns)
-
-
-# -- rosbags (rosbag2 .db3 folders, ROS 1 bags) ----------------------------------------------------
-
-
-def _read_rosbags(
-    path: Path,
-    requests: Mapping[str, TopicRequest],
-    stats: ReadStats,
-    streams: dict[object, _Stream],
-    batch_bytes: int,
-) -> None:
-    from rosbags.highlevel import AnyReader
-    from rosbags.typesys import Stores, get_typestore
-
-    ros1 = path.suffix == ".bag"
-    try:
-        reader = AnyReader([path], default_typestore=None if ros1 else get_typestore(Stores.LATEST))
-        reader.open()
-    except Exception as exc:  # noqa: BLE001 - rosbags raises several unrelated types
-        problem = f"rosbags cannot open it ({type(exc).__name__}: {exc})"
-        raise LogReadError(f"{stats.source}: {problem}", source=stats.source, problem=problem) from None
-    try:
-        connections = [c for c in reader.connections if c.topic in requests]
-        pending: dict[int, list[tuple[int, bytes]]] = {}
-        size = 0
-        by_id = {}
-        for connection in connections:
-            try:
-                mtype = MessageType(connection.msgtype, reader.typestore.fielddefs)
-                request = requests[connection.topic]
-                by_id[connection.id] = _stream(connection.topic, connection.msgtype, mtype, request)
-            except CdrError as exc:
-                by_id[connection.id] = _Stream(connection.topic, connection.msgtype, None, str(exc))
-            streams[(str(path), connection.id)] = by_id[connection.id]
-        try:
-            for connection, timestamp, data in reader.messages(connections=connections):
-                if ros1:
-                    # rosbags' ros1_to_cdr mistakes a ROS 1 Header (with seq) for a ROS 2 one, so
-                    # convert through its (correct) ROS 1 deserializer instead.
-                    try:
-                        message = reader.deserialize(data, connection.msgtype)
-                        data = reader.typestore.serialize_cdr(message, connection.msgtype)
-                    except Exception as exc:  # noqa: BLE001 - a payload that does not match its type
-                        _count_undecodable(stats, connection.topic, f"ROS 1 payload does not convert ({exc})")
-                        continue
-                stats.messages += 1
-                pending.setdefault(connection.id, []).append((timestamp, bytes(data)))
-                size += len(data)
-                if size >= batch_bytes:
-                    _flush_rosbags(pending, by_id, stats)
-                    size = 0
-        except Exception as exc:  # noqa: BLE001 - damage surfaces as sqlite3/struct/rosbags errors
-            stats.problems.append(f"reading stopped after {stats.messages} messages ({type(exc).__name__}: {exc})")
-            stats.lost_messages = None
-        _flush_rosbags(pending, by_id, stats)
-    finally:
-        with contextlib.suppress(Exception):
-            reader.close()
-
-
-def _flush_rosbags(pending: dict[int, list[tuple[int, bytes]]], by_id: dict[int, _Stream], stats: ReadStats) -> None:
-    for connection_id, items in pending.items():
-        if not items:
-            continue
-        payloads = [d for _, d in items]
-        lengths = np.fromiter((len(d) for d in payloads), np.int64, len(payloads))
-        starts = np.zeros(len(payloads), np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        buf = np.frombuffer(b"".join(payloads), np.uint8)
-        times = np.fromiter((t for t, _ in items), np.int64, len(items))
-        _decode_into(by_id[connection_id], stats, buf, starts, lengths, times, times)
-        items.clear()
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -559,7 +655,7 @@ def _finish(streams: dict[object, _Stream]) -> dict[str, TopicColumns]:
         layouts, table = [], []
         for stream in parts:
             offset = len(table)
-            table.extend(t.text for t in stream.decoder.templates)
+            table.extend(stream.layout_text())
             for p in stream.parts:
                 layouts.append(np.where(p[3].layout >= 0, p[3].layout + offset, -1))
             stream.parts = []

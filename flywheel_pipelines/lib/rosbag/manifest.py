@@ -8,7 +8,13 @@ summary) and returns a :class:`FileManifest` with a verdict:
   ``lost_messages`` how many messages are known to be missing (``None`` when that cannot be
   counted, e.g. a truncated MCAP has no summary to compare with) and ``lost_ranges`` the log-time
   intervals the lost messages fall in, where those are known;
-* ``"rejected"``: nothing usable (empty, not a log, no readable message).
+* ``"empty"``: a valid log that holds no messages (not damage, and not data either);
+* ``"rejected"``: damaged beyond use (a zero-length file, not a log, no readable message).
+
+``lost_messages`` is always the number the ``reason`` states (for ``"rejected"`` too).
+
+:func:`read_log` is the walk over a log's messages that both this manifest and standardization
+(:func:`.columnar.read_columns`) use, so what the manifest counts per topic is what ingest reads.
 
 Damage never raises: whatever can still be read is counted, and the raw input is only ever
 opened for reading (a sqlite3 file is opened ``immutable``; one with a write-ahead log is read
@@ -32,10 +38,11 @@ Supported inputs, recognised by content rather than by name:
   a bag ``rosbags`` cannot open (its index is written last, so a killed recorder leaves none) is
   walked record by record instead, chunks decompressed as far as their data goes.
 
-With ``decode=True``, MCAP messages are also decoded as :func:`.reader.iter_decoded` decodes
-them, and each topic counts the messages that do not decode; without it, only a channel whose
-encodings have no ROS 2 decoder at all is counted (that costs nothing). Either way an
-undecodable topic is not damage: it does not change the verdict.
+Each topic records whether ingest can decode its channel (``decodable``, and why not), judged
+from its encodings and schema (:func:`.columnar.decoder_problem`); a topic that cannot be decoded
+counts all its messages ``undecodable``. With ``decode=True`` every message is also decoded in
+full (CDR, ROS 1, JSON, protobuf; see :mod:`.structured`) and each topic counts the payloads that
+fail. Either way an undecodable topic is not damage: it does not change the verdict.
 
 For a folder, ``size`` is the total size of its regular files and ``sha256`` is the SHA-256 of a
 ``sha256sum``-style listing of them: one line ``"<hex sha256 of the file>  <relative path>\\n"``
@@ -47,6 +54,7 @@ sha256sum``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import mmap
 import re
@@ -59,20 +67,20 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from flywheel_pipelines.lib.rosbag.columnar import ChannelInfo, ColumnSink, decoder_problem, scan_mcap
 from flywheel_pipelines.lib.rosbag.reader import (
     MCAP_MAGIC,
     LogReadError,
-    ReadStats,
-    _build_decoder,
-    _decoder_factory,
-    _decoder_problem,
-    _McapScan,
     _merge_ranges,
 )
 
-__all__ = ["VERDICTS", "FileManifest", "TopicStats", "inspect_log"]
+__all__ = ["VERDICTS", "FileManifest", "TopicStats", "inspect_log", "read_log"]
 
-VERDICTS = ("ok", "recovered", "rejected")
+# ok: every message read, every check passed; recovered: damaged, but messages were read;
+# empty: a valid log without messages; rejected: damaged beyond use (nothing could be read).
+VERDICTS = ("ok", "recovered", "empty", "rejected")
 
 _ROS1_MAGIC = b"#ROSBAG V2.0"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -95,6 +103,11 @@ class TopicStats:
         undecodable: Messages of ``count`` known not to decode (see the module docstring for
             when this is checked); 0 when all decode or when it was not checked.
         decode_error: Why, for the first of them; ``None`` when ``undecodable`` is 0.
+        schema_encoding: The schema's encoding (``ros2msg``, ``ros1msg``, ``jsonschema``,
+            ``protobuf``; ``""`` when none is stored).
+        decodable: Whether ingest has a decoder for the topic's encodings and schema (judged
+            from the channel, without decoding: ``decode_error`` counts payloads that fail).
+        decodable_reason: Why not, when ``decodable`` is false.
     """
 
     topic: str
@@ -106,6 +119,9 @@ class TopicStats:
     rate_hz: float
     undecodable: int = 0
     decode_error: str | None = None
+    schema_encoding: str = ""
+    decodable: bool = True
+    decodable_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,16 +132,17 @@ class FileManifest:
         key: The lake key or file name the log was read as.
         sha256: Hex SHA-256 of the file (of a folder: see the module docstring).
         size: Size in bytes (of a folder: of all its files).
-        verdict: ``"ok"``, ``"recovered"`` or ``"rejected"``.
-        reason: For ``"recovered"`` and ``"rejected"``: the file and the problem(s) found.
+        verdict: ``"ok"``, ``"recovered"``, ``"empty"`` (a valid log without messages) or
+            ``"rejected"`` (damaged beyond use).
+        reason: For ``"recovered"``, ``"empty"`` and ``"rejected"``: the file and what was found.
         topics: Per-topic statistics, sorted by topic; declared topics without messages have
             ``count`` 0.
         message_count: Messages read.
         start_ns: Earliest log time read, or None without messages.
         end_ns: Latest log time read, or None without messages.
-        lost_messages: For ``"recovered"``: messages known to be lost (the file's own counts
-            minus those read), ``None`` when unknown; 0 otherwise.
-        lost_ranges: For ``"recovered"``: sorted, disjoint log-time intervals
+        lost_messages: Messages known to be lost (the file's own counts minus those read; the
+            number the reason states), ``None`` when unknown; 0 for ``"ok"`` and ``"empty"``.
+        lost_ranges: For ``"recovered"`` and ``"rejected"``: sorted, disjoint log-time intervals
             ``(first_ns, last_ns)`` that contain the lost messages, where those are known (a
             skipped chunk's range, the rest of a cut chunk, the gap around an unreadable stretch
             or a missing part); empty otherwise.
@@ -181,6 +198,9 @@ class FileManifest:
                     rate_hz=float(t["rate_hz"]),
                     undecodable=int(t.get("undecodable", 0)),
                     decode_error=t.get("decode_error"),
+                    schema_encoding=t.get("schema_encoding", ""),
+                    decodable=bool(t.get("decodable", True)),
+                    decodable_reason=t.get("decodable_reason"),
                 )
                 for t in d.get("topics", ())
             ),
@@ -198,16 +218,17 @@ def inspect_log(path: str | Path, *, key: str | None = None, decode: bool = Fals
     """Reads a whole log and describes it; damaged input gives a verdict, never an exception.
 
     Args:
-        path: An MCAP file, a ROS 1 ``.bag`` file, or a rosbag2 folder.
+        path: An MCAP file, a ROS 1 ``.bag`` file, a rosbag2 folder or a bare ``.db3`` file.
         key: The name to record (e.g. the lake key the file was downloaded from); also the name
             the ``reason`` uses. Defaults to the file or folder name (``reason`` then uses the
             full path, which is what a person debugging locally wants to see).
-        decode: Also decode every MCAP message and count, per topic, those that do not decode
-            (several times slower; see the module docstring).
+        decode: Also decode every message in full and count, per topic, those that do not
+            decode (several times slower; see the module docstring).
 
     Returns:
         The manifest. A zero-length, non-log, truncated or corrupt input is ``"rejected"`` or
-        ``"recovered"`` with a ``reason`` naming the file and the problem.
+        ``"recovered"`` with a ``reason`` naming the file and the problem; a valid log without
+        messages is ``"empty"``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (a caller error, not bad input).
@@ -215,28 +236,113 @@ def inspect_log(path: str | Path, *, key: str | None = None, decode: bool = Fals
     p = Path(path)
     label = key if key is not None else str(p)
     key = key if key is not None else p.name
-    if p.is_dir():
-        sha256, size, parts = _hash_folder(p)
-        reading = _guard(label, lambda: _read_folder(p, decode))
-        return replace(_manifest(key, label, sha256, size, reading), parts=parts)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such log")
-    sha256, size = _hash_file(p)
-    with open(p, "rb") as fh:
-        head = fh.read(16)
+    if p.is_dir():
+        sha256, size, parts = _hash_folder(p)
+    else:
+        (sha256, size), parts = _hash_file(p), ()
+    sink = _DecodeSink() if decode else None
+    reading = read_log(p, label, sink=sink, verify=True)
+    if sink is not None:
+        sink.apply(reading)
+    return replace(_manifest(key, label, sha256, size, reading), parts=parts)
+
+
+def read_log(
+    path: Path,
+    label: str,
+    *,
+    topics: frozenset[str] | None = None,
+    sink: ColumnSink | _DecodeSink | None = None,
+    batch_bytes: int | None = None,
+    verify: bool = False,
+) -> _Reading:
+    """The one walk over a log's messages, whatever its storage: manifests and ingest both use it.
+
+    Every message read is counted per topic in the result; those of the wanted ``topics``
+    (None: all) are handed to ``sink`` as batches of payloads. The storage is recognised by
+    content: an MCAP file, a ROS 1 bag, a rosbag2 sqlite3 file, or a rosbag2 folder (its parts
+    as metadata.yaml lists them, each recognised by content). Damage never raises: it is in the
+    result's problems, lost counts and ranges, and ``fatal`` says why nothing could be read.
+
+    Args:
+        path: The log.
+        label: The name problems are worded with (a lake key, a path).
+        topics: Only these topics are read (and counted); None: all.
+        sink: Receives the wanted messages (``add(info, buf, starts, lengths, log_time, publish_time)``).
+        batch_bytes: The MCAP batch size (see :mod:`.columnar`).
+        verify: Also check an MCAP file's data section CRC (one more read of the file).
+    """
+    options = {"topics": topics, "sink": sink, "batch_bytes": batch_bytes or _BATCH_BYTES}
+    if path.is_dir():
+        return _guard(label, lambda: _read_folder(path, label, verify=verify, **options))
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        return _Reading(fatal=f"cannot open: {exc.strerror or exc}")
     if size == 0:
-        reading = _Reading(fatal="empty file (0 bytes)")
-    elif head.startswith(MCAP_MAGIC):
-        reading = _guard(label, lambda: _read_mcap(p, label, decode))
-    elif head.startswith(_ROS1_MAGIC):
-        reading = _guard(label, lambda: _read_ros1(p))
-    elif head.startswith(_SQLITE_MAGIC):
-        reading = _guard(label, lambda: _read_db3(p))
+        return _Reading(fatal="empty file (0 bytes)")
+    if head.startswith(MCAP_MAGIC):
+        return _guard(label, lambda: _read_mcap(path, label, verify=verify, **options))
+    if head.startswith(_ROS1_MAGIC):
+        return _guard(label, lambda: _read_ros1(path, topics=topics, sink=sink))
+    if head.startswith(_SQLITE_MAGIC):
+        reading = _guard(label, lambda: _read_db3(path, topics=topics, sink=sink))
         # Like a folder without metadata.yaml: readable, but nothing to check its counts against.
         reading.problems.insert(0, "a bare rosbag2 sqlite3 file: no metadata.yaml to check it against")
-    else:
-        reading = _Reading(fatal=f"not a recognised log format (starts with {head!r})")
-    return _manifest(key, label, sha256, size, reading)
+        return reading
+    return _Reading(fatal=f"not a recognised log format (starts with {head!r})")
+
+
+_BATCH_BYTES = 32 * 2**20
+NO_MESSAGE = "no message could be read"
+
+
+def describe_fatal(reading: _Reading) -> str:
+    """Why nothing could be read, with every problem found, as one text (without the file name)."""
+    problems = "; ".join(reading.problems)
+    if reading.fatal == NO_MESSAGE:
+        return f"{problems}; {NO_MESSAGE}" if problems else NO_MESSAGE
+    return f"{reading.fatal} ({problems})" if problems else str(reading.fatal)
+
+
+class _DecodeSink:
+    """``inspect_log(decode=True)``: decodes every message in full, counting failures per topic."""
+
+    def __init__(self) -> None:
+        self.decoders: dict[object, Any] = {}
+        self.failures: dict[str, tuple[int, str]] = {}
+
+    @staticmethod
+    def wants(topic: str) -> bool:
+        return True
+
+    def add(self, info: ChannelInfo, buf, starts, lengths, log_time, publish_time) -> None:
+        from flywheel_pipelines.lib.rosbag.structured import message_decoder
+
+        decoder = self.decoders.get(info.key)
+        if decoder is None:
+            decoder = self.decoders[info.key] = message_decoder(info)
+        if isinstance(decoder, str):
+            self._fail(info.topic, len(starts), decoder)
+            return
+        view = memoryview(buf)
+        for a, n in zip(starts.tolist(), lengths.tolist(), strict=True):
+            try:
+                decoder(view[a : a + n])
+            except Exception as exc:  # noqa: BLE001 - a payload that does not match its schema
+                self._fail(info.topic, 1, f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, topic: str, count: int, why: str) -> None:
+        n, first = self.failures.get(topic, (0, why))
+        self.failures[topic] = (n + count, first)
+
+    def apply(self, reading: _Reading) -> None:
+        for topic, (count, why) in self.failures.items():
+            reading.topics[topic].add_undecodable(count, why)
 
 
 # -- accumulating ---------------------------------------------------------------------------------
@@ -262,6 +368,11 @@ class _TopicAcc:
     def add_span(self, count: int, first_ns: int, last_ns: int) -> None:
         """Adds ``count`` messages whose log times run from ``first_ns`` to ``last_ns``."""
         self.merge(_TopicAcc(count=count, first_ns=first_ns, last_ns=last_ns))
+
+    def add_times(self, times: np.ndarray) -> None:
+        """Adds messages with these log times."""
+        if len(times):
+            self.add_span(len(times), int(times.min()), int(times.max()))
 
     def add_undecodable(self, count: int, why: str) -> None:
         if count:
@@ -305,6 +416,21 @@ class _Reading:
     lost: int | None = 0
     lost_ranges: list[tuple[int, int]] = field(default_factory=list)
     fatal: str | None = None  # nothing could be read, and why
+    skipped_bytes: int = 0
+    channels: dict[str, ChannelInfo] = field(default_factory=dict)  # topic -> its first channel
+
+    def channel(self, info: ChannelInfo) -> _TopicAcc:
+        """The topic's counts; the channel's encodings and schema are kept (the first per topic)."""
+        self.channels.setdefault(info.topic, info)
+        return self.topic(info.topic, info.type, info.message_encoding)
+
+    def merge(self, other: _Reading) -> None:
+        """Adds another part's topics (counts and channels)."""
+        for topic, acc in other.topics.items():
+            self.topic(topic, acc.type, acc.encoding).merge(acc)
+        for topic, info in other.channels.items():
+            self.channels.setdefault(topic, info)
+        self.skipped_bytes += other.skipped_bytes
 
     def topic(self, name: str, type_: str, encoding: str) -> _TopicAcc:
         acc = self.topics.get(name)
@@ -346,28 +472,26 @@ def _guard(label: str, read: Callable[[], _Reading]) -> _Reading:
 
 
 def _manifest(key: str, label: str, sha256: str, size: int, reading: _Reading) -> FileManifest:
-    topics = tuple(reading.topics[name].stats(name) for name in sorted(reading.topics))
+    topics = tuple(_topic_stats(name, reading) for name in sorted(reading.topics))
     count = reading.message_count
     with_messages = [t for t in topics if t.count]
     start = min((t.first_ns for t in with_messages), default=None)
     end = max((t.last_ns for t in with_messages), default=None)
     problems = "; ".join(reading.problems)
+    # The loss the problems state (None: they state none that can be counted).
+    lost = reading.lost if reading.problems else None
     if reading.fatal is not None:
-        verdict, reason = "rejected", f"{label}: {reading.fatal}"
-        if problems:
-            reason += f" ({problems})"
+        verdict, reason = "rejected", f"{label}: {describe_fatal(reading)}"
+    elif count == 0 and reading.problems:
+        verdict, reason = "rejected", f"{label}: {problems}; {NO_MESSAGE}"
     elif count == 0:
-        verdict = "rejected"
-        reason = (
-            f"{label}: {problems}; no message could be read"
-            if problems
-            else f"{label}: contains no messages"
-        )
+        # Intact and well-formed, but nothing was recorded: not damage, and not data either.
+        verdict, reason, lost = "empty", f"{label}: a valid log that holds no messages", 0
     elif reading.problems:
         verdict, reason = "recovered", f"{label}: {problems} (kept {count} messages)"
     else:
-        verdict, reason = "ok", None
-    recovered = verdict == "recovered"
+        verdict, reason, lost = "ok", None, 0
+    damaged = verdict in ("recovered", "rejected")
     return FileManifest(
         key=key,
         sha256=sha256,
@@ -378,65 +502,51 @@ def _manifest(key: str, label: str, sha256: str, size: int, reading: _Reading) -
         message_count=count,
         start_ns=start,
         end_ns=end,
-        lost_messages=reading.lost if recovered else 0,
-        lost_ranges=tuple(_merge_ranges(reading.lost_ranges)) if recovered else (),
+        lost_messages=lost,
+        lost_ranges=tuple(_merge_ranges(reading.lost_ranges)) if damaged else (),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_problem(info: ChannelInfo) -> str | None:
+    return decoder_problem(info)
+
+
+def _topic_stats(name: str, reading: _Reading) -> TopicStats:
+    stats = reading.topics[name].stats(name)
+    info = reading.channels.get(name)
+    if info is None:
+        acc = reading.topics[name]
+        info = ChannelInfo(name, name, acc.type, acc.encoding, "")
+    problem = _channel_problem(replace(info, key=None))
+    stats = replace(stats, schema_encoding=info.schema_encoding, decodable=problem is None, decodable_reason=problem)
+    if problem is not None and stats.count and not stats.undecodable:
+        # No decoder for the channel at all: every message is undecodable, known without decoding.
+        stats = replace(stats, undecodable=stats.count, decode_error=problem)
+    return stats
 
 
 # -- MCAP -----------------------------------------------------------------------------------------
 
 
-def _read_mcap(path: Path, label: str, decode: bool = False) -> _Reading:
+def _read_mcap(path: Path, label: str, *, topics=None, sink=None, batch_bytes: int = _BATCH_BYTES,
+               verify: bool = False, key_prefix: str = "") -> _Reading:
     reading = _Reading()
-    stats = ReadStats(source=label)
     try:
-        with _McapScan(path, label, None, stats) as scan:
-            scan.index()
-            if decode:
-                _decode_mcap(scan, reading)
-            else:
-                for raw, channel, _schema in scan.messages():
-                    reading.topic(raw.topic, raw.schema_name, channel.message_encoding).add(raw.log_time_ns)
-            scan.verify_data_crc()
-            # Channels that never got a message still document what the robot was set to record.
-            for channel in scan.channels.values():
-                schema = scan.schemas.get(channel.schema_id) if channel.schema_id else None
-                acc = reading.topic(channel.topic, schema.name if schema else "", channel.message_encoding)
-                why = _decoder_problem(channel.message_encoding, schema)
-                if why is not None and not decode:
-                    # Once per channel, from the encodings alone: free, unlike decoding.
-                    acc.add_undecodable(scan.read_by_channel.get(channel.id, 0), why)
+        scan_mcap(path, label, reading, topics=topics, sink=sink, batch_bytes=batch_bytes, key_prefix=key_prefix,
+                  verify=verify)
     except LogReadError as exc:
-        reading.fatal = exc.problem or str(exc)
-    reading.problems.extend(stats.problems)
-    reading.lost = stats.lost_messages
-    reading.lost_ranges.extend(stats.lost_ranges)
+        # The problems that made it unreadable are in reading.problems already (scan_mcap puts
+        # them there); the fatal part is only what followed from them.
+        reading.fatal = NO_MESSAGE if reading.problems else (exc.problem or str(exc))
     return reading
-
-
-def _decode_mcap(scan: _McapScan, reading: _Reading) -> None:
-    """Reads the messages and decodes each, as ``iter_decoded`` does, counting failures per topic."""
-    factory = _decoder_factory()
-    decoders: dict[int, Any] = {}
-    for raw, channel, schema in scan.messages():
-        acc = reading.topic(raw.topic, raw.schema_name, channel.message_encoding)
-        acc.add(raw.log_time_ns)
-        decoder = decoders.get(channel.id)
-        if decoder is None:
-            decoder = decoders[channel.id] = _build_decoder(factory, channel, schema)
-        if isinstance(decoder, str):
-            acc.add_undecodable(1, decoder)
-            continue
-        try:
-            decoder(raw.data)
-        except Exception as exc:  # noqa: BLE001 - a payload that does not match its schema
-            acc.add_undecodable(1, f"{type(exc).__name__}: {exc}")
 
 
 # -- rosbag2 folders ------------------------------------------------------------------------------
 
 
-def _read_folder(folder: Path, decode: bool = False) -> _Reading:
+def _read_folder(folder: Path, label: str, *, topics=None, sink=None, batch_bytes: int = _BATCH_BYTES,
+                 verify: bool = False) -> _Reading:
     metadata_path = folder / "metadata.yaml"
     info: dict[str, Any] | None = None
     problems: list[str] = []
@@ -472,9 +582,8 @@ def _read_folder(folder: Path, decode: bool = False) -> _Reading:
             missing.append(number)
             spans.append(None)
             continue
-        part = _read_part(folder, file, decode)
-        for topic, acc in part.topics.items():
-            reading.topic(topic, acc.type, acc.encoding).merge(acc)
+        part = _read_part(folder, file, topics=topics, sink=sink, batch_bytes=batch_bytes, verify=verify)
+        reading.merge(part)
         if part.fatal is not None:
             reading.problems.append(f"{file.name}: {part.fatal}")
             reading.add_lost(None)
@@ -491,18 +600,19 @@ def _read_folder(folder: Path, decode: bool = False) -> _Reading:
         if lost_range is not None:
             reading.lost_ranges.append(lost_range)
     if info is not None:
-        _compare_with_metadata(reading, info, bounds)
+        _compare_with_metadata(reading, info, bounds, topics)
     return reading
 
 
-def _read_part(folder: Path, file: Path, decode: bool) -> _Reading:
+def _read_part(folder: Path, file: Path, *, topics, sink, batch_bytes: int, verify: bool) -> _Reading:
     """One storage file of a bag, recognised by its content."""
     with open(file, "rb") as fh:
         head = fh.read(16)
     if head.startswith(MCAP_MAGIC):
-        return _read_mcap(file, f"{folder.name}/{file.name}", decode)
+        return _read_mcap(file, f"{folder.name}/{file.name}", topics=topics, sink=sink, batch_bytes=batch_bytes,
+                          verify=verify, key_prefix=file.name)
     if head.startswith(_SQLITE_MAGIC):
-        return _read_db3(file)
+        return _read_db3(file, topics=topics, sink=sink, key_prefix=file.name)
     if not head:
         return _Reading(fatal="empty file (0 bytes)")
     return _Reading(fatal=f"neither MCAP nor SQLite (starts with {head!r})")
@@ -604,7 +714,8 @@ def _load_metadata(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return info, None
 
 
-def _compare_with_metadata(reading: _Reading, info: dict[str, Any], bounds: tuple[int, int] | None) -> None:
+def _compare_with_metadata(reading: _Reading, info: dict[str, Any], bounds: tuple[int, int] | None,
+                           topics: frozenset[str] | None = None) -> None:
     """Checks the counts read against ``metadata.yaml``, which then decides the loss.
 
     When messages are missing and the bag's own first or last message time lies outside what
@@ -614,8 +725,8 @@ def _compare_with_metadata(reading: _Reading, info: dict[str, Any], bounds: tupl
     for entry in info.get("topics_with_message_count") or []:
         meta = entry.get("topic_metadata") or {}
         name = meta.get("name")
-        if name is None:
-            continue
+        if name is None or (topics is not None and name not in topics):
+            continue  # a topic the caller did not read is not missing
         reading.topic(name, meta.get("type", ""), meta.get("serialization_format", ""))
         expected[name] = expected.get(name, 0) + int(entry.get("message_count") or 0)
     if not expected:
@@ -654,26 +765,6 @@ def _describe(counts: dict[str, int]) -> str:
 # -- rosbag2 sqlite3 storage (.db3) ---------------------------------------------------------------
 
 
-def _read_db3(path: Path) -> _Reading:
-    """Counts a rosbag2 sqlite3 file's messages per topic, salvaging a malformed file.
-
-    An intact file is counted with SQL. When SQLite reports the file malformed (a truncated or
-    overwritten file is, as a whole), every page is parsed instead and each intact message row
-    is kept; the rows between two kept ones that are gone give the lost ranges.
-    """
-    with _sqlite_copy(path) as (database, wal):
-        try:
-            return _db3_sql(database, in_place=wal is None)
-        except sqlite3.DatabaseError as exc:
-            why = str(exc)
-        reading = _db3_pages(database, wal)
-    if reading.fatal is None:
-        reading.problems.insert(0, f"SQLite reports it damaged ({why}); read page by page")
-    else:
-        reading.fatal = f"SQLite reports it damaged ({why}) and {reading.fatal}"
-    return reading
-
-
 @contextlib.contextmanager
 def _sqlite_copy(path: Path) -> Iterator[tuple[Path, Path | None]]:
     """The database to open, and its write-ahead log if it has one.
@@ -693,25 +784,100 @@ def _sqlite_copy(path: Path) -> Iterator[tuple[Path, Path | None]]:
         yield copy, copy.with_name(copy.name + "-wal")
 
 
-def _db3_sql(database: Path, *, in_place: bool) -> _Reading:
+def _read_db3(path: Path, *, topics=None, sink=None, key_prefix: str = "") -> _Reading:
+    """Reads a rosbag2 sqlite3 file's messages, counting them per topic; salvages a malformed file.
+
+    An intact file is read with SQL. When SQLite reports the file malformed (a truncated or
+    overwritten file is, as a whole), every page is parsed instead and each intact message row
+    is kept; the rows between two kept ones that are gone give the lost ranges.
+    """
+    key_prefix = key_prefix or path.name
+    with _sqlite_copy(path) as (database, wal):
+        try:
+            return _db3_sql(database, in_place=wal is None, topics=topics, sink=sink, key_prefix=key_prefix)
+        except sqlite3.DatabaseError as exc:
+            why = str(exc)
+        reading = _db3_pages(database, wal, topics=topics, sink=sink, key_prefix=key_prefix)
+    if reading.fatal is None:
+        reading.problems.insert(0, f"SQLite reports it damaged ({why}); read page by page")
+    else:
+        reading.fatal = f"SQLite reports it damaged ({why}) and {reading.fatal}"
+    return reading
+
+
+def _db3_channel(key_prefix: str, topic_id: int, name: str, type_: str, serialization: str,
+                 definitions: dict[str, tuple[str, str]]) -> ChannelInfo:
+    """A topic row as a channel: with the stored ``ros2msg`` definition (rosbag2 >= Iron keeps them
+    in ``message_definitions``), else the type name alone (decoded with rosbags' type store)."""
+    encoding, text = definitions.get(type_, ("", ""))
+    if encoding != "ros2msg" or not text.strip():
+        encoding, text = "", ""
+    return ChannelInfo((key_prefix, topic_id), name, type_, serialization, encoding, text.encode())
+
+
+def _db3_definitions(connection: sqlite3.Connection) -> dict[str, tuple[str, str]]:
+    try:
+        rows = connection.execute("SELECT topic_type, encoding, encoded_message_definition FROM message_definitions")
+        return {type_: (encoding, text) for type_, encoding, text in rows}
+    except sqlite3.OperationalError:  # older bags have no such table
+        return {}
+
+
+def _deliver_rows(reading: _Reading, infos: dict[int, ChannelInfo], sink, ids: np.ndarray, times: np.ndarray,
+                  payloads: list | None) -> None:
+    """Counts one batch of message rows per topic and hands the wanted ones' payloads to ``sink``."""
+    for topic_id in np.unique(ids).tolist():
+        info = infos.get(topic_id)
+        if info is None:
+            continue
+        rows = np.flatnonzero(ids == topic_id)
+        reading.channel(info).add_times(times[rows])
+        if sink is None or payloads is None or not sink.wants(info.topic):
+            continue
+        data = [payloads[r] for r in rows.tolist()]
+        lengths = np.fromiter((len(d) for d in data), np.int64, len(data))
+        starts = np.zeros(len(data), np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        t = times[rows]
+        sink.add(info, np.frombuffer(b"".join(data), np.uint8), starts, lengths, t, t)
+
+
+def _db3_sql(database: Path, *, in_place: bool, topics=None, sink=None, key_prefix: str = "") -> _Reading:
     reading = _Reading()
     uri = database.resolve().as_uri() + ("?immutable=1&mode=ro" if in_place else "")
     connection = sqlite3.connect(uri, uri=True)
     try:
-        by_id: dict[int, _TopicAcc] = {}
+        definitions = _db3_definitions(connection)
+        infos: dict[int, ChannelInfo] = {}
+        known: set[int] = set()
         for topic_id, name, type_, serialization in connection.execute(
             "SELECT id, name, type, serialization_format FROM topics ORDER BY id"
         ):
-            by_id[topic_id] = reading.topic(name, type_, serialization)
-        orphans = 0
-        for topic_id, count, first, last in connection.execute(
-            "SELECT topic_id, count(*), min(timestamp), max(timestamp) FROM messages GROUP BY topic_id"
-        ):
-            acc = by_id.get(topic_id)
-            if acc is None:
-                orphans += count
-            else:
-                acc.add_span(count, first, last)
+            known.add(topic_id)
+            if topics is None or name in topics:
+                infos[topic_id] = _db3_channel(key_prefix, topic_id, name, type_, serialization, definitions)
+                reading.channel(infos[topic_id])
+        # Counted first over the whole table: a malformed page raises here, before any payload
+        # reached the sink (the page-by-page salvage then reads the file from the start).
+        expected = dict(connection.execute("SELECT topic_id, count(*) FROM messages GROUP BY topic_id").fetchall())
+        orphans = sum(n for topic_id, n in expected.items() if topic_id not in known)
+        wanted = sorted(infos)
+        with_data = sink is not None
+        columns = "topic_id, timestamp" + (", data" if with_data else "")
+        where = f"WHERE topic_id IN ({','.join('?' * len(wanted))})" if topics is not None else ""
+        read = 0
+        try:
+            cursor = connection.execute(f"SELECT {columns} FROM messages {where} ORDER BY id",
+                                        wanted if topics is not None else ())
+            while rows := cursor.fetchmany(20_000):
+                ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+                times = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+                _deliver_rows(reading, infos, sink, ids, times, [r[2] for r in rows] if with_data else None)
+                read += len(rows)
+        except sqlite3.DatabaseError as exc:
+            # The count above read every row, so this is damage in the payloads themselves.
+            reading.problems.append(f"reading stopped after {read} messages ({exc})")
+            reading.add_lost(sum(expected.get(t, 0) for t in wanted) - read)
     finally:
         connection.close()
     if orphans:
@@ -720,39 +886,46 @@ def _db3_sql(database: Path, *, in_place: bool) -> _Reading:
     return reading
 
 
-def _db3_pages(database: Path, wal: Path | None) -> _Reading:
+def _db3_pages(database: Path, wal: Path | None, *, topics=None, sink=None, key_prefix: str = "") -> _Reading:
     """Salvages a malformed rosbag2 sqlite3 file by parsing its pages (see :class:`_SqlitePages`)."""
     with open(database, "rb") as fh:
         if database.stat().st_size < 100:
             return _Reading(fatal="its SQLite header is cut short")
         # Mapped, not read: a multi-gigabyte bag is parsed page by page without loading it whole.
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _db3_rows(_SqlitePages.load(data, wal))
+            return _db3_rows(_SqlitePages.load(data, wal), topics=topics, sink=sink, key_prefix=key_prefix)
 
 
-def _db3_rows(pages: _SqlitePages | None) -> _Reading:
+def _db3_rows(pages: _SqlitePages | None, *, topics=None, sink=None, key_prefix: str = "") -> _Reading:
     if pages is None:
         return _Reading(fatal="its SQLite header is unreadable")
-    topics = pages.topics()
-    if topics is None:
+    found = pages.topics()
+    if found is None:
         return _Reading(fatal="its topics table cannot be found")
     reading = _Reading()
-    by_id = {topic_id: reading.topic(name, type_, encoding) for topic_id, (name, type_, encoding) in topics.items()}
-    rows = pages.message_rows()
+    infos = {topic_id: _db3_channel(key_prefix, topic_id, name, type_, encoding, pages.definitions())
+             for topic_id, (name, type_, encoding) in found.items() if topics is None or name in topics}
+    for info in infos.values():
+        reading.channel(info)
+    rows = pages.message_rows(with_data=sink is not None)
     orphans = 0
     previous: tuple[int, int] | None = None
-    for rowid in sorted(rows):
-        topic_id, timestamp = rows[rowid]
-        acc = by_id.get(topic_id)
-        if acc is None:
+    order = sorted(rows)
+    for rowid in order:
+        topic_id, timestamp, _data = rows[rowid]
+        if topic_id not in found:
             orphans += 1
-        else:
-            acc.add(timestamp)
         # rosbag2 numbers messages 1, 2, 3... as it inserts them (in receive order): a gap is
         # rows that could not be read, and their times lie between their neighbours'.
         if previous is not None and rowid > previous[0] + 1:
             reading.lost_ranges.append((min(previous[1], timestamp), max(previous[1], timestamp)))
         previous = (rowid, timestamp)
+    for start in range(0, len(order), 20_000):
+        batch = [rows[r] for r in order[start : start + 20_000]]
+        ids = np.fromiter((b[0] for b in batch), np.int64, len(batch))
+        times = np.fromiter((b[1] for b in batch), np.int64, len(batch))
+        payloads = [b[2] if b[2] is not None else b"" for b in batch] if sink is not None else None
+        _deliver_rows(reading, infos, sink, ids, times, payloads)
     if orphans:
         reading.problems.append(f"{orphans} message rows reference no topic in the topics table")
     if rows:
@@ -814,7 +987,7 @@ class _SqlitePages:
         yield from range(1, self.count + 1)
         yield from (n for n in self.wal_pages if n > self.count)
 
-    def cells(self, number: int) -> Iterator[tuple[int, bytes] | int]:
+    def cells(self, number: int, *, full: bool = False) -> Iterator[tuple[int, bytes] | int]:
         """A table page's cells: (rowid, local payload) on a leaf, the child page number on an
         interior page; nothing for any other kind of page."""
         page = self.page(number)
@@ -841,9 +1014,27 @@ class _SqlitePages:
             except IndexError:
                 continue
             local = payload_length if payload_length <= self.usable - 35 else self._local(payload_length)
-            yield rowid, page[position : position + local]
+            payload = page[position : position + local]
+            if full and local < payload_length:
+                payload = self._overflow(payload, page[position + local : position + local + 4], payload_length)
+            yield rowid, payload
         if kind == 5:
             yield struct.unpack_from(">I", page, header + 8)[0]
+
+    def _overflow(self, local: bytes, pointer: bytes, payload_length: int) -> bytes:
+        """A payload's local part followed by its chain of overflow pages, as far as they are intact."""
+        pieces, got, seen = [local], len(local), set()
+        (number,) = struct.unpack(">I", pointer) if len(pointer) == 4 else (0,)
+        while number and got < payload_length and number not in seen:
+            seen.add(number)
+            page = self.page(number)
+            if page is None or len(page) < self.usable:
+                break
+            piece = page[4 : self.usable][: payload_length - got]
+            pieces.append(piece)
+            got += len(piece)
+            (number,) = struct.unpack_from(">I", page, 0)
+        return b"".join(pieces)
 
     def _local(self, payload_length: int) -> int:
         low = (self.usable - 12) * 32 // 255 - 23
@@ -864,11 +1055,15 @@ class _SqlitePages:
                 elif (values := _record(cell[1])) is not None:
                     yield cell[0], values
 
-    def topics(self) -> dict[int, tuple[str, str, str]] | None:
+    def _table_root(self, name: str) -> int | None:
         root = None
         for _rowid, values in self.rows(1):
-            if len(values) >= 4 and values[0] == "table" and values[1] == "topics" and isinstance(values[3], int):
+            if len(values) >= 4 and values[0] == "table" and values[1] == name and isinstance(values[3], int):
                 root = values[3]
+        return root
+
+    def topics(self) -> dict[int, tuple[str, str, str]] | None:
+        root = self._table_root("topics")
         if root is None:
             return None
         topics = {}
@@ -877,16 +1072,31 @@ class _SqlitePages:
                 topics[rowid] = (values[1], values[2], values[3])
         return topics
 
-    def message_rows(self) -> dict[int, tuple[int, int]]:
-        rows: dict[int, tuple[int, int]] = {}
+    @functools.cached_property
+    def _definitions(self) -> dict[str, tuple[str, str]]:
+        root = self._table_root("message_definitions")
+        if root is None:
+            return {}
+        return {values[1]: (values[2], values[3]) for _rowid, values in self.rows(root)
+                if len(values) >= 4 and all(isinstance(v, str) for v in values[1:4])}
+
+    def definitions(self) -> dict[str, tuple[str, str]]:
+        """type -> (encoding, definition text) from ``message_definitions``, where intact."""
+        return self._definitions
+
+    def message_rows(self, *, with_data: bool = False) -> dict[int, tuple[int, int, bytes | None]]:
+        """rowid -> (topic id, timestamp, payload) of every intact message row (payload: None
+        without ``with_data``, or when its overflow pages are damaged)."""
+        rows: dict[int, tuple[int, int, bytes | None]] = {}
         for number in self.numbers():
-            for cell in self.cells(number):
+            for cell in self.cells(number, full=with_data):
                 if isinstance(cell, int):
                     continue
                 rowid, payload = cell
                 values = _record(payload, want=3)
                 if values is not None and values[0] is None and all(isinstance(v, int) for v in values[1:]):
-                    rows.setdefault(rowid, (values[1], values[2]))
+                    data = _record(payload)[3] if with_data else None
+                    rows.setdefault(rowid, (values[1], values[2], data if isinstance(data, bytes) else None))
         return rows
 
 
@@ -947,7 +1157,7 @@ def _record(payload: bytes, want: int | None = None) -> list[Any] | None:
             if serial % 2:
                 values.append(raw.decode("utf-8", "replace") if len(raw) == size else None)
             else:
-                values.append(raw)
+                values.append(bytes(raw) if len(raw) == size else None)
             body += size
         else:
             return None
@@ -957,8 +1167,54 @@ def _record(payload: bytes, want: int | None = None) -> list[Any] | None:
 # -- ROS 1 bags ------------------------------------------------------------------------------------
 
 
-def _read_ros1(path: Path) -> _Reading:
-    """Reads a ROS 1 bag with ``rosbags``; a bag it cannot read is walked record by record."""
+class _Pending:
+    """Messages of the wanted topics, batched per channel before they go to the sink."""
+
+    LIMIT = 16 * 2**20
+
+    def __init__(self, reading: _Reading, sink, skip: set[tuple[str, int]] | None = None) -> None:
+        self.reading, self.sink, self.skip = reading, sink, skip
+        self.items: dict[object, tuple[ChannelInfo, list[int], list[bytes]]] = {}
+        self.size = 0
+        self.delivered: set[tuple[str, int]] | None = set() if sink is not None else None
+
+    def add(self, info: ChannelInfo, timestamp: int, data) -> None:
+        """Counts one message; keeps its payload for the sink when its topic is wanted."""
+        if self.skip is not None and (info.topic, timestamp) in self.skip:
+            return  # already delivered by an earlier, interrupted read of the same bag
+        if self.sink is None or not self.sink.wants(info.topic):
+            self.reading.channel(info).add(timestamp)
+            return
+        entry = self.items.setdefault(info.key, (info, [], []))
+        entry[1].append(timestamp)
+        entry[2].append(bytes(data))
+        self.size += len(data)
+        if self.size >= self.LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        for info, times, payloads in self.items.values():
+            if not times:
+                continue
+            t = np.asarray(times, np.int64)
+            self.reading.channel(info).add_times(t)
+            if self.delivered is not None:
+                self.delivered.update((info.topic, x) for x in times)
+            lengths = np.fromiter((len(d) for d in payloads), np.int64, len(payloads))
+            starts = np.zeros(len(payloads), np.int64)
+            np.cumsum(lengths[:-1], out=starts[1:])
+            self.sink.add(info, np.frombuffer(b"".join(payloads), np.uint8), starts, lengths, t, t)
+            times.clear()
+            payloads.clear()
+        self.size = 0
+
+
+def _ros1_info(path: Path, conn_id: int, topic: str, type_: str, definition: str) -> ChannelInfo:
+    return ChannelInfo((path.name, conn_id), topic, type_, "ros1", "ros1msg", definition.encode())
+
+
+def _read_ros1(path: Path, *, topics=None, sink=None) -> _Reading:
+    """Reads a ROS 1 bag with ``rosbags``' bag reader; a bag it cannot read is walked record by record."""
     from rosbags.rosbag1 import Reader
 
     reading = _Reading()
@@ -968,30 +1224,42 @@ def _read_ros1(path: Path) -> _Reading:
         reader.open()
     except Exception as exc:  # noqa: BLE001 - rosbags raises several unrelated types
         # A bag's index is written last, so a recorder killed mid-write leaves none to open.
-        reading = _walk_ros1(path)
+        reading = _walk_ros1(path, topics=topics, sink=sink)
         reading.problems.insert(0, f"rosbags cannot open it ({type(exc).__name__}: {exc}); read record by record")
         return reading
     try:
         expected: dict[str, int] = {}
-        by_connection: dict[int, _TopicAcc] = {}
+        infos: dict[int, ChannelInfo] = {}
         for connection in reader.connections:
-            acc = reading.topic(connection.topic, connection.msgtype, "ros1")
-            by_connection[connection.id] = acc
+            if topics is not None and connection.topic not in topics:
+                continue
+            infos[connection.id] = _ros1_info(path, connection.id, connection.topic, connection.msgtype,
+                                              connection.msgdef.data)
+            reading.channel(infos[connection.id])
             expected[connection.topic] = expected.get(connection.topic, 0) + connection.msgcount
+        pending = _Pending(reading, sink)
         read = 0
         try:
-            for connection, timestamp, _data in reader.messages():
-                by_connection[connection.id].add(timestamp)
+            for connection, timestamp, data in reader.messages(connections=[c for c in reader.connections
+                                                                            if c.id in infos]):
+                pending.add(infos[connection.id], timestamp, data)
                 read += 1
         except Exception as exc:  # noqa: BLE001 - damage surfaces as struct/rosbags errors
-            walked = _walk_ros1(path)
-            if walked.message_count > read:
+            pending.flush()
+            # What already went to the sink is not handed over twice; without a sink the walk
+            # simply counts the whole bag again.
+            already = len(pending.delivered) if pending.delivered is not None else 0
+            walked = _walk_ros1(path, topics=topics, sink=sink, skip=pending.delivered)
+            if walked.message_count + already > read:
+                if already:
+                    walked.merge(reading)
                 walked.problems.insert(0, f"rosbags stopped after {read} messages ({type(exc).__name__}: {exc}); "
                                           "read record by record")
                 _compare_counts(walked, expected, "the bag index")
                 return walked
             reading.problems.append(f"reading stopped after {read} messages ({type(exc).__name__}: {exc})")
             reading.lost = None
+        pending.flush()
         _compare_counts(reading, expected, "the bag index")
     finally:
         # Closing a broken bag may fail too; that must not mask what was read.
@@ -1003,16 +1271,18 @@ def _read_ros1(path: Path) -> _Reading:
 _ROS1_CHUNK, _ROS1_CONNECTION, _ROS1_MESSAGE = 0x05, 0x07, 0x02
 
 
-def _walk_ros1(path: Path) -> _Reading:
-    """Counts a ROS 1 bag's messages from its records alone, without the index at its end.
+def _walk_ros1(path: Path, *, topics=None, sink=None, skip: set[tuple[str, int]] | None = None) -> _Reading:
+    """Reads a ROS 1 bag's messages from its records alone, without the index at its end.
 
     Chunks are decompressed as far as their data goes (``bz2`` and ``lz4`` decode block by
-    block), so the chunk a truncated bag ends in still gives its complete messages.
+    block), so the chunk a truncated bag ends in still gives its complete messages. ``skip``:
+    (topic, time) of messages an interrupted read already handed to the sink.
     """
     from rosbags.typesys.msg import normalize_msgtype
 
     reading = _Reading(lost=None)
-    connections: dict[int, _TopicAcc] = {}
+    pending = _Pending(reading, sink, skip)
+    connections: dict[int, ChannelInfo] = {}
     last_time: int | None = None
     ends: list[str] = []  # how each walk ended: "" at the end of its data, else the problem
 
@@ -1042,14 +1312,17 @@ def _walk_ros1(path: Path) -> _Reading:
         if op == _ROS1_CONNECTION and "conn" in fields and "topic" in fields:
             info = _ros1_fields(body) or {}
             type_ = normalize_msgtype(info["type"].decode(errors="replace")) if info.get("type") else ""
-            connections[struct.unpack("<I", fields["conn"][:4])[0]] = reading.topic(
-                fields["topic"].decode(errors="replace"), type_, "ros1"
-            )
+            topic = fields["topic"].decode(errors="replace")
+            if topics is None or topic in topics:
+                conn_id = struct.unpack("<I", fields["conn"][:4])[0]
+                connections[conn_id] = _ros1_info(path, conn_id, topic, type_,
+                                                  info.get("message_definition", b"").decode(errors="replace"))
+                reading.channel(connections[conn_id])
         elif op == _ROS1_MESSAGE and "conn" in fields and len(fields.get("time", b"")) == 8:
             sec, nsec = struct.unpack("<II", fields["time"])
-            acc = connections.get(struct.unpack("<I", fields["conn"][:4])[0])
-            if acc is not None:
-                acc.add(sec * 1_000_000_000 + nsec)
+            info = connections.get(struct.unpack("<I", fields["conn"][:4])[0])
+            if info is not None:
+                pending.add(info, sec * 1_000_000_000 + nsec, body)
                 last_time = max(last_time or 0, sec * 1_000_000_000 + nsec)
 
     # Mapped, not read: only one chunk at a time is ever decompressed into memory.
@@ -1064,6 +1337,7 @@ def _walk_ros1(path: Path) -> _Reading:
                 continue
             for inner_op, inner_fields, inner_body in records(inner, "a chunk"):
                 visit(inner_op, inner_fields, inner_body)
+    pending.flush()
     reading.problems.extend(end for end in ends if end and end != "cut")
     if "cut" in ends:
         reading.problems.append(

@@ -198,6 +198,11 @@ class ReadStats:
     lost_messages: int | None = 0
     lost_ranges: list[tuple[int, int]] = field(default_factory=list)
     skipped_bytes: int = 0
+    # Filled by ``columnar.read_columns``: messages read per requested topic (decoded or not) and
+    # each topic's encodings (``"<message encoding>/<schema encoding>"``).
+    read_by_topic: dict[str, int] = field(default_factory=dict)
+    encoding_by_topic: dict[str, str] = field(default_factory=dict)
+    decode_error_by_topic: dict[str, str] = field(default_factory=dict)  # the first failure per topic
 
     @property
     def damaged(self) -> bool:
@@ -325,6 +330,7 @@ def _build_decoder(factory: Any, channel: Channel, schema: Schema | None) -> Any
 def _count_undecodable(stats: ReadStats, topic: str, why: str) -> None:
     stats.undecodable += 1
     stats.undecodable_by_topic[topic] = stats.undecodable_by_topic.get(topic, 0) + 1
+    stats.decode_error_by_topic.setdefault(topic, why)
     if stats.first_decode_error is None:
         stats.first_decode_error = f"{topic}: {why}"
 
