@@ -101,3 +101,36 @@ def test_auto_backend_picks_warp_when_cuda_is_present_mocked_gpu(monkeypatch):
     monkeypatch.setattr(wb, "cuda_available", lambda: False)
     assert resolve_backend("auto") == "mujoco"
     assert batched.BACKENDS == ("mujoco", "warp", "auto")
+
+
+def test_run_policies_on_warp_scores_like_the_cpu():
+    from flywheel_pipelines.lib.evaluation.evaluate import run_policies
+    from flywheel_pipelines.lib.evaluation.policies import hold_position
+
+    scenarios = make_scenarios(4, max_steps=25)
+    policies = {"expert": scripted_expert, "hold": hold_position}
+    cpu = run_policies(policies, scenarios, threads=2)
+    warp = run_policies(policies, scenarios, backend="warp", device="cpu")
+    for name in policies:
+        assert [(r.success, r.steps) for r in warp[name]] == [(r.success, r.steps) for r in cpu[name]]
+
+
+def test_torch_and_onnx_policies_on_a_device_match_the_cpu_policy(tmp_path):
+    """The device-side policy wrappers: TorchPolicy on the CPU here (on CUDA in the GPU benchmark),
+    and OnnxPolicy asked for CUDA falls back to the CPU provider when onnxruntime has none."""
+    import torch
+
+    from flywheel_pipelines.lib.evaluation.policies import ACTION_NAMES, OBS_NAMES, OnnxPolicy, TorchPolicy
+    from flywheel_pipelines.lib.learning.policy import Policy, PolicyConfig
+    from flywheel_pipelines.lib.release.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    policy = Policy(PolicyConfig(obs_features=("observation.state",), obs_names=OBS_NAMES, action_names=ACTION_NAMES,
+                                 hidden=16, layers=2, residual_indices=(0, 1))).eval()
+    obs = np.random.default_rng(0).normal(size=(7, 6)).astype(np.float32)
+    expected = policy(torch.from_numpy(obs)).detach().numpy()
+    np.testing.assert_allclose(TorchPolicy(policy, device="cpu")(obs), expected, rtol=1e-6, atol=1e-6)
+    export_onnx(policy, tmp_path / "p.onnx")
+    onnx = OnnxPolicy(tmp_path / "p.onnx", device="cuda")
+    assert onnx.providers[-1] == "CPUExecutionProvider"
+    np.testing.assert_allclose(onnx(obs), expected, rtol=1e-5, atol=1e-5)
