@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="256 batched / 16 SB3 episodes, one repeat")
     parser.add_argument("--warp-cpu-episodes", type=int, default=32, help="(d): episodes on Warp's CPU device (0: skip)")
     parser.add_argument("--gpu-worlds", default="1024,8192,32768", help="(e): world counts on a CUDA GPU ('': skip)")
+    parser.add_argument("--gpu-device", default="cuda:0", help="(e)'s device ('cpu' only to dry-run the rows)")
     args = parser.parse_args()
     if args.quick:
         args.episodes, args.sb3_episodes, args.repeat = 256, 16, 1
@@ -236,22 +237,23 @@ def warp_rows(args, suite: list[Scenario], onnx_batch, torch_policy) -> list[tup
         t = time.perf_counter() - t0
         n = sum(r.steps for r in results) * substeps
         rows.append((f"(d) Warp on CPU, ONNX Runtime ({len(part)} episodes)", n / t, n, t))
-    if args.gpu_worlds and cuda_available():
+    dev = args.gpu_device
+    if args.gpu_worlds and (cuda_available() or dev == "cpu"):
         from flywheel_pipelines.lib.evaluation.policies import TorchPolicy
 
-        gpu_policy = TorchPolicy(torch_policy, device="cuda")
-        evaluate_batched(gpu_policy, suite[:64], policy_name="warm", backend="warp", device="cuda:0")  # compile
+        gpu_policy = TorchPolicy(torch_policy, device="cuda" if dev.startswith("cuda") else "cpu")
+        evaluate_batched(gpu_policy, suite[:8], policy_name="warm", backend="warp", device=dev)  # compile
         for worlds in (int(w) for w in args.gpu_worlds.split(",")):
             many = scenarios(worlds)
             t0 = time.perf_counter()
-            results = evaluate_batched(gpu_policy, many, policy_name="bench", backend="warp", device="cuda:0")
+            results = evaluate_batched(gpu_policy, many, policy_name="bench", backend="warp", device=dev)
             t = time.perf_counter() - t0
             n = sum(r.steps for r in results) * substeps
-            rows.append((f"(e) Warp on GPU, torch policy on GPU, {worlds:,} worlds", n / t, n, t))
+            rows.append((f"(e) Warp on {dev}, torch policy on it, {worlds:,} worlds", n / t, n, t))
             # The physics alone on the same worlds: CUDA-graph periods, constant control.
             models = ScenarioModels()
             stepper = WarpStepper([models.get(s.profile) for s in many], np.array([s.q0 for s in many]),
-                                  substeps=substeps, device="cuda:0")
+                                  substeps=substeps, device=dev)
             control = np.repeat(np.array([s.q0 for s in many])[:, None], substeps, axis=1)
             active = np.arange(worlds)
             stepper.step(active, control)
@@ -261,7 +263,7 @@ def warp_rows(args, suite: list[Scenario], onnx_batch, torch_policy) -> list[tup
                 stepper.step(active, control)
             t = time.perf_counter() - t0
             n = worlds * periods * substeps
-            rows.append((f"    bare Warp physics on GPU, {worlds:,} worlds", n / t, n, t))
+            rows.append((f"    bare Warp physics on {dev}, {worlds:,} worlds", n / t, n, t))
     elif args.gpu_worlds:
         print("no CUDA device visible to Warp: the GPU rows (e) are not measured in this run")
     return rows

@@ -30,11 +30,12 @@ DEVICE_AUTO = "auto"
 
 def _import_warp():
     try:
-        import mujoco_warp as mjw
         import warp as wp
+
+        wp.config.log_level = wp.LOG_WARNING  # before warp initializes: no banner, no per-module load lines
+        import mujoco_warp as mjw
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError("the warp simulation backend needs the mujoco-warp and warp-lang packages") from exc
-    wp.config.quiet = True
     wp.init()
     return wp, mjw
 
