@@ -8,7 +8,7 @@ on them, without checkpoints; speed is training samples per second over the epoc
 first (warm-up), so data loading to the device, once per run, is not in it.
 
 Rows: CPU float32 (torch's default threads) and, where CUDA is present, GPU float32
-(``amp: off``) and GPU bf16 autocast (``amp: auto``), at each ``--batch-sizes``. Ratios: GPU / CPU
+(``amp: off``) and GPU bf16 autocast (``amp: bf16``), at each ``--batch-sizes``. Ratios: GPU / CPU
 at the same batch size (goal on one H200: >= 20x). Then each trained policy (first batch size)
 is evaluated on ``--eval-episodes`` held-out scenarios with the CPU evaluator: success rate and
 per-scenario outcome agreement with the float32 policy of the same device.
@@ -74,7 +74,7 @@ def main() -> None:
     data = expert_data(args.episodes)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     cuda = torch.cuda.is_available()
-    runs = [("cpu", "off")] + ([("cuda", "off"), ("cuda", "auto")] if cuda else [])
+    runs = [("cpu", "off")] + ([("cuda", "off"), ("cuda", "bf16")] if cuda else [])
     print(f"BC: MLP 6-128-128-2 (GELU), AdamW; {len(data.train_obs):,} training frames from {args.episodes} expert "
           f"episodes; {args.epochs} epochs; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name(0)}" if cuda else ", no CUDA device"))
@@ -88,7 +88,7 @@ def main() -> None:
             rates[(device, amp, batch)] = rate
             if batch == batch_sizes[0]:
                 policies[(device, amp)] = policy
-            precision = "bf16" if (device == "cuda" and amp == "auto") else "float32"
+            precision = "bf16" if amp == "bf16" else "float32"
             ratio = rate / rates[("cpu", "off", batch)]
             print(f"  {device:8s} {precision:10s} {batch:>6d} {rate:>12,.0f} {ratio:>6.1f}x {last.val_action_mae:>14.5f}")
     if not cuda:
@@ -106,7 +106,7 @@ def main() -> None:
     print(f"\n  evaluation of the batch-{batch_sizes[0]} policies on {len(held_out)} held-out scenarios (CPU evaluator):")
     for (device, amp), rows in outcomes.items():
         same = sum(a == b for a, b in zip(rows, outcomes[(device, "off")], strict=True))
-        print(f"  {device:5s} {'bf16' if amp == 'auto' and device == 'cuda' else 'float32':8s} "
+        print(f"  {device:5s} {'bf16' if amp == 'bf16' else 'float32':8s} "
               f"success {np.mean([s for s, _ in rows]):.3f}   same outcome as {device} float32: {same}/{len(rows)}")
 
 
