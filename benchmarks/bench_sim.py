@@ -19,7 +19,7 @@ per control step) per second of wall time, counted the same way for every row. T
 are shared and noisy: compare rows of one run, not runs.
 
 Usage: python benchmarks/bench_sim.py [--episodes 1024] [--sb3-episodes 64] [--repeat 2] [--quick]
-                                     [--warp-cpu-episodes 32] [--gpu-worlds 1024,8192,32768]
+       [--warp-cpu-episodes 32] [--gpu-worlds 1024,8192,32768]
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def main() -> None:
     if extra:
         print(f"\n  MuJoCo Warp, side by side (x = this row / (a) SB3, (b) batched CPU, (c) bare rollout, {threads} threads)")
         print(f"  {'':62s} {'steps/s':>12s} {'seconds':>8s} {'/(a)':>7s} {'/(b)':>7s} {'/(c)':>7s}")
-        for name, rate, n, t in extra:
+        for name, rate, _, t in extra:
             print(f"  {name:62s} {rate:>12,.0f} {t:>8.2f} {rate / sb3_rate:>6.1f}x {rate / onnx_rate:>6.2f}x "
                   f"{rate / bare_rate:>6.2f}x")
         print("  goals (H200 + 16 cores): GPU evaluation with the policy >= 50x (a) and >= 10x (b)")

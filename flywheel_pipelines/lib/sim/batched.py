@@ -35,8 +35,8 @@ import contextlib
 import copy
 import os
 from collections.abc import Callable, Sequence
-from typing import Protocol
 from importlib import resources
+from typing import Protocol
 
 import mujoco
 import mujoco.rollout
@@ -307,7 +307,8 @@ def evaluate_batched(
         if pool is None:
             pool = stack.enter_context(mujoco.rollout.Rollout(nthread=threads if threads > 1 else 0))
         for start in range(0, len(scenarios), batch_size):
-            batch = _Batch(scenarios[start:start + batch_size], [models.get(s.profile) for s in scenarios[start:start + batch_size]])
+            chunk = scenarios[start:start + batch_size]
+            batch = _Batch(chunk, [models.get(s.profile) for s in chunk])
             stepper = RolloutStepper(batch.models, batch.state, substeps=batch.substeps, pool=pool, datas=datas)
             results += batch.run(policy, policy_name, stepper, on_period=_offset(on_period, start))
     return results
@@ -504,7 +505,8 @@ class _Batch:
         after = k0 + 1 + np.arange(self.substeps)  # global step count after each substep
         which = np.flatnonzero(after % self.sensor_every == 0)
         r0, r1 = after[which[0]] // self.sensor_every, after[which[-1]] // self.sensor_every + 1
-        self.sample_pos[active, r0:r1] = (qpos[:, which][:, :, self.iq] + self.offset[active][:, None]) + self.noise_pos[active, r0:r1]
+        taken_q = qpos[:, which][:, :, self.iq]
+        self.sample_pos[active, r0:r1] = (taken_q + self.offset[active][:, None]) + self.noise_pos[active, r0:r1]
         self.sample_vel[active, r0:r1] = qvel[:, which][:, :, self.iv] + self.noise_vel[active, r0:r1]
 
     def _update_seen(self, active: np.ndarray, t_now: float, steps_done: int) -> None:
