@@ -19,6 +19,7 @@ float32 accuracy, not bit for bit (docs/simulation.md gives the tolerance the te
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 
@@ -56,7 +57,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _batched_fields(models: Sequence[mujoco.MjModel], template: mujoco.MjModel, wm, mjw) -> dict[str, np.ndarray]:
+def _batched_fields(models: Sequence[mujoco.MjModel], template: mujoco.MjModel, wm) -> dict[str, np.ndarray]:
     """Model fields that differ between ``models``: name -> (n_models, ...) stacked host values.
 
     Only fields whose ``mjwarp.Model`` spec is batchable (leading ``*``) and that are copied from
@@ -102,14 +103,14 @@ class WarpStepper:
         distinct: dict[int, int] = {}
         world_model = np.array([distinct.setdefault(id(m), len(distinct)) for m in models])
         uniques = list({id(m): m for m in models}.values())
-        template = copy_model(uniques[0])
+        template = copy.copy(uniques[0])  # a deep copy (mj_copyModel)
         # Structure-dependent sizes (friction rows, say) are taken from the template: give it
         # every kind of constraint any world has.
         template.dof_frictionloss[:] = np.max([m.dof_frictionloss for m in uniques], axis=0)
         self.nq, self.nv, self.nu = template.nq, template.nv, template.nu
         with wp.ScopedDevice(self.device):
             probe = mjw.put_model(template)
-            per_model = _batched_fields(uniques, template, probe, mjw) if len(uniques) > 1 else {}
+            per_model = _batched_fields(uniques, template, probe) if len(uniques) > 1 else {}
             self.model = mjw.put_model(template, batch_sizes={name: self.n for name in per_model})
             for name, stacked in per_model.items():
                 getattr(self.model, name).assign(np.ascontiguousarray(stacked[world_model]))
@@ -162,12 +163,6 @@ class WarpStepper:
                 self._period()
         qpos, qvel = self.qpos_out.numpy(), self.qvel_out.numpy()
         return qpos[active].astype(np.float64), qvel[active].astype(np.float64)
-
-
-def copy_model(model: mujoco.MjModel) -> mujoco.MjModel:
-    import copy
-
-    return copy.copy(model)  # a deep copy (mj_copyModel)
 
 
 _KERNELS: list = []
