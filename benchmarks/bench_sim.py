@@ -7,13 +7,19 @@ latency, noise), three ways:
 (a) stable-baselines3 ``evaluate_policy`` on a single ``ReachEnv`` (ArmSim underneath);
 (b) ``evaluate_batched``: every episode in one batch, one ONNX Runtime call per control step,
     MuJoCo's threaded rollout on all cores;
-(c) bare ``mujoco.rollout`` of the same models, no policy, all cores: the physics ceiling.
+(c) bare ``mujoco.rollout`` of the same models, no policy, all cores: the physics ceiling;
+(d) ``evaluate_batched(backend="warp", device="cpu")``: MuJoCo Warp on the CPU, ONNX policy
+    (what the tests run; Warp's CPU kernels run one thread);
+(e) on a CUDA machine only: ``evaluate_batched(backend="warp")`` on the GPU with the policy in
+    the loop (torch on the same GPU) at 1k/8k/32k worlds (``--gpu-worlds``), and the bare Warp
+    physics at the same sizes (one CUDA graph per control period, no policy, no bookkeeping).
 
-Goals: (b)/(a) >= 10x, (b)/(c) >= 40%. Speeds are physics steps (2 ms of simulated time each, 25
-per control step) per second of wall time, counted the same way for every row. These machines
+Goals: (b)/(a) >= 10x, (b)/(c) >= 40%; on one H200 with 16 cores, (e) >= 50x (a) and >= 10x (b).
+Speeds are physics steps (2 ms of simulated time each, 25 per control step) per second of wall time, counted the same way for every row. These machines
 are shared and noisy: compare rows of one run, not runs.
 
 Usage: python benchmarks/bench_sim.py [--episodes 1024] [--sb3-episodes 64] [--repeat 2] [--quick]
+       [--warp-cpu-episodes 32] [--gpu-worlds 1024,8192,32768]
 """
 
 from __future__ import annotations
@@ -80,6 +86,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="rounds; each row reports its best")
     parser.add_argument("--threads", type=int, default=None, help="default: all cores")
     parser.add_argument("--quick", action="store_true", help="256 batched / 16 SB3 episodes, one repeat")
+    parser.add_argument("--warp-cpu-episodes", type=int, default=32, help="(d): episodes on Warp's CPU device (0: skip)")
+    parser.add_argument("--gpu-worlds", default="1024,8192,32768", help="(e): world counts on a CUDA GPU ('': skip)")
+    parser.add_argument("--gpu-device", default="cuda:0", help="(e)'s device ('cpu' only to dry-run the rows)")
     args = parser.parse_args()
     if args.quick:
         args.episodes, args.sb3_episodes, args.repeat = 256, 16, 1
@@ -178,6 +187,8 @@ def main() -> None:
                     timed("torch", lambda: batched(torch_batch))
                     timed("bare25", lambda: bare_per_period(pool))
 
+        extra = warp_rows(args, suite, onnx_batch, torch_policy)
+
     (t_sb3, n_sb3), (t_onnx, n_onnx), (t_torch, n_torch) = best["sb3"], best["onnx"], best["torch"]
     (t_bare, n_bare), (t_bare25, n_bare25) = best["bare"], best["bare25"]
     sb3_rate, onnx_rate, torch_rate = n_sb3 / t_sb3, n_onnx / t_onnx, n_torch / t_torch
@@ -198,6 +209,64 @@ def main() -> None:
     print(f"\n  (b)/(a): {onnx_rate / sb3_rate:5.1f}x   (goal >= 10x)")
     print(f"  (b)/(c): {onnx_rate / bare_rate:5.0%}    (goal >= 40%)")
     print(f"  (c)/(a): {bare_rate / sb3_rate:5.1f}x   (the most any policy-in-the-loop evaluator could reach here)")
+    if extra:
+        print(f"\n  MuJoCo Warp, side by side (x = this row / (a) SB3, (b) batched CPU, (c) bare rollout, {threads} threads)")
+        print(f"  {'':62s} {'steps/s':>12s} {'seconds':>8s} {'/(a)':>7s} {'/(b)':>7s} {'/(c)':>7s}")
+        for name, rate, _, t in extra:
+            print(f"  {name:62s} {rate:>12,.0f} {t:>8.2f} {rate / sb3_rate:>6.1f}x {rate / onnx_rate:>6.2f}x "
+                  f"{rate / bare_rate:>6.2f}x")
+        print("  goals (H200 + 16 cores): GPU evaluation with the policy >= 50x (a) and >= 10x (b)")
+
+
+def warp_rows(args, suite: list[Scenario], onnx_batch, torch_policy) -> list[tuple[str, float, int, float]]:
+    """(d) Warp on the CPU and (e) Warp on a CUDA GPU, when mujoco_warp is installed."""
+    import time
+
+    try:
+        from flywheel_pipelines.lib.sim.warp_backend import WarpStepper, cuda_available
+    except ImportError:
+        print("mujoco_warp is not installed: no Warp rows")
+        return []
+    rows = []
+    substeps = 25
+    if args.warp_cpu_episodes:
+        part = suite[:args.warp_cpu_episodes]
+        evaluate_batched(onnx_batch, part[:2], policy_name="warm", backend="warp", device="cpu")  # kernel cache
+        t0 = time.perf_counter()
+        results = evaluate_batched(onnx_batch, part, policy_name="bench", backend="warp", device="cpu")
+        t = time.perf_counter() - t0
+        n = sum(r.steps for r in results) * substeps
+        rows.append((f"(d) Warp on CPU, ONNX Runtime ({len(part)} episodes)", n / t, n, t))
+    dev = args.gpu_device
+    if args.gpu_worlds and (cuda_available() or dev == "cpu"):
+        from flywheel_pipelines.lib.evaluation.policies import TorchPolicy
+
+        gpu_policy = TorchPolicy(torch_policy, device="cuda" if dev.startswith("cuda") else "cpu")
+        evaluate_batched(gpu_policy, suite[:8], policy_name="warm", backend="warp", device=dev)  # compile
+        for worlds in (int(w) for w in args.gpu_worlds.split(",")):
+            many = scenarios(worlds)
+            t0 = time.perf_counter()
+            results = evaluate_batched(gpu_policy, many, policy_name="bench", backend="warp", device=dev)
+            t = time.perf_counter() - t0
+            n = sum(r.steps for r in results) * substeps
+            rows.append((f"(e) Warp on {dev}, torch policy on it, {worlds:,} worlds", n / t, n, t))
+            # The physics alone on the same worlds: CUDA-graph periods, constant control.
+            models = ScenarioModels()
+            stepper = WarpStepper([models.get(s.profile) for s in many], np.array([s.q0 for s in many]),
+                                  substeps=substeps, device=dev)
+            control = np.repeat(np.array([s.q0 for s in many])[:, None], substeps, axis=1)
+            active = np.arange(worlds)
+            stepper.step(active, control)
+            periods = 70
+            t0 = time.perf_counter()
+            for _ in range(periods):
+                stepper.step(active, control)
+            t = time.perf_counter() - t0
+            n = worlds * periods * substeps
+            rows.append((f"    bare Warp physics on {dev}, {worlds:,} worlds", n / t, n, t))
+    elif args.gpu_worlds:
+        print("no CUDA device visible to Warp: the GPU rows (e) are not measured in this run")
+    return rows
 
 
 if __name__ == "__main__":

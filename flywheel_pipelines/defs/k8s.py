@@ -20,16 +20,43 @@ builds the resulting Jobs and validates them against the Kubernetes schemas):
   that CPU work stays off them). A cluster that labels its GPU nodes otherwise changes GPU_NODE_SELECTOR.
 - evaluation (eval_report): 8 CPUs, 8 GiB, no GPU: MuJoCo physics and ONNX Runtime inference are
   CPU work, and the CPU limit equals the request so ONNX Runtime's thread pool is not throttled.
+  With a GPU (the Helm values give it one) the evaluator's ``auto`` backend runs MuJoCo Warp on it.
+
+These are the defaults. A deployment changes them per asset kind without a code change through
+``FLYWHEEL_K8S_STEPS``, a JSON object set in the Helm values (deploy/k8s/values.yaml) on the user
+deployment, whose env reaches the code server, run and step pods alike, so every process builds
+the same tags::
+
+    {"evaluation": {"gpu": 1, "cpu": "4", "memory": "8Gi",
+                    "node_selector": {...}, "tolerations": [...]}}
+
+Keys per kind (``ingest``, ``training``, ``evaluation``): ``cpu`` (request), ``cpu_limit`` (""
+for none), ``memory`` (request and limit), ``gpu`` (count; 0 for none), ``gpu_resource``,
+``node_selector`` and ``tolerations`` (default: GPU_NODE_SELECTOR and GPU_TOLERATION when
+``gpu`` > 0, none otherwise). Anything else is refused when the code location loads.
 """
 
+
+import json
+import os
 from typing import Any
 
 K8S_CONFIG_TAG = "dagster-k8s/config"
+STEPS_ENV = "FLYWHEEL_K8S_STEPS"
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # Set on GPU nodes by NVIDIA GPU feature discovery (part of the NVIDIA GPU operator).
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+# The sizing above, per asset kind.
+DEFAULT_STEPS: dict[str, dict[str, Any]] = {
+    "ingest": {"cpu": "1", "cpu_limit": "2", "memory": "2Gi", "memory_request": "2Gi", "memory_limit": "4Gi"},
+    "training": {"cpu": "4", "cpu_limit": "", "memory": "16Gi", "gpu": 1},
+    "evaluation": {"cpu": "8", "cpu_limit": "8", "memory": "8Gi", "gpu": 0},
+}
+_KEYS = {"cpu", "cpu_limit", "memory", "memory_request", "memory_limit", "gpu", "gpu_resource", "node_selector",
+         "tolerations"}
 
 
 def k8s_config(container_resources: dict[str, Any], **pod_spec_config: Any) -> dict[str, Any]:
@@ -40,24 +67,56 @@ def k8s_config(container_resources: dict[str, Any], **pod_spec_config: Any) -> d
     return config
 
 
-INGEST_K8S = k8s_config({
-    "requests": {"cpu": "1", "memory": "2Gi"},
-    "limits": {"cpu": "2", "memory": "4Gi"},
-})
+def parse_overrides(text: str | None) -> dict[str, dict[str, Any]]:
+    """``FLYWHEEL_K8S_STEPS``'s value, checked: kind -> settings (empty when unset)."""
+    if not text or not text.strip():
+        return {}
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{STEPS_ENV} is not JSON: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{STEPS_ENV} must be an object of asset kinds")
+    for kind, settings in overrides.items():
+        if kind not in DEFAULT_STEPS:
+            raise ValueError(f"{STEPS_ENV}: unknown asset kind {kind!r}; expected one of {sorted(DEFAULT_STEPS)}")
+        unknown = set(settings) - _KEYS if isinstance(settings, dict) else {"<not an object>"}
+        if unknown:
+            raise ValueError(f"{STEPS_ENV}[{kind!r}]: unknown keys {sorted(unknown)}; expected some of {sorted(_KEYS)}")
+        if int(settings.get("gpu", 0)) < 0:
+            raise ValueError(f"{STEPS_ENV}[{kind!r}]: gpu must be >= 0")
+    return overrides
 
-TRAINING_K8S = k8s_config(
-    {
-        "requests": {"cpu": "4", "memory": "16Gi", GPU_RESOURCE: "1"},
-        "limits": {"memory": "16Gi", GPU_RESOURCE: "1"},
-    },
-    node_selector=GPU_NODE_SELECTOR,
-    tolerations=[GPU_TOLERATION],
-)
 
-EVALUATION_K8S = k8s_config({
-    "requests": {"cpu": "8", "memory": "8Gi"},
-    "limits": {"cpu": "8", "memory": "8Gi"},
-})
+def step_k8s_config(kind: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The ``dagster-k8s/config`` of one asset kind: the defaults with ``overrides[kind]`` applied."""
+    s = {**DEFAULT_STEPS[kind], **(overrides or {}).get(kind, {})}
+    gpu, resource = int(s.get("gpu", 0)), s.get("gpu_resource", GPU_RESOURCE)
+    requests = {"cpu": str(s["cpu"]), "memory": str(s.get("memory_request", s["memory"]))}
+    limits = {"memory": str(s.get("memory_limit", s["memory"]))}
+    if s.get("cpu_limit"):
+        limits = {"cpu": str(s["cpu_limit"]), **limits}
+    pod: dict[str, Any] = {}
+    if gpu:
+        # An extended resource: it must be in limits, and Kubernetes sets the request equal.
+        requests[resource] = limits[resource] = str(gpu)
+        pod = {"node_selector": s.get("node_selector", GPU_NODE_SELECTOR),
+               "tolerations": s.get("tolerations", [GPU_TOLERATION])}
+    else:
+        pod = {k: s[k] for k in ("node_selector", "tolerations") if s.get(k)}
+    return k8s_config({"requests": requests, "limits": limits}, **pod)
+
+
+def step_tags(kind: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The op_tags of an asset kind (``op_tags=step_tags("training")`` on the decorator)."""
+    return {K8S_CONFIG_TAG: step_k8s_config(kind, overrides)}
+
+
+# Read once, when the code location loads: every pod of a deployment has the same env.
+_OVERRIDES = parse_overrides(os.environ.get(STEPS_ENV))
+INGEST_K8S = step_k8s_config("ingest", _OVERRIDES)
+TRAINING_K8S = step_k8s_config("training", _OVERRIDES)
+EVALUATION_K8S = step_k8s_config("evaluation", _OVERRIDES)
 
 # The op_tags of each asset kind (``op_tags=INGEST_TAGS`` on the decorator).
 INGEST_TAGS = {K8S_CONFIG_TAG: INGEST_K8S}

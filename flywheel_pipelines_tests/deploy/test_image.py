@@ -373,3 +373,19 @@ def test_compose_holds_no_secret_values(compose):
         if re.match(r"\w*(PASSWORD|SECRET|ACCESS_KEY)\w*=", line):
             assert line.endswith("="), f"env.example carries a value: {line}"
     assert ".env" in (DOCKER / ".gitignore").read_text().split()
+
+
+def test_cuda_variant_selects_the_cuda_wheels(dockerfile):
+    """TORCH_VARIANT != cpu: onnxruntime-gpu replaces onnxruntime (same pinned version), and the
+    warp-lang wheel is the pinned one unless WARP_WHEEL names another build (e.g. +cu12)."""
+    _, (builder, runtime) = dockerfile
+    pins = dict(p.split("==") for p in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+                if "==" in p)
+    args = stage_args(builder)
+    assert args["ONNXRUNTIME_VERSION"] == pins["onnxruntime"] == stage_args(runtime)["ONNXRUNTIME_VERSION"]
+    assert args["WARP_WHEEL"] == f"warp-lang=={pins['warp-lang']}"
+    build = " ".join(r.args for r in builder.all("RUN"))
+    assert '"${WARP_WHEEL}"' in build and '"onnxruntime-gpu==${ONNXRUNTIME_VERSION}"' in build
+    install = " ".join(r.args for r in runtime.all("RUN") if "pip install" in r.args)
+    assert 'if [ "${TORCH_VARIANT}" != cpu ]' in install
+    assert install.index("pip uninstall -y onnxruntime") < install.index('"onnxruntime-gpu==${ONNXRUNTIME_VERSION}"')

@@ -220,10 +220,25 @@ def test_helm_values_deploy_what_we_mean():
 # ---------------------------------------------------------------- step Jobs dagster-k8s builds from the op tags
 
 
-def step_job(asset_name: str) -> dict:
+def values_overrides() -> dict:
+    """The FLYWHEEL_K8S_STEPS the Helm values give every pod, parsed as the code location does."""
+    from flywheel_pipelines.defs import k8s
+
+    env = {e["name"]: e["value"] for e in user_deployment(load_values())["env"]}
+    return k8s.parse_overrides(env[k8s.STEPS_ENV])
+
+
+ASSET_KIND = {"log_manifest": "ingest", "episodes": "ingest", "episode_archive": "ingest",
+              "policy_candidate": "training", "eval_report": "evaluation"}
+
+
+def step_job(asset_name: str, *, deployed: bool = False) -> dict:
     """The step Job the k8s_job_executor would create for this asset, built by dagster-k8s's own code
     (K8sStepHandler._get_container_context + launch_step) with no cluster: the K8sRunLauncher is a
-    stand-in carrying what the Helm chart configures, and nothing is sent anywhere."""
+    stand-in carrying what the Helm chart configures, and nothing is sent anywhere.
+
+    ``deployed``: with the tags a pod of the Helm deployment computes (its FLYWHEEL_K8S_STEPS);
+    otherwise with the asset's tags as loaded here (the code's defaults)."""
     import kubernetes
     from dagster_k8s.container_context import K8sContainerContext
     from dagster_k8s.job import construct_dagster_k8s_job, get_k8s_job_name, get_user_defined_k8s_config
@@ -245,6 +260,11 @@ def step_job(asset_name: str) -> dict:
         namespace="flywheel",
     )
     op_tags = defs().resolve_assets_def(asset_name).op.tags
+    if deployed:
+        from flywheel_pipelines.defs import k8s
+
+        # Op tags hold JSON strings once on an op, as Dagster stores them.
+        op_tags = {**op_tags, k8s.K8S_CONFIG_TAG: json.dumps(k8s.step_k8s_config(ASSET_KIND[asset_name], values_overrides()))}
     context = run_context.merge(K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(op_tags)))
     job_config = context.get_k8s_job_config(image, launcher)
     run_id = "0123456789abcdef0123456789abcdef"
@@ -301,6 +321,45 @@ def test_cpu_step_jobs_are_sized_and_stay_off_gpu_nodes_without_a_cluster(asset,
     (container,) = pod["containers"]
     assert container["resources"] == {"requests": requests, "limits": limits}
     assert "nodeSelector" not in pod and "tolerations" not in pod
+
+
+@pytest.mark.parametrize(("asset", "cpu", "memory"), [("policy_candidate", "4", "16Gi"), ("eval_report", "4", "8Gi")])
+def test_deployed_training_and_evaluation_request_a_gpu_from_the_helm_values(asset, cpu, memory):
+    job = step_job(asset, deployed=True)
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    res = container["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] == "1"
+    assert res["requests"]["cpu"] == cpu and res["requests"]["memory"] == res["limits"]["memory"] == memory
+    assert "cpu" not in res["limits"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    # The pod carries the same FLYWHEEL_K8S_STEPS, so the step process builds the same tags.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert json.loads(env["FLYWHEEL_K8S_STEPS"]) == values_overrides()
+
+
+def test_deployed_ingest_stays_on_cpu_nodes():
+    pod = step_job("episodes", deployed=True)["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+
+
+def test_step_overrides_per_kind():
+    from flywheel_pipelines.defs import k8s
+
+    cpu_eval = k8s.step_k8s_config("evaluation", {"evaluation": {"gpu": 0}})
+    assert cpu_eval == k8s.step_k8s_config("evaluation") and "pod_spec_config" not in cpu_eval
+    two = k8s.step_k8s_config("training", {"training": {"gpu": 2, "gpu_resource": "amd.com/gpu",
+                                                        "node_selector": {"pool": "mi300"}, "tolerations": []}})
+    assert two["container_config"]["resources"]["limits"]["amd.com/gpu"] == "2"
+    assert two["pod_spec_config"] == {"node_selector": {"pool": "mi300"}, "tolerations": []}
+    for bad, match in (('{"trainig": {}}', "unknown asset kind"), ('{"training": {"gpus": 1}}', "unknown keys"),
+                       ("[1]", "object of asset kinds"), ("{", "not JSON"), ('{"training": {"gpu": -1}}', "gpu must")):
+        with pytest.raises(ValueError, match=match):
+            k8s.parse_overrides(bad)
+    assert k8s.parse_overrides("") == k8s.parse_overrides(None) == {}
 
 
 def test_only_the_named_assets_carry_k8s_tags():

@@ -242,3 +242,43 @@ def test_policy_version_ignores_bookkeeping_but_not_identity(tmp_path):
     v3 = save_policy(policy, tmp_path / "c", extra={"mlflow_run_id": "run-1"}, identity={"dataset": "d2"})
     assert v1 == v2
     assert v3 != v1
+
+
+# --- the GPU data path and mixed precision ------------------------------------------------------
+
+
+def test_amp_auto_is_off_on_the_cpu_and_keeps_the_config_fingerprint():
+    from flywheel_pipelines.lib.learning.bc import autocast_dtype
+
+    assert "amp" not in BCConfig().to_dict()  # earlier configs, checkpoints folders and versions unchanged
+    assert BCConfig(amp="bf16").to_dict()["amp"] == "bf16"
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("off", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ValueError, match="amp must be"):
+        autocast_dtype("fp8", torch.device("cpu"))
+
+
+def test_amp_auto_stays_float32_on_cuda_mocked_device():
+    """No GPU in CI: only the choice is tested here (a torch.device('cuda') needs no GPU to exist).
+    auto is float32 on CUDA too: on an H200, bf16 changed 13/256 evaluation outcomes (docs/training.md)."""
+    from flywheel_pipelines.lib.learning.bc import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cuda")) is None
+    assert autocast_dtype("bf16", torch.device("cuda")) is torch.bfloat16
+
+
+def test_bf16_training_keeps_the_checkpoint_format_and_the_accuracy(tmp_path):
+    """Mixed precision changes the arithmetic of the forward pass only: the policy, its
+    checkpoint and the saved artifact are float32 with the same keys, and it learns as well."""
+    from safetensors.torch import load_file
+
+    fp32, h32 = train_bc(_synthetic(), _FAST, checkpoint_dir=tmp_path / "fp32", checkpoint_every=15)
+    bf16, h16 = train_bc(_synthetic(), BCConfig(**{**_FAST.to_dict(), "amp": "bf16"}),
+                         checkpoint_dir=tmp_path / "bf16", checkpoint_every=15)
+    a = load_file(next((tmp_path / "fp32").glob("step-*/tensors.safetensors")))
+    b = load_file(next((tmp_path / "bf16").glob("step-*/tensors.safetensors")))
+    assert a.keys() == b.keys()
+    assert all(a[k].dtype == b[k].dtype for k in a)
+    assert all(v.dtype == torch.float32 for v in bf16.state_dict().values() if v.is_floating_point())
+    assert h16[-1].val_action_mae < 1.5 * h32[-1].val_action_mae + 1e-3

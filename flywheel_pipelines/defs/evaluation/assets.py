@@ -144,6 +144,9 @@ class EvalConfig(dg.Config):
 
     suite: str = Field(default=DEFAULT_SUITE, description="A suite shipped in the package (by name) or a YAML path.")
     seed: int | None = Field(default=None, description="Override the suite's seed (default: the suite's own).")
+    sim_backend: str = Field(default="auto", description="mujoco (CPU, float64) | warp (MuJoCo Warp, float32) | auto "
+                             "(warp when a CUDA device is present); docs/simulation.md gives the agreement tolerance.")
+    sim_device: str = Field(default="auto", description="The warp backend's device: cpu | cuda:<i> | auto.")
 
 
 def _production(mlf, model: str, alias: str):
@@ -204,7 +207,17 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
             check_interface(policy_cfg["obs_names"], policy_cfg["action_names"], what=f"policy {version}")
         except ValueError as exc:
             raise dg.Failure(str(exc)) from None
-        candidate = OnnxPolicy((policy_dir / POLICY_ONNX).read_bytes())
+        # Heavy modules load where the step runs, not with the code location.
+        from flywheel_pipelines.lib.sim.batched import resolve_backend
+        from flywheel_pipelines.lib.sim.warp_backend import resolve_device
+
+        try:
+            backend = resolve_backend(config.sim_backend)
+        except ValueError as exc:
+            raise dg.Failure(str(exc)) from None
+        device = resolve_device(config.sim_device) if backend == "warp" else "cpu"
+        candidate = OnnxPolicy((policy_dir / POLICY_ONNX).read_bytes(), device=device)
+    context.log.info(f"simulation backend {backend} on {device}; candidate on {candidate.providers[0]}")
     prefix = eval_prefix(version)
     with mlflow.session() as mlf:
         production_id, production_onnx = _production(mlf, model, suite.production_alias) if model else (None, None)
@@ -219,7 +232,8 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
         }
         label = (f"production (v{production_id['registered_version']})" if production_id else None)
         ev = run_evaluation(candidate, suite=suite, golden=golden, identity=identity, seed=config.seed,
-                            production=OnnxPolicy(production_onnx) if production_onnx else None, production_label=label)
+                            production=OnnxPolicy(production_onnx, device=device) if production_onnx else None,
+                            production_label=label, backend=backend, device=device)
         summary = json.loads(ev.files[SUMMARY])
         with staging_dir() as tmp:
             for name, data in ev.files.items():
@@ -231,6 +245,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
                 mlf.set_tags({"eval.gate": "passed" if summary["gate"]["passed"] else "failed",
                               "eval.suite": suite.name, "eval.suite_version": suite.version,
                               "eval.golden_version": gm["golden_version"],
+                              "eval.sim_backend": f"{backend}:{device}",
                               "eval.production_version": production_id["registered_version"] if production_id else "none",
                               "eval.report": store.uri(f"{prefix}/{REPORT_HTML}")})
                 mlf.log_artifacts(str(tmp), artifact_path="eval")
@@ -262,6 +277,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
             "suite": suite.name,
             "suite_version": suite.version,
             "seed": summary["seed"],
+            "sim_backend": f"{backend}:{device}",
             "golden_version": gm["golden_version"],
             "golden_active": len(golden),
             "production_version": production_id["registered_version"] if production_id else "none (first release)",

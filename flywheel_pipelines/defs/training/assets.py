@@ -60,10 +60,12 @@ class TrainConfig(dg.Config):
     layers: int = 2
     seed: int = 0
     device: str = Field(default="auto", description="auto | cpu | cuda")
+    amp: str = Field(default="auto",
+                     description="BC mixed precision: auto (float32; bf16 measured to change outcomes) | bf16 | off")
 
     def bc(self) -> BCConfig:
         return BCConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                        hidden=self.hidden, layers=self.layers, seed=self.seed, device=self.device)
+                        hidden=self.hidden, layers=self.layers, seed=self.seed, device=self.device, amp=self.amp)
 
     def rl(self) -> RLConfig | None:
         if self.trainer == "bc":

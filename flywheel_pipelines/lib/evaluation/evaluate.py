@@ -27,12 +27,18 @@ class Evaluation:
 
 
 def run_policies(policies: Mapping[str, BatchPolicy], scenarios: Sequence[Scenario], *,
-                 threads: int | None = None) -> dict[str, list[EpisodeResult]]:
-    """Each policy on every scenario through the batched evaluator (one MuJoCo thread pool)."""
+                 threads: int | None = None, backend: str = "mujoco",
+                 device: str = "auto") -> dict[str, list[EpisodeResult]]:
+    """Each policy on every scenario through the batched evaluator: on the CPU (``mujoco``, one
+    MuJoCo thread pool) or on MuJoCo Warp (``warp``; ``auto`` picks it when CUDA is present)."""
     import mujoco.rollout
 
-    from flywheel_pipelines.lib.sim.batched import available_cores, evaluate_batched
+    from flywheel_pipelines.lib.sim.batched import available_cores, evaluate_batched, resolve_backend
 
+    backend = resolve_backend(backend)
+    if backend == "warp":
+        return {name: evaluate_batched(policy, scenarios, policy_name=name, backend="warp", device=device)
+                for name, policy in policies.items()}
     threads = available_cores() if threads is None else threads
     out = {}
     with mujoco.rollout.Rollout(nthread=threads if threads > 1 else 0) as pool:
@@ -43,18 +49,20 @@ def run_policies(policies: Mapping[str, BatchPolicy], scenarios: Sequence[Scenar
 
 def run_evaluation(candidate: BatchPolicy, *, suite: Suite, golden: Sequence[Scenario], identity: Mapping,
                    production: BatchPolicy | None = None, production_label: str | None = None,
-                   seed: int | None = None, threads: int | None = None) -> Evaluation:
+                   seed: int | None = None, threads: int | None = None, backend: str = "mujoco",
+                   device: str = "auto") -> Evaluation:
     """Evaluate ``candidate`` (and production, and the suite's baselines) on the suite's scenarios.
 
     ``identity`` is written into the summary as is (policy name and version, suite, golden set,
-    production); the seed and scenario counts are added here.
+    production); the seed and scenario counts are added here. ``backend``/``device`` choose the
+    simulator (:func:`run_policies`); the summary's schema does not depend on them.
     """
     scenarios = suite_scenarios(suite, golden, seed=seed)
     policies: dict[str, BatchPolicy] = {CANDIDATE: candidate}
     if production is not None:
         policies[PRODUCTION] = production
     policies.update({name: BASELINES[name] for name in suite.baselines})
-    results = run_policies(policies, scenarios, threads=threads)
+    results = run_policies(policies, scenarios, threads=threads, backend=backend, device=device)
     sources = {s.scenario_id: s.source for s in scenarios}
     comparison = compare(results, suite, golden_sources=sources, production_label=production_label)
     counts: dict[str, int] = {}

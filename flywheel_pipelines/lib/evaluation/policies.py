@@ -47,26 +47,57 @@ def hold_position(obs: np.ndarray) -> np.ndarray:
 BASELINES: dict[str, BatchPolicy] = {"scripted_expert": scripted_expert, "hold_position": hold_position}
 
 
-class OnnxPolicy:
-    """An exported policy served by ONNX Runtime on the CPU, one batched call per control step.
+def onnx_providers(device: str = "cpu") -> list[str]:
+    """ONNX Runtime providers for ``device``: CUDA first where asked for and this onnxruntime
+    build has it (the ``onnxruntime-gpu`` wheel), the CPU always as the fallback."""
+    import onnxruntime as ort
 
-    One intra-op thread: the simulator uses the cores, and a fixed thread count keeps the
-    arithmetic (and so the report) the same from run to run.
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxPolicy:
+    """An exported policy served by ONNX Runtime, one batched call per control step.
+
+    On the CPU (the default) with one intra-op thread: the simulator uses the cores, and a fixed
+    thread count keeps the arithmetic (and so the report) the same from run to run. With
+    ``device="cuda"`` it runs on onnxruntime's CUDA provider where the build has one, else on
+    the CPU (``self.providers`` says which).
     """
 
-    def __init__(self, model: bytes | str | Path):
+    def __init__(self, model: bytes | str | Path, *, device: str = "cpu"):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         source = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(source, sess_options=options, providers=onnx_providers(device))
+        self.providers = self.session.get_providers()
         self.input = self.session.get_inputs()[0].name
         self.output = self.session.get_outputs()[0].name
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.input: np.ascontiguousarray(obs, dtype=np.float32)})[0]
+
+
+class TorchPolicy:
+    """A :class:`~flywheel_pipelines.lib.learning.policy.Policy` run by PyTorch on ``device``
+    (the GPU beside MuJoCo Warp): one host-to-device copy of the observations and one back per
+    control step, no gradient."""
+
+    def __init__(self, policy, *, device: str = "cpu"):
+        import torch
+
+        self.torch, self.device = torch, torch.device(device)
+        self.policy = policy.to(self.device).eval()
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(obs, dtype=np.float32)).to(self.device, non_blocking=True)
+            return self.policy(x).cpu().numpy()
 
 
 def check_interface(obs_names, action_names, *, what: str) -> None:

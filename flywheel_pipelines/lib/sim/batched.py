@@ -36,6 +36,7 @@ import copy
 import os
 from collections.abc import Callable, Sequence
 from importlib import resources
+from typing import Protocol
 
 import mujoco
 import mujoco.rollout
@@ -62,6 +63,8 @@ from flywheel_pipelines.lib.sim.scenario import (
 
 BatchPolicy = Callable[[np.ndarray], np.ndarray]  # (N, 6) float32 observations -> (N, 2) joint targets
 SinglePolicy = Callable[[np.ndarray], np.ndarray]  # (6,) -> (2,)
+# (scenario indices, control step, qpos (a, substeps, nq), qvel (a, substeps, nv)) -> None
+PeriodObserver = Callable[[np.ndarray, int, np.ndarray, np.ndarray], None]
 
 DEFAULT_BATCH_SIZE = 1024  # episodes in flight at once: bounds the per-episode buffers (~60 kB each)
 _TIME_EPS = 1e-9  # ArmSim's tolerance on event times
@@ -205,6 +208,48 @@ class ScenarioModels:
         return model
 
 
+BACKENDS = ("mujoco", "warp", "auto")
+
+
+def resolve_backend(backend: str) -> str:
+    """``mujoco`` (CPU, ``mujoco.rollout``) or ``warp`` (MuJoCo Warp); ``auto`` is ``warp`` when
+    a CUDA device is present and MuJoCo Warp is installed, else ``mujoco``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown simulation backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "auto":
+        from flywheel_pipelines.lib.sim.warp_backend import cuda_available
+
+        return "warp" if cuda_available() else "mujoco"
+    return backend
+
+
+class Stepper(Protocol):
+    """Advances the running episodes of a batch by one control period."""
+
+    def step(self, active: np.ndarray, control: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``control`` is (a, substeps, nu) for the episodes ``active``; returns their qpos
+        (a, substeps, nq) and qvel (a, substeps, nv) after each substep."""
+        ...
+
+
+class RolloutStepper:
+    """The CPU backend: one threaded ``mujoco.rollout`` call per control period, float64."""
+
+    def __init__(self, models: list[mujoco.MjModel], state: np.ndarray, *, substeps: int,
+                 pool: mujoco.rollout.Rollout, datas: list[mujoco.MjData]):
+        self.models, self.state, self.substeps, self.pool, self.datas = models, state, substeps, pool, datas
+        self.nq, self.nv = models[0].nq, models[0].nv
+        self.out = np.empty((len(models), substeps, state.shape[1]))
+
+    def step(self, active: np.ndarray, control: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.out[:active.size]
+        self.pool.rollout([self.models[i] for i in active], self.datas, np.ascontiguousarray(self.state[active]),
+                          control, state=out, nstep=self.substeps, skip_checks=True)
+        self.state[active] = out[:, -1]
+        # FULLPHYSICS state vector: [time, qpos, qvel, act, ...].
+        return out[:, :, 1:1 + self.nq], out[:, :, 1 + self.nq:1 + self.nq + self.nv]
+
+
 def evaluate_batched(
     policy: BatchPolicy,
     scenarios: Sequence[Scenario],
@@ -213,6 +258,9 @@ def evaluate_batched(
     threads: int | None = None,
     batch_size: int | None = None,
     pool: mujoco.rollout.Rollout | None = None,
+    backend: str = "mujoco",
+    device: str = "auto",
+    on_period: PeriodObserver | None = None,
 ) -> list[EpisodeResult]:
     """Run ``policy`` on every scenario, all episodes of a batch stepped together.
 
@@ -222,17 +270,28 @@ def evaluate_batched(
             still running.
         scenarios: the episodes; results come back in the same order.
         policy_name: the ``policy`` column of the results.
-        threads: MuJoCo stepping threads; default all cores this process may use.
-        batch_size: episodes in flight at once (default 1024); results do not depend on it.
+        threads: MuJoCo stepping threads (``mujoco`` backend); default all cores this process may use.
+        batch_size: episodes in flight at once (default 1024 on the CPU, every scenario in one
+            batch with ``warp``); results do not depend on it.
         pool: a ``mujoco.rollout.Rollout`` to step with, to share one thread pool between
             evaluations; by default one is started for this call (``threads`` then follows it).
+        backend: ``mujoco`` (CPU, float64, the reference), ``warp`` (MuJoCo Warp, float32, one
+            world per episode) or ``auto`` (``warp`` when a CUDA device is present).
+        device: the ``warp`` backend's device: ``cpu``, ``cuda:<i>`` or ``auto``.
+        on_period: called after every control period with (scenario indices, control step,
+            qpos, qvel after each substep); for agreement tests and diagnostics.
 
     Returns:
-        One :class:`EpisodeResult` per scenario, equal to :func:`evaluate_reference`'s.
+        One :class:`EpisodeResult` per scenario: equal to :func:`evaluate_reference`'s with the
+        ``mujoco`` backend; within float32 accuracy of it with ``warp`` (docs/simulation.md).
     """
     scenarios = list(scenarios)
     if any(s.max_steps < 1 for s in scenarios):
         raise ValueError("every scenario needs max_steps >= 1")
+    backend = resolve_backend(backend)
+    if backend == "warp":
+        return _evaluate_warp(policy, scenarios, policy_name=policy_name, batch_size=batch_size, device=device,
+                              on_period=on_period)
     if pool is not None:
         if threads is not None and threads != max(pool.nthread, 1):
             raise ValueError(f"threads={threads} but the pool has {pool.nthread} threads")
@@ -248,8 +307,33 @@ def evaluate_batched(
         if pool is None:
             pool = stack.enter_context(mujoco.rollout.Rollout(nthread=threads if threads > 1 else 0))
         for start in range(0, len(scenarios), batch_size):
-            batch = scenarios[start:start + batch_size]
-            results += _Batch(batch, [models.get(s.profile) for s in batch]).run(policy, policy_name, pool, datas)
+            chunk = scenarios[start:start + batch_size]
+            batch = _Batch(chunk, [models.get(s.profile) for s in chunk])
+            stepper = RolloutStepper(batch.models, batch.state, substeps=batch.substeps, pool=pool, datas=datas)
+            results += batch.run(policy, policy_name, stepper, on_period=_offset(on_period, start))
+    return results
+
+
+def _offset(on_period: PeriodObserver | None, start: int) -> PeriodObserver | None:
+    if on_period is None:
+        return None
+    return lambda idx, step, qpos, qvel: on_period(idx + start, step, qpos, qvel)
+
+
+def _evaluate_warp(policy: BatchPolicy, scenarios: list[Scenario], *, policy_name: str, batch_size: int | None,
+                   device: str, on_period: PeriodObserver | None) -> list[EpisodeResult]:
+    from flywheel_pipelines.lib.sim.warp_backend import WarpStepper
+
+    batch_size = len(scenarios) if batch_size is None else int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    models = ScenarioModels()
+    results: list[EpisodeResult] = []
+    for start in range(0, len(scenarios), batch_size):
+        chunk = scenarios[start:start + batch_size]
+        batch = _Batch(chunk, [models.get(s.profile) for s in chunk])
+        stepper = WarpStepper(batch.models, batch.qpos, substeps=batch.substeps, device=device)
+        results += batch.run(policy, policy_name, stepper, on_period=_offset(on_period, start))
     return results
 
 
@@ -266,9 +350,9 @@ class _Batch:
         self.substeps = round(1.0 / (CONTROL_HZ * self.dt))
         self.sensor_every = round(1.0 / (JOINT_STATE_HZ * self.dt))
         self.nstate = mujoco.mj_stateSize(m0, mujoco.mjtState.mjSTATE_FULLPHYSICS)
-        # Where qpos/qvel sit in a FULLPHYSICS state vector: [time, qpos, qvel, act, ...].
-        self.iq = 1 + m0.jnt_qposadr[:2]
-        self.iv = 1 + m0.nq + m0.jnt_dofadr[:2]
+        # The two joints' places in qpos and qvel.
+        self.iq = m0.jnt_qposadr[:2]
+        self.iv = m0.jnt_dofadr[:2]
         self.max_steps = np.array([s.max_steps for s in scenarios])
         horizon = int(self.max_steps.max())
         nsamples = 1 + horizon * self.substeps // self.sensor_every
@@ -286,8 +370,8 @@ class _Batch:
         if not position.all():
             raise ValueError("the batched evaluator expects joint position actuators")
         joint = m0.actuator_trnid[:, 0]
-        self.act_q = 1 + m0.jnt_qposadr[joint]  # the actuated joints' places in the state vector
-        self.act_v = 1 + m0.nq + m0.jnt_dofadr[joint]
+        self.act_q = m0.jnt_qposadr[joint]  # the actuated joints' places in qpos and qvel
+        self.act_v = m0.jnt_dofadr[joint]
         self.gear = np.array([m.actuator_gear[:, 0] for m in models])
         self.gain = np.array([m.actuator_gainprm[:, 0] for m in models])
         self.bias = np.array([m.actuator_biasprm[:, :3] for m in models])  # (n, nu, 3)
@@ -306,6 +390,9 @@ class _Batch:
             data.qpos[:2] = q
             mujoco.mj_getState(m, data, self.state[i], mujoco.mjtState.mjSTATE_FULLPHYSICS)
         self.ctrl = q0.copy()
+        # The state before the next substep, as joint positions and velocities.
+        self.qpos = self.state[:, 1:1 + m0.nq].copy()
+        self.qvel = self.state[:, 1 + m0.nq:1 + m0.nq + m0.nv].copy()
 
         # All sensor noise up front, in ArmSim's draw order: per sample pos(2) then vel(2).
         noise = np.stack([np.random.default_rng(s.seed).standard_normal(4 * nsamples) for s in scenarios])
@@ -339,10 +426,10 @@ class _Batch:
         obs = np.concatenate([self.sample_pos[idx, rows], self.sample_vel[idx, rows], self.goal[idx]], axis=1)
         return obs.astype(np.float32)
 
-    def run(self, policy: BatchPolicy, policy_name: str, pool: mujoco.rollout.Rollout, datas: list) -> list[EpisodeResult]:
+    def run(self, policy: BatchPolicy, policy_name: str, stepper: Stepper, *,
+            on_period: PeriodObserver | None = None) -> list[EpisodeResult]:
         n, ns, dt = len(self.scenarios), self.substeps, self.dt
         active = np.arange(n)
-        states_out = np.empty((n, ns, self.nstate))
         step = 0
         while active.size:
             k0 = step * ns  # global index of this period's first substep
@@ -352,20 +439,20 @@ class _Batch:
             self._command(active, step - 1, target - self.offset[active], k0)
             control = self._control(active, step - 1, k0)
 
-            a = active.size
-            out = states_out[:a]
-            pool.rollout([self.models[i] for i in active], datas, np.ascontiguousarray(self.state[active]),
-                         control, state=out, nstep=ns, skip_checks=True)
-            before = np.concatenate([self.state[active][:, None], out[:, :-1]], axis=1)
-            self.state[active] = out[:, -1]
+            qpos, qvel = stepper.step(active, control)  # (a, ns, nq), (a, ns, nv) after each substep
+            if on_period is not None:
+                on_period(active, step, qpos, qvel)
+            before_q = np.concatenate([self.qpos[active][:, None], qpos[:, :-1]], axis=1)
+            before_v = np.concatenate([self.qvel[active][:, None], qvel[:, :-1]], axis=1)
+            self.qpos[active], self.qvel[active] = qpos[:, -1], qvel[:, -1]
             self.ctrl[active] = control[:, -1]
 
-            peak = self._peak_torque(active, control, before)
-            self._sample(active, out, k0)
+            peak = self._peak_torque(active, control, before_q, before_v)
+            self._sample(active, qpos, qvel, k0)
             t_now = (k0 + ns) * dt
             self._update_seen(active, t_now, k0 + ns)
 
-            q = out[:, -1][:, self.iq]
+            q = qpos[:, -1][:, self.iq]
             self.q_history[active, step] = q
             error = np.linalg.norm(forward_kinematics(q) - self.goal[active], axis=1)
             margin = np.min(np.minimum(q - self.jnt_lo[active], self.jnt_hi[active] - q), axis=1)
@@ -396,15 +483,16 @@ class _Batch:
             control = np.where(live[:, :, None], self.cmd_target[active, c][:, None, :], control)
         return control
 
-    def _peak_torque(self, active: np.ndarray, control: np.ndarray, before: np.ndarray) -> np.ndarray:
+    def _peak_torque(self, active: np.ndarray, control: np.ndarray, before_q: np.ndarray,
+                     before_v: np.ndarray) -> np.ndarray:
         """Largest |actuator torque| per episode over the period, from the state before each substep."""
         ctrl = control
         if self.ctrl_limited.any():
             rng = self.ctrl_range[active][:, None]  # (a, 1, nu, 2)
             ctrl = np.where(self.ctrl_limited, np.clip(ctrl, rng[..., 0], rng[..., 1]), ctrl)
         gear = self.gear[active][:, None]
-        length = gear * before[:, :, self.act_q]
-        velocity = gear * before[:, :, self.act_v]
+        length = gear * before_q[:, :, self.act_q]
+        velocity = gear * before_v[:, :, self.act_v]
         bias = self.bias[active][:, None]  # (a, 1, nu, 3)
         force = self.gain[active][:, None] * ctrl + (bias[..., 0] + bias[..., 1] * length + bias[..., 2] * velocity)
         if self.force_limited.any():
@@ -412,14 +500,14 @@ class _Batch:
             force = np.where(self.force_limited, np.clip(force, rng[..., 0], rng[..., 1]), force)
         return np.abs(force).max(axis=(1, 2))
 
-    def _sample(self, active: np.ndarray, out: np.ndarray, k0: int) -> None:
+    def _sample(self, active: np.ndarray, qpos: np.ndarray, qvel: np.ndarray, k0: int) -> None:
         """Joint samples at every substep whose (1-based) global count is a multiple of sensor_every."""
         after = k0 + 1 + np.arange(self.substeps)  # global step count after each substep
         which = np.flatnonzero(after % self.sensor_every == 0)
         r0, r1 = after[which[0]] // self.sensor_every, after[which[-1]] // self.sensor_every + 1
-        taken = out[:, which]
-        self.sample_pos[active, r0:r1] = (taken[:, :, self.iq] + self.offset[active][:, None]) + self.noise_pos[active, r0:r1]
-        self.sample_vel[active, r0:r1] = taken[:, :, self.iv] + self.noise_vel[active, r0:r1]
+        taken_q = qpos[:, which][:, :, self.iq]
+        self.sample_pos[active, r0:r1] = (taken_q + self.offset[active][:, None]) + self.noise_pos[active, r0:r1]
+        self.sample_vel[active, r0:r1] = qvel[:, which][:, :, self.iv] + self.noise_vel[active, r0:r1]
 
     def _update_seen(self, active: np.ndarray, t_now: float, steps_done: int) -> None:
         """The controller's view: the newest sample with ``t_sample <= t_now - delay + 1e-9``."""
