@@ -15,8 +15,8 @@ latency, noise), three ways:
     physics at the same sizes (one CUDA graph per control period, no policy, no bookkeeping).
 
 Goals: (b)/(a) >= 10x, (b)/(c) >= 40%; on one H200 with 16 cores, (e) >= 50x (a) and >= 10x (b).
-Speeds are physics steps (2 ms of simulated time each, 25 per control step) per second of wall time, counted the same way for every row. These machines
-are shared and noisy: compare rows of one run, not runs.
+Speeds are physics steps (2 ms of simulated time each, 25 per control step) per second of wall time,
+counted the same way for every row. These machines are shared and noisy: compare rows of one run, not runs.
 
 Usage: python benchmarks/bench_sim.py [--episodes 1024] [--sb3-episodes 64] [--repeat 2] [--quick]
        [--warp-cpu-episodes 32] [--gpu-worlds 1024,8192,32768]
