@@ -124,3 +124,25 @@ def test_the_incident_report_asset_lists_the_robot_days_in_its_metadata(drilled)
     for robot, day in r["found"]:
         assert f"| {robot} | {day} |" in meta["ranking"]
     assert set(meta["outliers"]) == {f"{a}/{b}" for a, b in r["found"]}
+
+
+def test_flywheel_incident_prints_the_same_ranking(drilled):
+    r = drilled.result
+    out = CliRunner().invoke(main, ["incident", r["bad_release"], "--json", "--lake", str(drilled.lake)])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.output)["rows"]
+    assert [(x["robot"], x["date"]) for x in rows[:len(r["found"])]] == [tuple(x) for x in r["found"]]
+    text = CliRunner().invoke(main, ["incident", r["bad_release"], "--lake", str(drilled.lake)]).output
+    robot, day = r["found"][0]
+    assert f"flywheel quarantine add --robot {robot} --from {day} --to {day}" in text
+
+
+def test_withdraw_refuses_a_withdrawn_version_and_the_production_one(drilled):
+    r = drilled.result
+    common = ["--by", "maya", "--lake", str(drilled.lake),
+              "--mlflow-uri", f"sqlite:///{drilled.home / 'mlflow' / 'mlflow.db'}"]
+    bad = r["registered"][r["bad_release"]]
+    out = CliRunner().invoke(main, ["policy", "withdraw", "reach-bc", bad, "--reason", "again", *common])
+    assert out.exit_code == 1 and "already withdrawn" in out.output
+    out = CliRunner().invoke(main, ["policy", "withdraw", "reach-bc", r["production_version"], "--reason", "x", *common])
+    assert out.exit_code == 1 and "is production now" in out.output
