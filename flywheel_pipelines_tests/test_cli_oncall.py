@@ -15,10 +15,10 @@ from flywheel_pipelines_tests.lib.conftest import catalog, emb, sim_day, standar
 
 
 @pytest.fixture
-def lake(tmp_path, catalog):
+def lake(tmp_path, request):
     """A lake whose catalog holds one real simulated robot-day (r101 on DAY)."""
     store = LocalLake(tmp_path / "lake")
-    store.write_parquet(CATALOG_KEY, catalog)
+    store.write_parquet(CATALOG_KEY, request.getfixturevalue("catalog"))
     return store
 
 
