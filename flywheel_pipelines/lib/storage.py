@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -36,6 +37,7 @@ import pyarrow.parquet as pq
 
 RAW_PREFIX = "raw/"
 _HIDDEN_PREFIXES = (".", "_tmp")
+SYMLINK_REFUSED = "a symbolic link (refused: the lake reads only regular files inside its root, never a link's target)"
 
 
 class LakeError(RuntimeError):
@@ -52,6 +54,11 @@ class ObjectInfo:
     # The store's content tag: S3's ETag without quotes (MD5 of the bytes for a single PUT,
     # ``<md5 of the part md5s>-<parts>`` for a multipart upload); None for a local folder.
     etag: str | None = None
+    # When the object last changed in the lake: a local file's max(mtime, ctime). Its ctime is
+    # set by the kernel when the file is created, renamed or linked into place, so an upload
+    # whose mtime was preserved (rsync -a, cp -p, tar) or that was renamed into place still
+    # shows as new; for S3, LastModified (the upload time) as mtime_ns.
+    changed_ns: int | None = None
 
 
 def _check_key(key: str) -> str:
@@ -83,6 +90,11 @@ class Lake(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str) -> list[ObjectInfo]:
         """Every complete object under ``prefix`` (in-flight temp files are never listed)."""
+
+    def refused(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, why) of what sits under ``prefix`` but is never listed nor read: symbolic links
+        and special files in a local lake (an object store has neither)."""
+        return []
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -154,27 +166,67 @@ class LocalLake(Lake):
     def path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def _walk(self, prefix: str) -> tuple[list[ObjectInfo], list[tuple[str, str]]]:
+        """Regular files under ``prefix``, and what was refused: symbolic links (to a file or a
+        folder, inside the lake or not) and anything that is not a regular file (a FIFO, a
+        device). Nothing refused is followed, opened or read."""
         base = self.path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        out: list[ObjectInfo] = []
+        refused: list[tuple[str, str]] = []
+        if base.is_symlink():
+            return out, [(base.relative_to(self.root).as_posix(), SYMLINK_REFUSED)]
         if not base.exists():
-            return []
-        out = []
+            return out, refused
         for dirpath, dirnames, filenames in os.walk(base):
+            for d in list(dirnames):
+                if (Path(dirpath) / d).is_symlink():
+                    dirnames.remove(d)
+                    if not d.startswith(_HIDDEN_PREFIXES):
+                        refused.append(((Path(dirpath) / d).relative_to(self.root).as_posix() + "/", SYMLINK_REFUSED))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(_HIDDEN_PREFIXES))
             for filename in sorted(filenames):
                 if filename.startswith(_HIDDEN_PREFIXES):
                     continue
                 full = Path(dirpath) / filename
-                st = full.stat()
-                out.append(ObjectInfo(full.relative_to(self.root).as_posix(), st.st_size, st.st_mtime_ns))
-        return out
+                try:
+                    st = full.lstat()
+                except FileNotFoundError:
+                    continue  # removed while listing
+                rel = full.relative_to(self.root).as_posix()
+                if stat.S_ISLNK(st.st_mode):
+                    refused.append((rel, SYMLINK_REFUSED))
+                elif not stat.S_ISREG(st.st_mode):
+                    refused.append((rel, "not a regular file (refused, never opened)"))
+                else:
+                    out.append(ObjectInfo(rel, st.st_size, st.st_mtime_ns, changed_ns=max(st.st_mtime_ns, st.st_ctime_ns)))
+        return out, sorted(refused)
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        return self._walk(prefix)[0]
+
+    def refused(self, prefix: str) -> list[tuple[str, str]]:
+        return self._walk(prefix)[1]
+
+    def changed_ns(self, key: str) -> int:
+        """max(mtime, ctime) of a file or folder (a folder renamed into place has a new ctime,
+        its files do not)."""
+        st = self.path(key.rstrip("/")).lstat()
+        return max(st.st_mtime_ns, st.st_ctime_ns)
+
+    def _inside(self, key: str) -> Path:
+        """The path of ``key``, refused if it is or passes through a symbolic link: the lake
+        never reads outside its root, and never follows a link inside it either."""
+        path = self.path(key.rstrip("/"))
+        if path.resolve() != path:
+            raise LakeError(f"{self.uri(key)}: {SYMLINK_REFUSED}")
+        return path
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
     def read_bytes(self, key: str) -> bytes:
         try:
-            return self.path(key).read_bytes()
+            return self._inside(key).read_bytes()
         except FileNotFoundError:
             raise LakeError(f"{self.uri(key)} does not exist") from None
 
@@ -195,16 +247,20 @@ class LocalLake(Lake):
 
     @contextlib.contextmanager
     def local_path(self, key: str) -> Iterator[Path]:
-        path = self.path(key)
+        path = self._inside(key)
         if not path.exists():
             raise LakeError(f"{self.uri(key)} does not exist")
+        if not path.is_file():
+            raise LakeError(f"{self.uri(key)}: not a regular file (refused, never opened)")
         yield path
 
     @contextlib.contextmanager
     def local_dir(self, prefix: str) -> Iterator[Path]:
-        path = self.path(prefix.rstrip("/"))
+        path = self._inside(prefix)
         if not path.is_dir():
             raise LakeError(f"{self.uri(prefix.rstrip('/'))} does not exist")
+        if refused := self.refused(prefix.rstrip("/") + "/"):
+            raise LakeError("; ".join(f"{self.uri(key)}: {why}" for key, why in refused))
         yield path
 
     def publish_dir(self, prefix: str, local_dir: Path, *, replace: bool = False) -> bool:

@@ -71,7 +71,9 @@ def build_manifest(lake: Lake, robot: str, day: str) -> dict:
             objects.extend((f["key"] + relative, sha256) for relative, sha256 in f["parts"])
         else:
             objects.append((f["key"], f["sha256"]))
-    return {"robot": robot, "date": day, "files": files, "raw_fingerprint": raw_fingerprint(objects)}
+    refused = [{"key": key, "reason": why} for key, why in lake.refused(raw_prefix(robot, day))]
+    return {"robot": robot, "date": day, "files": files, "raw_fingerprint": raw_fingerprint(objects),
+            **({"refused": refused} if refused else {})}
 
 
 def write_manifest(lake: Lake, robot: str, day: str, manifest: dict | None = None) -> dict:
@@ -79,7 +81,8 @@ def write_manifest(lake: Lake, robot: str, day: str, manifest: dict | None = Non
     Shared by ``log_manifest`` (hot days) and ``episode_archive`` (late uploads to cold days)."""
     manifest = manifest if manifest is not None else build_manifest(lake, robot, day)
     if not manifest["files"]:
-        raise dg.Failure(f"no raw logs under {lake.uri(raw_prefix(robot, day))}")
+        refused = "".join(f"; refused {r['key']}: {r['reason']}" for r in manifest.get("refused", []))
+        raise dg.Failure(f"no raw logs under {lake.uri(raw_prefix(robot, day).rstrip('/'))}/{refused}")
     lake.write_json(manifest_key(robot, day), manifest)
     return manifest
 
@@ -106,6 +109,8 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
     for f in files:
         if f["verdict"] != "ok":
             context.log.warning(f"{f['key']}: {f['verdict']}: {f.get('reason')}")
+    for r in manifest.get("refused", []):
+        context.log.warning(f"{r['key']}: {r['reason']}")
     return dg.MaterializeResult(
         metadata={
             "uri": dg.MetadataValue.path(store.uri(manifest_key(robot, day))),
@@ -118,6 +123,7 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
             "empty": verdicts["empty"],
             "rejected": verdicts["rejected"],
             "rejected_files": [f["key"] for f in files if f["verdict"] == "rejected"],
+            "refused": [r["key"] for r in manifest.get("refused", [])],
             "files_table": dg.MetadataValue.md(
                 markdown.table(["log", "verdict", "messages", "topics", "MB", "lost", "reason"], rows)),
         }

@@ -73,6 +73,7 @@ from flywheel_pipelines.lib.rosbag.columnar import ChannelInfo, ColumnSink, deco
 from flywheel_pipelines.lib.rosbag.reader import (
     MCAP_MAGIC,
     LogReadError,
+    _hex_hint,
     _merge_ranges,
 )
 
@@ -294,7 +295,7 @@ def read_log(
         # Like a folder without metadata.yaml: readable, but nothing to check its counts against.
         reading.problems.insert(0, "a bare rosbag2 sqlite3 file: no metadata.yaml to check it against")
         return reading
-    return _Reading(fatal=f"not a recognised log format (starts with {head!r})")
+    return _Reading(fatal=f"not a recognised log format (no known magic bytes at its start{_hex_hint(head)})")
 
 
 _BATCH_BYTES = 32 * 2**20
@@ -615,7 +616,7 @@ def _read_part(folder: Path, file: Path, *, topics, sink, batch_bytes: int, veri
         return _read_db3(file, topics=topics, sink=sink, key_prefix=file.name)
     if not head:
         return _Reading(fatal="empty file (0 bytes)")
-    return _Reading(fatal=f"neither MCAP nor SQLite (starts with {head!r})")
+    return _Reading(fatal=f"neither MCAP nor SQLite (no known magic bytes at its start{_hex_hint(head)})")
 
 
 def _find_listed(folder: Path, relative: str) -> Path | None:

@@ -216,6 +216,21 @@ class ReadStats:
         return f"{self.source}: " + "; ".join(self.problems)
 
 
+# Formats an upload is commonly mistaken for, named by their magic. A message never quotes the
+# file's own bytes: a raw file may hold anything (a key, a password) and reasons reach run logs.
+_KNOWN_MAGIC = ((b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip stream"), (b"\x28\xb5\x2f\xfd", "a zstd frame"),
+                (b"\x04\x22\x4d\x18", "an LZ4 frame"), (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+                (b"BZh", "a bzip2 stream"), (b"\xfd7zXZ", "an xz stream"), (b"%PDF", "a PDF document"))
+
+
+def _hex_hint(head: bytes) -> str:
+    """``: it looks like a ZIP archive`` for a known format, nothing otherwise (never the bytes)."""
+    for magic, name in _KNOWN_MAGIC:
+        if head.startswith(magic):
+            return f"; it looks like {name}"
+    return ""
+
+
 def iter_messages(
     path: str | Path,
     *,
@@ -531,7 +546,7 @@ class _McapScan:
             raise self._fatal("empty file (0 bytes)")
         if head != MCAP_MAGIC:
             fh.close()
-            raise self._fatal(f"not an MCAP file (starts with {head!r})")
+            raise self._fatal(f"not an MCAP file (no known magic bytes at its start{_hex_hint(head)})")
 
     def _read_at(self, offset: int, length: int) -> bytes:
         # pread: no shared file position, so the columnar reader may load chunks on another thread.
