@@ -7,7 +7,7 @@ from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import ids, markdown
-from flywheel_pipelines.lib.rosbag.manifest import VERDICTS, inspect_log
+from flywheel_pipelines.lib.rosbag.manifest import DAY_VERDICTS, DUPLICATE, inspect_log, mark_duplicates
 from flywheel_pipelines.lib.storage import Lake, raw_fingerprint
 
 OWNERS = ["team:robot-data"]
@@ -64,6 +64,8 @@ def build_manifest(lake: Lake, robot: str, day: str) -> dict:
     for key in logs:
         with open_log(lake, key) as path:
             files.append(inspect_log(path, key=key).to_dict())
+    previous = lake.read_json(manifest_key(robot, day))["files"] if lake.exists(manifest_key(robot, day)) else None
+    files = mark_duplicates(files, previous=previous)
     # The sensor fingerprints raw objects one by one: a bag folder contributes each of its parts.
     objects = []
     for f in files:
@@ -103,7 +105,7 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
     store = lake.lake()
     manifest = write_manifest(store, robot, day)
     files = manifest["files"]
-    verdicts = {v: sum(f["verdict"] == v for f in files) for v in VERDICTS}
+    verdicts = {v: sum(f["verdict"] == v for f in files) for v in DAY_VERDICTS}
     rows = [(_log_name(f["key"]), f["verdict"], f["message_count"], len(f["topics"]), f"{f['size'] / 1e6:.2f}",
              _lost(f), f.get("reason") or "") for f in files]
     for f in files:
@@ -122,6 +124,7 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
             "recovered": verdicts["recovered"],
             "empty": verdicts["empty"],
             "rejected": verdicts["rejected"],
+            "duplicate": verdicts[DUPLICATE],
             "rejected_files": [f["key"] for f in files if f["verdict"] == "rejected"],
             "refused": [r["key"] for r in manifest.get("refused", [])],
             "files_table": dg.MetadataValue.md(
