@@ -56,6 +56,8 @@ from mcap.exceptions import McapError
 from mcap.opcode import Opcode
 from mcap.records import Channel, ChunkIndex, Schema, Statistics
 
+from flywheel_pipelines.lib.settings import max_chunk_bytes
+
 try:
     import zstandard
 except ImportError:  # pragma: no cover - zstandard ships with mcap's usual installs
@@ -84,6 +86,8 @@ _FOOTER_SIZE = _FOOTER.size
 # Records (and decompressed chunks) larger than this are treated as a corrupt length field rather
 # than allocated; ``mcap`` uses the same 4 GiB default.
 _MAX_RECORD = 4 * 2**30
+# opcode (1) + record length (8) + channel id, sequence, log time, publish time (22).
+_MIN_MESSAGE_RECORD = 1 + 8 + _MESSAGE_PREFIX.size
 # A damaged compression-name length would otherwise make us read megabytes as a string.
 _MAX_COMPRESSION_NAME = 64
 # Record kinds a data section may legitimately contain; other spec-defined opcodes belong to the
@@ -473,6 +477,16 @@ class _Walk:
     first_time: int | None = None
     last_time: int | None = None
     in_order: bool = True
+
+
+def _check_chunk_limit(unit: Any) -> None:
+    """Refuses a chunk that declares more decompressed bytes than the configured per-chunk limit
+    (``FLYWHEEL_MAX_CHUNK_BYTES``), before anything is decompressed or allocated."""
+    limit = max_chunk_bytes()
+    if unit.compression and unit.uncompressed_size > limit:
+        raise _Damage(f"a {unit.compression} chunk of {unit.data_length} bytes declares {unit.uncompressed_size} bytes "
+                      f"decompressed, above the per-chunk limit of {limit} (FLYWHEEL_MAX_CHUNK_BYTES): refused, "
+                      "not decompressed")
 
 
 class _Damage(Exception):
@@ -1205,6 +1219,7 @@ class _McapScan:
         data = self._read_at(unit.data_offset, available)
         if unit.zero_tail:
             data = data.rstrip(b"\x00")  # where the writing stopped
+        _check_chunk_limit(unit)
         wanted = min(unit.uncompressed_size, _MAX_RECORD)
         if unit.compression == "":
             records = data
@@ -1274,6 +1289,7 @@ class _McapScan:
     def _chunk_records(self, unit: _Unit) -> bytes:
         if unit.uncompressed_size > _MAX_RECORD:
             raise _Damage(f"implausible uncompressed size {unit.uncompressed_size}")
+        _check_chunk_limit(unit)
         data = self._read_at(unit.data_offset, unit.data_length)
         if len(data) < unit.data_length:
             raise _Damage("file ends inside the chunk")
@@ -1365,6 +1381,16 @@ class _McapScan:
         elif self.topics is None:
             expected = {-1: stats.message_count}  # only a total to compare with
         else:
+            return
+        # A message record takes at least _MIN_MESSAGE_RECORD bytes of (decompressed) data: a count
+        # beyond what the file can hold is damage, not a loss of 3.7e19 messages.
+        capacity = (self.size + sum(u.uncompressed_size for u in self._units)) // _MIN_MESSAGE_RECORD
+        claimed = sum(stats.channel_message_counts.values()) if stats.channel_message_counts else stats.message_count
+        if claimed > capacity or any(n > capacity for n in expected.values()):
+            self._problem(f"the summary's statistics claim {claimed} messages, more than the file can hold "
+                          f"(at most {capacity}): damaged statistics, not used")
+            if self.stats.lost_messages == 0:
+                self.stats.lost_messages = None  # unknown: the only count to compare with is damaged
             return
         read = dict(self.read_by_channel)
         if -1 in expected:
