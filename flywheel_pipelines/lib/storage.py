@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import io
 import json
@@ -34,6 +35,8 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from flywheel_pipelines.lib import faults
 
 RAW_PREFIX = "raw/"
 _HIDDEN_PREFIXES = (".", "_tmp")
@@ -153,6 +156,66 @@ class Lake(abc.ABC):
     def _put_immutable(self, key: str, local_file: Path) -> bool: ...
 
 
+# A writer's temp file or folder younger than this may still be in use; older ones are leftovers
+# of a killed run (kill -9 between writing aside and renaming into place), removed by the next
+# write of the same artifact.
+LEFTOVER_AGE_S = 3600.0
+_LEFTOVER_RE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{32}\.(tmp|old)$")
+
+
+def _sweep_leftovers(target: Path, *, older_than_s: float | None = None) -> list[Path]:
+    """Removes ``.<target name>.<uuid>.tmp|.old`` siblings of ``target`` older than LEFTOVER_AGE_S."""
+    limit = time.time() - (LEFTOVER_AGE_S if older_than_s is None else older_than_s)
+    removed = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = _LEFTOVER_RE.match(entry.name)
+        if match is None or match["name"] != target.name:
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime > limit:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            _renameat2 = libc.renameat2
+            _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if _renameat2 is False:
+        return False
+    import ctypes
+
+    at_fdcwd, rename_exchange = -100, 2
+    if _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # this file system cannot exchange: fall back to two renames
+    raise OSError(err, os.strerror(err), str(b))
+
+
+_renameat2 = None
+
+
 class LocalLake(Lake):
     """The lake as a local folder (the embedded default)."""
 
@@ -235,12 +298,14 @@ class LocalLake(Lake):
             raise LakeError(f"refusing to write {key!r}: raw logs are immutable (use put_raw)")
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_leftovers(target)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
             with open(tmp, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            faults.point("local.write_bytes.before_rename")
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -270,8 +335,16 @@ class LocalLake(Lake):
         if target.exists() and not replace:
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_leftovers(target)
         staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         shutil.copytree(local_dir, staging)
+        faults.point("local.publish_dir.staged")
+        if target.exists() and _exchange(staging, target):
+            # One atomic step: readers see the old folder or the new one, never none.
+            faults.point("local.publish_dir.swapped")
+            shutil.rmtree(staging, ignore_errors=True)  # now the old folder
+            return True
+        # Without renameat2 (not Linux): two renames, with a short window where the folder is absent.
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.{uuid.uuid4().hex}.old"
@@ -294,9 +367,11 @@ class LocalLake(Lake):
                 return False
             raise LakeError(f"{self.uri(key)} already exists with different content; raw logs are immutable")
         target.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_leftovers(target)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
             shutil.copyfile(local_file, tmp)
+            faults.point("local.put_raw.before_rename")
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -586,15 +661,18 @@ class S3Lake(Lake):
             _check_key(f"{rel}/{name}")
         pending = f"{rel}/{FOLDER_PENDING}"
         self._put_small(pending, json.dumps({"started": time.time()}).encode())
+        faults.point("s3.publish_dir.pending")
         if replace:
             self._delete([manifest_key])
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             etags = dict(zip(files, pool.map(lambda n: self._upload(f"{rel}/{n}", local_dir / n), files), strict=True))
+        faults.point("s3.publish_dir.uploaded")
         stale = [o.key for o in self._iter_all(rel + "/")
                  if o.key[len(rel) + 1:] not in etags and o.key not in (pending, manifest_key)]
         self._delete(stale)
         manifest = {"files": {n: {"size": (local_dir / n).stat().st_size, "etag": etags[n]} for n in files}}
         self._put_small(manifest_key, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        faults.point("s3.publish_dir.published")
         self._delete([pending])
         return True
 
