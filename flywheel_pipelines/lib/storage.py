@@ -516,12 +516,14 @@ class S3Lake(Lake):
         paginator = self.client.get_paginator("list_objects_v2")
         yield from paginator.paginate(Bucket=self.bucket, Prefix=folder, **kwargs)
 
-    def iter_objects(self, prefix: str, *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def iter_objects(self, prefix: str, *, start_after: str | None = None,
+                     hidden: list[str] | None = None) -> Iterator[ObjectInfo]:
         """Objects under the folder ``prefix`` in key order (S3 sorts by UTF-8 bytes), fetched
         lazily one page (1000 keys) at a time, optionally only those after the lake key ``start_after``.
 
         Keys come back as stored (hidden names excepted), also ones that are not valid lake keys:
-        callers that turn them into identifiers validate them (``ids.parse_raw_key``).
+        callers that turn them into identifiers validate them (``ids.parse_raw_key``). Hidden keys
+        are appended to ``hidden`` when given (an upload under a hidden name is never ingested).
         """
         kwargs = {"StartAfter": self._full(start_after)} if start_after else {}
         for page in self._pages(self._folder(prefix), **kwargs):
@@ -529,6 +531,8 @@ class S3Lake(Lake):
                 rel = self._rel(item["Key"])
                 if not _hidden(rel):
                     yield ObjectInfo(rel, item["Size"], _mtime_ns(item["LastModified"]), item["ETag"].strip('"'))
+                elif hidden is not None:
+                    hidden.append(rel)
 
     def list_children(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
         """One level of the folder ``prefix``: its sub-folders (as ``<prefix>/<name>/``, one

@@ -300,17 +300,24 @@ def plan_s3_runs(lake: S3Lake, cursor: dict, *, known_robots: set[str],
         # itself (AWS S3 compares plain strings); "<folder>/" means the same on both.
         return f"{RAW_PREFIX}robot={robot}/date={window_start}/"
 
+    hidden: list[str] = []  # appended from the listing threads (list.append is atomic)
+
     def scan(robot: str) -> tuple[str, bool, list[ObjectInfo]]:
         prefix = f"{RAW_PREFIX}robot={robot}/"
         if robot in known_robots or robot in digests:
-            return robot, False, list(lake.iter_objects(prefix, start_after=window_from(robot)))
-        return robot, True, list(lake.iter_objects(prefix))
+            return robot, False, list(lake.iter_objects(prefix, start_after=window_from(robot), hidden=hidden))
+        return robot, True, list(lake.iter_objects(prefix, hidden=hidden))
 
     new = [r for r in robots if r not in known_robots and r not in digests]
     deferred = set(new[NEW_ROBOTS_PER_TICK:])
     with ThreadPoolExecutor(max_workers=LIST_WORKERS) as pool:
         scanned = list(pool.map(scan, [r for r in robots if r not in deferred]))
 
+    # An object store has no write-aside-then-rename: a hidden name is not an upload in flight but
+    # one that will never be ingested. Said once per key.
+    for key in sorted(hidden):
+        ignore(key, f"hidden upload {key!r} is never ingested (a name starting with '.' or '_tmp'); "
+                    "upload it under its own name")
     candidates: dict[tuple[str, str], list[ObjectInfo]] = {}
     next_digests: dict[str, str] = {}
     stats = {"robots": len(robots), "robots_changed": 0, "robots_new": 0, "robots_deferred": len(deferred),
