@@ -49,3 +49,14 @@ def default_mlflow_uri() -> str:
 
 def default_mlflow_artifacts() -> str:
     return os.environ.get("FLYWHEEL_MLFLOW_ARTIFACTS") or str(flywheel_home() / "mlflow" / "artifacts")
+
+
+# A chunk that decompresses to more than this is refused (a decompression bomb: a 33 KB file can
+# declare a 1 GiB zstd chunk). MCAP writers use chunks of a few MiB; rosbag2's default is 768 KiB.
+DEFAULT_MAX_CHUNK_BYTES = 512 * 2**20
+
+
+def max_chunk_bytes() -> int:
+    """The per-chunk decompression limit: ``FLYWHEEL_MAX_CHUNK_BYTES`` (bytes) or 512 MiB."""
+    value = os.environ.get("FLYWHEEL_MAX_CHUNK_BYTES", "")
+    return int(value) if value.strip().isdigit() and int(value) > 0 else DEFAULT_MAX_CHUNK_BYTES

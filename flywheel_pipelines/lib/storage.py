@@ -15,12 +15,14 @@ from __future__ import annotations
 import abc
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -34,8 +36,11 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flywheel_pipelines.lib import faults
+
 RAW_PREFIX = "raw/"
 _HIDDEN_PREFIXES = (".", "_tmp")
+SYMLINK_REFUSED = "a symbolic link (refused: the lake reads only regular files inside its root, never a link's target)"
 
 
 class LakeError(RuntimeError):
@@ -52,6 +57,11 @@ class ObjectInfo:
     # The store's content tag: S3's ETag without quotes (MD5 of the bytes for a single PUT,
     # ``<md5 of the part md5s>-<parts>`` for a multipart upload); None for a local folder.
     etag: str | None = None
+    # When the object last changed in the lake: a local file's max(mtime, ctime). Its ctime is
+    # set by the kernel when the file is created, renamed or linked into place, so an upload
+    # whose mtime was preserved (rsync -a, cp -p, tar) or that was renamed into place still
+    # shows as new; for S3, LastModified (the upload time) as mtime_ns.
+    changed_ns: int | None = None
 
 
 def _check_key(key: str) -> str:
@@ -83,6 +93,11 @@ class Lake(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str) -> list[ObjectInfo]:
         """Every complete object under ``prefix`` (in-flight temp files are never listed)."""
+
+    def refused(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, why) of what sits under ``prefix`` but is never listed nor read: symbolic links
+        and special files in a local lake (an object store has neither)."""
+        return []
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -141,6 +156,66 @@ class Lake(abc.ABC):
     def _put_immutable(self, key: str, local_file: Path) -> bool: ...
 
 
+# A writer's temp file or folder younger than this may still be in use; older ones are leftovers
+# of a killed run (kill -9 between writing aside and renaming into place), removed by the next
+# write of the same artifact.
+LEFTOVER_AGE_S = 3600.0
+_LEFTOVER_RE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{32}\.(tmp|old)$")
+
+
+def _sweep_leftovers(target: Path, *, older_than_s: float | None = None) -> list[Path]:
+    """Removes ``.<target name>.<uuid>.tmp|.old`` siblings of ``target`` older than LEFTOVER_AGE_S."""
+    limit = time.time() - (LEFTOVER_AGE_S if older_than_s is None else older_than_s)
+    removed = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = _LEFTOVER_RE.match(entry.name)
+        if match is None or match["name"] != target.name:
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime > limit:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            _renameat2 = libc.renameat2
+            _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if _renameat2 is False:
+        return False
+    import ctypes
+
+    at_fdcwd, rename_exchange = -100, 2
+    if _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # this file system cannot exchange: fall back to two renames
+    raise OSError(err, os.strerror(err), str(b))
+
+
+_renameat2 = None
+
+
 class LocalLake(Lake):
     """The lake as a local folder (the embedded default)."""
 
@@ -154,27 +229,67 @@ class LocalLake(Lake):
     def path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def _walk(self, prefix: str) -> tuple[list[ObjectInfo], list[tuple[str, str]]]:
+        """Regular files under ``prefix``, and what was refused: symbolic links (to a file or a
+        folder, inside the lake or not) and anything that is not a regular file (a FIFO, a
+        device). Nothing refused is followed, opened or read."""
         base = self.path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        out: list[ObjectInfo] = []
+        refused: list[tuple[str, str]] = []
+        if base.is_symlink():
+            return out, [(base.relative_to(self.root).as_posix(), SYMLINK_REFUSED)]
         if not base.exists():
-            return []
-        out = []
+            return out, refused
         for dirpath, dirnames, filenames in os.walk(base):
+            for d in list(dirnames):
+                if (Path(dirpath) / d).is_symlink():
+                    dirnames.remove(d)
+                    if not d.startswith(_HIDDEN_PREFIXES):
+                        refused.append(((Path(dirpath) / d).relative_to(self.root).as_posix() + "/", SYMLINK_REFUSED))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(_HIDDEN_PREFIXES))
             for filename in sorted(filenames):
                 if filename.startswith(_HIDDEN_PREFIXES):
                     continue
                 full = Path(dirpath) / filename
-                st = full.stat()
-                out.append(ObjectInfo(full.relative_to(self.root).as_posix(), st.st_size, st.st_mtime_ns))
-        return out
+                try:
+                    st = full.lstat()
+                except FileNotFoundError:
+                    continue  # removed while listing
+                rel = full.relative_to(self.root).as_posix()
+                if stat.S_ISLNK(st.st_mode):
+                    refused.append((rel, SYMLINK_REFUSED))
+                elif not stat.S_ISREG(st.st_mode):
+                    refused.append((rel, "not a regular file (refused, never opened)"))
+                else:
+                    out.append(ObjectInfo(rel, st.st_size, st.st_mtime_ns, changed_ns=max(st.st_mtime_ns, st.st_ctime_ns)))
+        return out, sorted(refused)
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        return self._walk(prefix)[0]
+
+    def refused(self, prefix: str) -> list[tuple[str, str]]:
+        return self._walk(prefix)[1]
+
+    def changed_ns(self, key: str) -> int:
+        """max(mtime, ctime) of a file or folder (a folder renamed into place has a new ctime,
+        its files do not)."""
+        st = self.path(key.rstrip("/")).lstat()
+        return max(st.st_mtime_ns, st.st_ctime_ns)
+
+    def _inside(self, key: str) -> Path:
+        """The path of ``key``, refused if it is or passes through a symbolic link: the lake
+        never reads outside its root, and never follows a link inside it either."""
+        path = self.path(key.rstrip("/"))
+        if path.resolve() != path:
+            raise LakeError(f"{self.uri(key)}: {SYMLINK_REFUSED}")
+        return path
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
     def read_bytes(self, key: str) -> bytes:
         try:
-            return self.path(key).read_bytes()
+            return self._inside(key).read_bytes()
         except FileNotFoundError:
             raise LakeError(f"{self.uri(key)} does not exist") from None
 
@@ -183,28 +298,34 @@ class LocalLake(Lake):
             raise LakeError(f"refusing to write {key!r}: raw logs are immutable (use put_raw)")
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_leftovers(target)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
             with open(tmp, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            faults.point("local.write_bytes.before_rename")
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def local_path(self, key: str) -> Iterator[Path]:
-        path = self.path(key)
+        path = self._inside(key)
         if not path.exists():
             raise LakeError(f"{self.uri(key)} does not exist")
+        if not path.is_file():
+            raise LakeError(f"{self.uri(key)}: not a regular file (refused, never opened)")
         yield path
 
     @contextlib.contextmanager
     def local_dir(self, prefix: str) -> Iterator[Path]:
-        path = self.path(prefix.rstrip("/"))
+        path = self._inside(prefix)
         if not path.is_dir():
             raise LakeError(f"{self.uri(prefix.rstrip('/'))} does not exist")
+        if refused := self.refused(prefix.rstrip("/") + "/"):
+            raise LakeError("; ".join(f"{self.uri(key)}: {why}" for key, why in refused))
         yield path
 
     def publish_dir(self, prefix: str, local_dir: Path, *, replace: bool = False) -> bool:
@@ -214,8 +335,16 @@ class LocalLake(Lake):
         if target.exists() and not replace:
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_leftovers(target)
         staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         shutil.copytree(local_dir, staging)
+        faults.point("local.publish_dir.staged")
+        if target.exists() and _exchange(staging, target):
+            # One atomic step: readers see the old folder or the new one, never none.
+            faults.point("local.publish_dir.swapped")
+            shutil.rmtree(staging, ignore_errors=True)  # now the old folder
+            return True
+        # Without renameat2 (not Linux): two renames, with a short window where the folder is absent.
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.{uuid.uuid4().hex}.old"
@@ -238,9 +367,11 @@ class LocalLake(Lake):
                 return False
             raise LakeError(f"{self.uri(key)} already exists with different content; raw logs are immutable")
         target.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_leftovers(target)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
             shutil.copyfile(local_file, tmp)
+            faults.point("local.put_raw.before_rename")
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -385,12 +516,14 @@ class S3Lake(Lake):
         paginator = self.client.get_paginator("list_objects_v2")
         yield from paginator.paginate(Bucket=self.bucket, Prefix=folder, **kwargs)
 
-    def iter_objects(self, prefix: str, *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def iter_objects(self, prefix: str, *, start_after: str | None = None,
+                     hidden: list[str] | None = None) -> Iterator[ObjectInfo]:
         """Objects under the folder ``prefix`` in key order (S3 sorts by UTF-8 bytes), fetched
         lazily one page (1000 keys) at a time, optionally only those after the lake key ``start_after``.
 
         Keys come back as stored (hidden names excepted), also ones that are not valid lake keys:
-        callers that turn them into identifiers validate them (``ids.parse_raw_key``).
+        callers that turn them into identifiers validate them (``ids.parse_raw_key``). Hidden keys
+        are appended to ``hidden`` when given (an upload under a hidden name is never ingested).
         """
         kwargs = {"StartAfter": self._full(start_after)} if start_after else {}
         for page in self._pages(self._folder(prefix), **kwargs):
@@ -398,6 +531,8 @@ class S3Lake(Lake):
                 rel = self._rel(item["Key"])
                 if not _hidden(rel):
                     yield ObjectInfo(rel, item["Size"], _mtime_ns(item["LastModified"]), item["ETag"].strip('"'))
+                elif hidden is not None:
+                    hidden.append(rel)
 
     def list_children(self, prefix: str) -> tuple[list[str], list[ObjectInfo]]:
         """One level of the folder ``prefix``: its sub-folders (as ``<prefix>/<name>/``, one
@@ -530,15 +665,18 @@ class S3Lake(Lake):
             _check_key(f"{rel}/{name}")
         pending = f"{rel}/{FOLDER_PENDING}"
         self._put_small(pending, json.dumps({"started": time.time()}).encode())
+        faults.point("s3.publish_dir.pending")
         if replace:
             self._delete([manifest_key])
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             etags = dict(zip(files, pool.map(lambda n: self._upload(f"{rel}/{n}", local_dir / n), files), strict=True))
+        faults.point("s3.publish_dir.uploaded")
         stale = [o.key for o in self._iter_all(rel + "/")
                  if o.key[len(rel) + 1:] not in etags and o.key not in (pending, manifest_key)]
         self._delete(stale)
         manifest = {"files": {n: {"size": (local_dir / n).stat().st_size, "etag": etags[n]} for n in files}}
         self._put_small(manifest_key, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        faults.point("s3.publish_dir.published")
         self._delete([pending])
         return True
 

@@ -16,6 +16,7 @@ import torch
 from flywheel_pipelines.lib.learning.policy import Policy, PolicyConfig
 from flywheel_pipelines.lib.lineage import build_lineage, lineage_summary
 from flywheel_pipelines.lib.release.bundle import (
+    BUNDLE_FILES,
     LINEAGE,
     MODEL_CARD,
     ONNX,
@@ -106,6 +107,8 @@ def bundle(tmp_path) -> Path:
     (root / "extra").mkdir(parents=True)
     (root / ONNX).write_bytes(b"\x08\x01onnx-bytes" * 10)
     (root / MODEL_CARD).write_text("# card\n")
+    for name in set(BUNDLE_FILES) - {ONNX, MODEL_CARD, LINEAGE}:
+        (root / name).write_text("{}\n")
     (root / "extra" / "notes.txt").write_text("notes\n")
     write_lineage(root, {"schema": "flywheel-lineage-v1"})
     write_sha256sums(root)
@@ -115,11 +118,11 @@ def bundle(tmp_path) -> Path:
 def test_sha256sums_lists_every_file_and_verifies(bundle):
     text = (bundle / SUMS).read_text()
     lines = text.splitlines()
-    assert [line.split("  ", 1)[1] for line in lines] == sorted([MODEL_CARD, "extra/notes.txt", LINEAGE, ONNX])
+    assert [line.split("  ", 1)[1] for line in lines] == sorted([*BUNDLE_FILES, "extra/notes.txt"])
     for line in lines:
         digest, rel = line.split("  ", 1)
         assert digest == hashlib.sha256((bundle / rel).read_bytes()).hexdigest()
-    assert verify_bundle(bundle).ok and verify_bundle(bundle).checked == 4
+    assert verify_bundle(bundle).ok and verify_bundle(bundle).checked == len(BUNDLE_FILES) + 1
     assert verify_bundle(bundle).problems == ()
 
 
@@ -159,7 +162,7 @@ def test_path_escaping_the_bundle_is_detected(bundle, tmp_path):
     with open(bundle / SUMS, "a") as handle:
         handle.write(f"{digest}  ../outside.txt\n")
     (problem,) = _problems(bundle)
-    assert "'../outside.txt'" in problem and "escapes the bundle" in problem and ":5:" in problem
+    assert "'../outside.txt'" in problem and "escapes the bundle" in problem and f":{len(BUNDLE_FILES) + 2}:" in problem
 
 
 def test_absolute_path_is_detected(bundle):
@@ -173,10 +176,33 @@ def test_malformed_and_missing_sums(bundle):
     with open(bundle / SUMS, "a") as handle:
         handle.write("not a checksum line\n")
     (problem,) = _problems(bundle)
-    assert problem.endswith(f"{SUMS}:5: malformed line")
+    assert problem.endswith(f"{SUMS}:{len(BUNDLE_FILES) + 2}: malformed line")
     (bundle / SUMS).unlink()
     verdict = verify_bundle(bundle)
     assert not verdict.ok and verdict.checked == 0 and verdict.problems[0].endswith(f"{SUMS}: missing")
+
+
+def _drop_sums_line(bundle: Path, rel: str) -> None:
+    lines = (bundle / SUMS).read_text().splitlines(keepends=True)
+    (bundle / SUMS).write_text("".join(line for line in lines if not line.rstrip("\n").endswith(f"  {rel}")))
+
+
+def test_a_file_deleted_with_its_sums_line_is_detected(bundle):
+    """Issue #16 (6): deleting policy.onnx together with its SHA256SUMS line passed as OK."""
+    (bundle / ONNX).unlink()
+    _drop_sums_line(bundle, ONNX)
+    assert _problems(bundle) == (f"{ONNX}: required in a release bundle, not listed in {SUMS} (and missing)",)
+
+
+def test_an_emptied_bundle_is_detected(bundle):
+    """Issue #16 (6): everything deleted and SHA256SUMS emptied passed as OK."""
+    for path in sorted(bundle.rglob("*"), reverse=True):
+        if path.is_file() and path.name != SUMS:
+            path.unlink()
+    (bundle / SUMS).write_text("")
+    problems = _problems(bundle)
+    assert f"{SUMS}: lists no file" in problems
+    assert {p.split(":")[0] for p in problems} >= set(BUNDLE_FILES)
 
 
 def test_rewriting_sums_after_a_change_verifies_again(bundle):

@@ -14,7 +14,7 @@ from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import markdown
-from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, Embodiment, load_embodiment
+from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, Embodiment, MappingError, load_embodiment
 from flywheel_pipelines.lib.episodes.standardize import SourceFile, standardize
 from flywheel_pipelines.lib.quality import CHECKS, QualityError, SuiteResult, validate_episodes
 from flywheel_pipelines.lib.storage import Lake, staging_dir
@@ -62,7 +62,10 @@ def ingest_episodes(store: Lake, robot: str, day: str, emb: Embodiment):
                          + "; ".join(f.get("reason") or f["key"] for f in manifest["files"] if f["verdict"] == "rejected"))
     with contextlib.ExitStack() as stack:
         files = [SourceFile(f["key"], stack.enter_context(open_log(store, f["key"])), f["sha256"]) for f in usable]
-        result = standardize(files, emb, robot=robot, day=day)
+        try:
+            result = standardize(files, emb, robot=robot, day=day)
+        except MappingError as exc:  # the mapping does not fit these logs: fail before anything is replaced
+            raise dg.Failure(f"robot {robot} on {day}: mapping {emb.name} v{emb.version}: {exc}") from None
     if result.empty_cause is not None:
         raise dg.Failure(description=result.empty_cause, metadata=accounting_metadata(result.accounting))
     unmapped = _unmapped_cause(usable, result.accounting, emb, robot, day)
@@ -131,7 +134,10 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
     outcome, tags, source files and quality figures, for one robot-day."""
     robot, day = robot_day(context)
     store = lake.lake()
-    emb = load_embodiment(config.embodiment)
+    try:
+        emb = load_embodiment(config.embodiment)
+    except MappingError as exc:
+        raise dg.Failure(str(exc)) from None
     result, verdict = ingest_episodes(store, robot, day, emb)
     table = result.episodes
 

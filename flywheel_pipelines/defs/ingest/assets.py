@@ -7,7 +7,7 @@ from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import ids, markdown
-from flywheel_pipelines.lib.rosbag.manifest import VERDICTS, inspect_log
+from flywheel_pipelines.lib.rosbag.manifest import DAY_VERDICTS, DUPLICATE, inspect_log, mark_duplicates
 from flywheel_pipelines.lib.storage import Lake, raw_fingerprint
 
 OWNERS = ["team:robot-data"]
@@ -64,6 +64,8 @@ def build_manifest(lake: Lake, robot: str, day: str) -> dict:
     for key in logs:
         with open_log(lake, key) as path:
             files.append(inspect_log(path, key=key).to_dict())
+    previous = lake.read_json(manifest_key(robot, day))["files"] if lake.exists(manifest_key(robot, day)) else None
+    files = mark_duplicates(files, previous=previous)
     # The sensor fingerprints raw objects one by one: a bag folder contributes each of its parts.
     objects = []
     for f in files:
@@ -71,7 +73,9 @@ def build_manifest(lake: Lake, robot: str, day: str) -> dict:
             objects.extend((f["key"] + relative, sha256) for relative, sha256 in f["parts"])
         else:
             objects.append((f["key"], f["sha256"]))
-    return {"robot": robot, "date": day, "files": files, "raw_fingerprint": raw_fingerprint(objects)}
+    refused = [{"key": key, "reason": why} for key, why in lake.refused(raw_prefix(robot, day))]
+    return {"robot": robot, "date": day, "files": files, "raw_fingerprint": raw_fingerprint(objects),
+            **({"refused": refused} if refused else {})}
 
 
 def write_manifest(lake: Lake, robot: str, day: str, manifest: dict | None = None) -> dict:
@@ -79,7 +83,8 @@ def write_manifest(lake: Lake, robot: str, day: str, manifest: dict | None = Non
     Shared by ``log_manifest`` (hot days) and ``episode_archive`` (late uploads to cold days)."""
     manifest = manifest if manifest is not None else build_manifest(lake, robot, day)
     if not manifest["files"]:
-        raise dg.Failure(f"no raw logs under {lake.uri(raw_prefix(robot, day))}")
+        refused = "".join(f"; refused {r['key']}: {r['reason']}" for r in manifest.get("refused", []))
+        raise dg.Failure(f"no raw logs under {lake.uri(raw_prefix(robot, day).rstrip('/'))}/{refused}")
     lake.write_json(manifest_key(robot, day), manifest)
     return manifest
 
@@ -100,12 +105,14 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
     store = lake.lake()
     manifest = write_manifest(store, robot, day)
     files = manifest["files"]
-    verdicts = {v: sum(f["verdict"] == v for f in files) for v in VERDICTS}
+    verdicts = {v: sum(f["verdict"] == v for f in files) for v in DAY_VERDICTS}
     rows = [(_log_name(f["key"]), f["verdict"], f["message_count"], len(f["topics"]), f"{f['size'] / 1e6:.2f}",
              _lost(f), f.get("reason") or "") for f in files]
     for f in files:
         if f["verdict"] != "ok":
             context.log.warning(f"{f['key']}: {f['verdict']}: {f.get('reason')}")
+    for r in manifest.get("refused", []):
+        context.log.warning(f"{r['key']}: {r['reason']}")
     return dg.MaterializeResult(
         metadata={
             "uri": dg.MetadataValue.path(store.uri(manifest_key(robot, day))),
@@ -117,7 +124,9 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
             "recovered": verdicts["recovered"],
             "empty": verdicts["empty"],
             "rejected": verdicts["rejected"],
+            "duplicate": verdicts[DUPLICATE],
             "rejected_files": [f["key"] for f in files if f["verdict"] == "rejected"],
+            "refused": [r["key"] for r in manifest.get("refused", [])],
             "files_table": dg.MetadataValue.md(
                 markdown.table(["log", "verdict", "messages", "topics", "MB", "lost", "reason"], rows)),
         }

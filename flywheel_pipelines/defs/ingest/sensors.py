@@ -2,8 +2,11 @@
 
 One sensor; how it finds what changed depends on the lake:
 
-- a local folder (``plan_runs``): walk ``raw/`` and hash the robot-days with a file modified
-  since the cursor's watermark. Walking a folder is cheap and mtimes are reliable.
+- a local folder (``plan_runs``): walk ``raw/`` and hash the robot-days with a file changed
+  since the cursor's watermark: changed is max(mtime, ctime), and the ctime is the kernel's (set
+  when a file is created, renamed or linked into place), so an upload whose mtime was preserved
+  (rsync -a, cp -p, tar) or renamed into place after a later upload is still seen. A tick costs
+  one walk with one lstat per file (plus one per bag folder); only changed robot-days are hashed.
 - S3 (``plan_s3_runs``): a tick must cost what was uploaded, not what the bucket holds (listing a
   whole prefix every tick, as dagster-aws's ``get_objects`` does, outgrows the 60 s tick limit),
   so it lists ordered key ranges only. See ``plan_s3_runs``.
@@ -29,7 +32,7 @@ from flywheel_pipelines.defs.jobs import archive_month, ingest_robot_day
 from flywheel_pipelines.defs.partitions import FLEET_START, HOT_START, ROBOTS, robot_day_key
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import fleet, ids
-from flywheel_pipelines.lib.storage import RAW_PREFIX, Lake, ObjectInfo, S3Lake, raw_fingerprint, sha256_file
+from flywheel_pipelines.lib.storage import RAW_PREFIX, Lake, LocalLake, ObjectInfo, S3Lake, raw_fingerprint, sha256_file
 
 SENSOR_NAME = "raw_log_sensor"
 # Dagster's own tags (dagster._core.storage.tags) on every run a sensor launches.
@@ -124,8 +127,25 @@ def plan_runs(lake: Lake, cursor: dict, *, known_robots: set[str], already_inges
     touched: set[tuple[str, str]] = set()
     skipped = []
     by_partition: dict[tuple[str, str], list[ObjectInfo]] = defaultdict(list)
+    folders: dict[str, int] = {}  # bag folder -> when it changed (renamed into place)
+
+    def changed(obj: ObjectInfo) -> int:
+        at = obj.changed_ns if obj.changed_ns is not None else obj.mtime_ns
+        try:
+            log = ids.raw_log_key(obj.key)
+        except ids.InvalidIdentifier:
+            return at
+        if log.endswith("/") and isinstance(lake, LocalLake):
+            if log not in folders:
+                folders[log] = lake.changed_ns(log)
+            at = max(at, folders[log])
+        return at
+
+    latest = watermark
     for obj in objects:
-        fresh = obj.mtime_ns >= watermark - GRACE_NS
+        at = changed(obj)
+        latest = max(latest, at)
+        fresh = at >= watermark - GRACE_NS
         try:
             robot, day, _ = ids.parse_raw_key(obj.key)
         except ids.InvalidIdentifier as exc:
@@ -139,6 +159,11 @@ def plan_runs(lake: Lake, cursor: dict, *, known_robots: set[str], already_inges
         by_partition[(robot, day)].append(obj)
         if fresh:
             touched.add((robot, day))
+    # Symbolic links and special files are never listed nor read; each is named once, when it appears.
+    refused = lake.refused(RAW_PREFIX)
+    refused_digest = hashlib.sha256(json.dumps(refused).encode()).hexdigest()[:16] if refused else ""
+    if refused_digest != cursor.get("refused", ""):
+        skipped.extend(f"{key}: {why}" for key, why in refused)
     requests, new_robots = [], set()
     fingerprints = {}
     for robot, day in sorted(touched):
@@ -154,8 +179,8 @@ def plan_runs(lake: Lake, cursor: dict, *, known_robots: set[str], already_inges
         if robot not in known_robots:
             new_robots.add(robot)
         requests.append(_run_request(robot, day, fingerprint, "flywheel/raw_fingerprint"))
-    next_watermark = max([watermark] + [o.mtime_ns for o in objects])
-    return requests, sorted(new_robots), {"watermark_ns": next_watermark}, skipped
+    next_cursor = {"watermark_ns": latest, **({"refused": refused_digest} if refused_digest else {})}
+    return requests, sorted(new_robots), next_cursor, skipped
 
 
 # --- S3 -------------------------------------------------------------------------------------------
@@ -275,17 +300,24 @@ def plan_s3_runs(lake: S3Lake, cursor: dict, *, known_robots: set[str],
         # itself (AWS S3 compares plain strings); "<folder>/" means the same on both.
         return f"{RAW_PREFIX}robot={robot}/date={window_start}/"
 
+    hidden: list[str] = []  # appended from the listing threads (list.append is atomic)
+
     def scan(robot: str) -> tuple[str, bool, list[ObjectInfo]]:
         prefix = f"{RAW_PREFIX}robot={robot}/"
         if robot in known_robots or robot in digests:
-            return robot, False, list(lake.iter_objects(prefix, start_after=window_from(robot)))
-        return robot, True, list(lake.iter_objects(prefix))
+            return robot, False, list(lake.iter_objects(prefix, start_after=window_from(robot), hidden=hidden))
+        return robot, True, list(lake.iter_objects(prefix, hidden=hidden))
 
     new = [r for r in robots if r not in known_robots and r not in digests]
     deferred = set(new[NEW_ROBOTS_PER_TICK:])
     with ThreadPoolExecutor(max_workers=LIST_WORKERS) as pool:
         scanned = list(pool.map(scan, [r for r in robots if r not in deferred]))
 
+    # An object store has no write-aside-then-rename: a hidden name is not an upload in flight but
+    # one that will never be ingested. Said once per key.
+    for key in sorted(hidden):
+        ignore(key, f"hidden upload {key!r} is never ingested (a name starting with '.' or '_tmp'); "
+                    "upload it under its own name")
     candidates: dict[tuple[str, str], list[ObjectInfo]] = {}
     next_digests: dict[str, str] = {}
     stats = {"robots": len(robots), "robots_changed": 0, "robots_new": 0, "robots_deferred": len(deferred),

@@ -14,7 +14,8 @@ from flywheel_pipelines.defs.curation.assets import curated_dataset
 from flywheel_pipelines.defs.k8s import TRAINING_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.upstream import upstream_metadata
-from flywheel_pipelines.lib import ids, lineage_index
+from flywheel_pipelines.lib import faults, ids, lineage_index
+from flywheel_pipelines.lib.evaluation import registry
 from flywheel_pipelines.lib.learning.bc import BCConfig, load_training_data, pick_device, train_bc
 from flywheel_pipelines.lib.learning.checkpoint import clear_checkpoints, close_interrupted_runs, latest_step
 from flywheel_pipelines.lib.learning.policy import save_policy
@@ -184,8 +185,13 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
             (out / METRICS).write_text(json.dumps([m.__dict__ for m in history], indent=2) + "\n")
             mlf.set_tag("policy.version", version)
             mlf.log_artifacts(str(out), artifact_path="policy")
-            info = mlf.onnx.log_model(onnx.load(str(out / POLICY_ONNX)), name="onnx", registered_model_name=name)
-            registered_version = getattr(info, "registered_model_version", None)
+            info = mlf.onnx.log_model(onnx.load(str(out / POLICY_ONNX)), name="onnx")
+            registered_version, killed = registry.register_policy_version(
+                mlf, name, policy_version=version, model_uri=info.model_uri, run_id=run.info.run_id)
+            for old in killed:
+                context.log.info(f"MLflow run {old} registered {name} version {registered_version} and was killed; "
+                                 "marked KILLED, its registration reused")
+            faults.point("mlflow.registered")
             prefix = policy_prefix(name, version)
             store.publish_dir(prefix, out)
     lineage_index.write_policy_edge(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from flywheel_pipelines.lib.episodes.embodiment import Embodiment, FeatureMapping
+from flywheel_pipelines.lib.episodes.embodiment import Embodiment, FeatureMapping, MappingError
 from flywheel_pipelines.lib.rosbag.columnar import TopicColumns, TopicRequest, join_arrays, read_columns
 from flywheel_pipelines.lib.rosbag.reader import ReadStats
 
@@ -136,7 +136,7 @@ def _topic_values(columns: TopicColumns, features: Sequence[FeatureMapping]) -> 
     """The (n, sum of dims) values of the features drawn from one topic, filled in place.
 
     JointState-style arrays are reordered by joint name; a field with fewer values than the
-    feature's names leaves NaN, extra values are dropped.
+    feature's names leaves NaN; more values than names is a MappingError naming the feature.
     """
     n = len(columns)
     out = np.full((n, sum(f.dim for f in features)), np.nan)
@@ -146,6 +146,10 @@ def _topic_values(columns: TopicColumns, features: Sequence[FeatureMapping]) -> 
         for path in feature.fields:
             values = columns.numeric[path]
             width = len(feature.joint_names) if feature.joint_names is not None else values.shape[1]
+            if col + width > at + feature.dim:  # the names do not cover every value: never drop one in silence
+                raise MappingError(f"feature {feature.key!r} (topic {feature.topic}): fields {', '.join(feature.fields)} "
+                                   f"give {_field_widths(columns, feature)} values per message but the mapping names "
+                                   f"{feature.dim} ({', '.join(feature.names)})")
             width = max(0, min(width, at + feature.dim - col))
             if width:
                 target = out[:, col : col + width]
@@ -156,6 +160,12 @@ def _topic_values(columns: TopicColumns, features: Sequence[FeatureMapping]) -> 
             col += width
         at += feature.dim
     return out
+
+
+def _field_widths(columns: TopicColumns, feature: FeatureMapping) -> str:
+    widths = [len(feature.joint_names) if feature.joint_names is not None else columns.numeric[p].shape[1]
+              for p in feature.fields]
+    return f"{sum(widths)} (" + " + ".join(f"{p}: {w}" for p, w in zip(feature.fields, widths, strict=True)) + ")"
 
 
 def _by_joint_name(columns: TopicColumns, values: np.ndarray, joints: tuple[str, ...], out: np.ndarray) -> None:

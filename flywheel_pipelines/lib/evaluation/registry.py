@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass
 from flywheel_pipelines.lib.storage import Lake
 
 PRODUCTION_ALIAS = "production"
+# Set when a policy version is registered, in the same call: a re-run after a kill finds it.
+POLICY_TAG = "flywheel.policy"
 LOG_SCHEMA = "flywheel-promotion-v1"
 GATE_TAG = "flywheel.gate"
 WITHDRAWN_TAG = "flywheel.withdrawn"
@@ -310,3 +312,32 @@ def withdraw(client, lake: Lake, model: str, version: str, *, by: str, reason: s
     except Exception:
         client.delete_model_version_tag(model, version, WITHDRAWN_TAG)
         raise
+
+
+def register_policy_version(mlf, name: str, *, policy_version: str, model_uri: str, run_id: str) -> tuple[str, list[str]]:
+    """Registers ``model_uri`` as a version of ``name`` once per policy version.
+
+    A run killed after registering (before its asset materialized) leaves a READY version; the
+    re-run finds it by its ``flywheel.policy`` tag and reuses it instead of registering
+    "version 2" of the same policy; the killed run, still RUNNING in MLflow, is marked KILLED.
+
+    Args:
+        mlf: the ``mlflow`` module of an open session (``MlflowResource.session``).
+        name: the registered model name.
+        policy_version: the content version of the policy (``save_policy``).
+        model_uri: the logged model (``log_model(...).model_uri``).
+        run_id: the current MLflow run.
+
+    Returns:
+        (registry version, MLflow runs marked KILLED)
+    """
+    client = mlf.MlflowClient()
+    killed = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        if (mv.tags or {}).get(POLICY_TAG) == policy_version and mv.status == "READY":
+            if mv.run_id and mv.run_id != run_id and client.get_run(mv.run_id).info.status == "RUNNING":
+                client.set_terminated(mv.run_id, status="KILLED")
+                killed.append(mv.run_id)
+            return str(mv.version), killed
+    mv = mlf.register_model(model_uri, name, tags={POLICY_TAG: policy_version})
+    return str(mv.version), killed

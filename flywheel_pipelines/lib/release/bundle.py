@@ -13,6 +13,9 @@ SUMS = "SHA256SUMS"
 LINEAGE = "lineage.json"
 MODEL_CARD = "MODEL_CARD.md"
 ONNX = "policy.onnx"
+# Every file a release bundle holds (besides SHA256SUMS): verify requires each of them, so a bundle
+# whose file was deleted together with its checksum line does not pass.
+BUNDLE_FILES = (ONNX, "policy_config.json", "parity.json", "evaluation.json", "EVALUATION.md", MODEL_CARD, LINEAGE)
 
 
 def write_sha256sums(bundle_dir: Path) -> str:
@@ -33,8 +36,9 @@ class Verification:
     problems: tuple[str, ...]
 
 
-def verify_bundle(bundle_dir: Path) -> Verification:
-    """Check every file against SHA256SUMS and that no unlisted file was added."""
+def verify_bundle(bundle_dir: Path, *, required: tuple[str, ...] = BUNDLE_FILES) -> Verification:
+    """Check every file against SHA256SUMS, that no unlisted file was added, and that the bundle
+    holds every ``required`` file, listed: a SHA256SUMS with lines removed is incomplete."""
     bundle_dir = Path(bundle_dir)
     sums = bundle_dir / SUMS
     if not sums.is_file():
@@ -60,6 +64,12 @@ def verify_bundle(bundle_dir: Path) -> Verification:
         rel = path.relative_to(bundle_dir).as_posix()
         if path.is_file() and path.name != SUMS and rel not in listed:
             problems.append(f"{rel}: not listed in {SUMS}")
+    if not listed:
+        problems.append(f"{SUMS}: lists no file")
+    for rel in required:
+        if rel not in listed:
+            problems.append(f"{rel}: required in a release bundle, not listed in {SUMS}"
+                            + ("" if (bundle_dir / rel).is_file() else " (and missing)"))
     return Verification(not problems, len(listed), tuple(problems))
 
 

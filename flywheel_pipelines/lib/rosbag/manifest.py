@@ -73,14 +73,19 @@ from flywheel_pipelines.lib.rosbag.columnar import ChannelInfo, ColumnSink, deco
 from flywheel_pipelines.lib.rosbag.reader import (
     MCAP_MAGIC,
     LogReadError,
+    _hex_hint,
     _merge_ranges,
 )
 
-__all__ = ["VERDICTS", "FileManifest", "TopicStats", "inspect_log", "read_log"]
+__all__ = ["DAY_VERDICTS", "DUPLICATE", "VERDICTS", "FileManifest", "TopicStats", "inspect_log", "mark_duplicates", "read_log"]
 
 # ok: every message read, every check passed; recovered: damaged, but messages were read;
 # empty: a valid log without messages; rejected: damaged beyond use (nothing could be read).
 VERDICTS = ("ok", "recovered", "empty", "rejected")
+# A robot-day's manifest adds one: a log whose bytes another log of the day already holds (a
+# retried upload under a second name). It is recorded, and read once, through the other.
+DUPLICATE = "duplicate"
+DAY_VERDICTS = (*VERDICTS, DUPLICATE)
 
 _ROS1_MAGIC = b"#ROSBAG V2.0"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -214,6 +219,28 @@ class FileManifest:
         )
 
 
+def mark_duplicates(files: list[dict], *, previous: list[dict] | None = None) -> list[dict]:
+    """Marks, among one robot-day's manifest entries, each log whose sha256 an earlier one has:
+    verdict ``duplicate``, ``duplicate_of`` the log that is read. The one read is the log a
+    previous manifest of the day already read (so a retry upload never moves episodes to another
+    source), else the first by key. Returns new entries, in the same order."""
+    kept_before = {f["sha256"]: f["key"] for f in previous or [] if f.get("verdict") != DUPLICATE}
+    keys = {f["key"] for f in files}
+    canonical: dict[str, str] = {}
+    for f in sorted(files, key=lambda f: f["key"]):
+        if f["verdict"] in ("ok", "recovered", "empty"):
+            before = kept_before.get(f["sha256"])
+            canonical.setdefault(f["sha256"], before if before in keys else f["key"])
+    out = []
+    for f in files:
+        first = canonical.get(f["sha256"])
+        if first is not None and first != f["key"] and f["verdict"] != "rejected":
+            f = {**f, "verdict": DUPLICATE, "duplicate_of": first,
+                 "reason": f"{f['key']}: the same bytes as {first} (sha256 {f['sha256'][:12]}...); read once, through {first}"}
+        out.append(f)
+    return out
+
+
 def inspect_log(path: str | Path, *, key: str | None = None, decode: bool = False) -> FileManifest:
     """Reads a whole log and describes it; damaged input gives a verdict, never an exception.
 
@@ -294,7 +321,7 @@ def read_log(
         # Like a folder without metadata.yaml: readable, but nothing to check its counts against.
         reading.problems.insert(0, "a bare rosbag2 sqlite3 file: no metadata.yaml to check it against")
         return reading
-    return _Reading(fatal=f"not a recognised log format (starts with {head!r})")
+    return _Reading(fatal=f"not a recognised log format (no known magic bytes at its start{_hex_hint(head)})")
 
 
 _BATCH_BYTES = 32 * 2**20
@@ -615,7 +642,7 @@ def _read_part(folder: Path, file: Path, *, topics, sink, batch_bytes: int, veri
         return _read_db3(file, topics=topics, sink=sink, key_prefix=file.name)
     if not head:
         return _Reading(fatal="empty file (0 bytes)")
-    return _Reading(fatal=f"neither MCAP nor SQLite (starts with {head!r})")
+    return _Reading(fatal=f"neither MCAP nor SQLite (no known magic bytes at its start{_hex_hint(head)})")
 
 
 def _find_listed(folder: Path, relative: str) -> Path | None:

@@ -56,6 +56,8 @@ from mcap.exceptions import McapError
 from mcap.opcode import Opcode
 from mcap.records import Channel, ChunkIndex, Schema, Statistics
 
+from flywheel_pipelines.lib.settings import max_chunk_bytes
+
 try:
     import zstandard
 except ImportError:  # pragma: no cover - zstandard ships with mcap's usual installs
@@ -84,6 +86,8 @@ _FOOTER_SIZE = _FOOTER.size
 # Records (and decompressed chunks) larger than this are treated as a corrupt length field rather
 # than allocated; ``mcap`` uses the same 4 GiB default.
 _MAX_RECORD = 4 * 2**30
+# opcode (1) + record length (8) + channel id, sequence, log time, publish time (22).
+_MIN_MESSAGE_RECORD = 1 + 8 + _MESSAGE_PREFIX.size
 # A damaged compression-name length would otherwise make us read megabytes as a string.
 _MAX_COMPRESSION_NAME = 64
 # Record kinds a data section may legitimately contain; other spec-defined opcodes belong to the
@@ -214,6 +218,21 @@ class ReadStats:
         if not self.problems:
             return None
         return f"{self.source}: " + "; ".join(self.problems)
+
+
+# Formats an upload is commonly mistaken for, named by their magic. A message never quotes the
+# file's own bytes: a raw file may hold anything (a key, a password) and reasons reach run logs.
+_KNOWN_MAGIC = ((b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip stream"), (b"\x28\xb5\x2f\xfd", "a zstd frame"),
+                (b"\x04\x22\x4d\x18", "an LZ4 frame"), (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+                (b"BZh", "a bzip2 stream"), (b"\xfd7zXZ", "an xz stream"), (b"%PDF", "a PDF document"))
+
+
+def _hex_hint(head: bytes) -> str:
+    """``: it looks like a ZIP archive`` for a known format, nothing otherwise (never the bytes)."""
+    for magic, name in _KNOWN_MAGIC:
+        if head.startswith(magic):
+            return f"; it looks like {name}"
+    return ""
 
 
 def iter_messages(
@@ -460,6 +479,16 @@ class _Walk:
     in_order: bool = True
 
 
+def _check_chunk_limit(unit: Any) -> None:
+    """Refuses a chunk that declares more decompressed bytes than the configured per-chunk limit
+    (``FLYWHEEL_MAX_CHUNK_BYTES``), before anything is decompressed or allocated."""
+    limit = max_chunk_bytes()
+    if unit.compression and unit.uncompressed_size > limit:
+        raise _Damage(f"a {unit.compression} chunk of {unit.data_length} bytes declares {unit.uncompressed_size} bytes "
+                      f"decompressed, above the per-chunk limit of {limit} (FLYWHEEL_MAX_CHUNK_BYTES): refused, "
+                      "not decompressed")
+
+
 class _Damage(Exception):
     """A damaged chunk; the message says what is wrong with it."""
 
@@ -531,7 +560,7 @@ class _McapScan:
             raise self._fatal("empty file (0 bytes)")
         if head != MCAP_MAGIC:
             fh.close()
-            raise self._fatal(f"not an MCAP file (starts with {head!r})")
+            raise self._fatal(f"not an MCAP file (no known magic bytes at its start{_hex_hint(head)})")
 
     def _read_at(self, offset: int, length: int) -> bytes:
         # pread: no shared file position, so the columnar reader may load chunks on another thread.
@@ -1190,6 +1219,7 @@ class _McapScan:
         data = self._read_at(unit.data_offset, available)
         if unit.zero_tail:
             data = data.rstrip(b"\x00")  # where the writing stopped
+        _check_chunk_limit(unit)
         wanted = min(unit.uncompressed_size, _MAX_RECORD)
         if unit.compression == "":
             records = data
@@ -1259,6 +1289,7 @@ class _McapScan:
     def _chunk_records(self, unit: _Unit) -> bytes:
         if unit.uncompressed_size > _MAX_RECORD:
             raise _Damage(f"implausible uncompressed size {unit.uncompressed_size}")
+        _check_chunk_limit(unit)
         data = self._read_at(unit.data_offset, unit.data_length)
         if len(data) < unit.data_length:
             raise _Damage("file ends inside the chunk")
@@ -1350,6 +1381,16 @@ class _McapScan:
         elif self.topics is None:
             expected = {-1: stats.message_count}  # only a total to compare with
         else:
+            return
+        # A message record takes at least _MIN_MESSAGE_RECORD bytes of (decompressed) data: a count
+        # beyond what the file can hold is damage, not a loss of 3.7e19 messages.
+        capacity = (self.size + sum(u.uncompressed_size for u in self._units)) // _MIN_MESSAGE_RECORD
+        claimed = sum(stats.channel_message_counts.values()) if stats.channel_message_counts else stats.message_count
+        if claimed > capacity or any(n > capacity for n in expected.values()):
+            self._problem(f"the summary's statistics claim {claimed} messages, more than the file can hold "
+                          f"(at most {capacity}): damaged statistics, not used")
+            if self.stats.lost_messages == 0:
+                self.stats.lost_messages = None  # unknown: the only count to compare with is damaged
             return
         read = dict(self.read_by_channel)
         if -1 in expected:
