@@ -72,8 +72,8 @@ def fleet_simulate(robots: int, days: int, episodes_per_day: int, seed: int, sta
                    "one makes Dagster refuse the backfill, naming it).")
 @click.option("--location", default=None,
               help="The code location holding ingest_robot_day, as the webserver's workspace names it (default: "
-                   "$FLYWHEEL_CODE_LOCATION, else flywheel_pipelines as in workspace.yaml; the Helm chart names it "
-                   "after the user deployment: flywheel-pipelines).")
+                   "$FLYWHEEL_CODE_LOCATION, else flywheel_pipelines, its name in workspace.yaml and in the "
+                   "Helm values).")
 @click.option("--lake", default=None, help="Lake with the robots' join days (default: $FLYWHEEL_LAKE or .flywheel/lake).")
 @click.option("--dry-run", is_flag=True, help="Print the robots and partition keys; launch nothing.")
 def fleet_backfill(day: str, url: str, robots_from: str, location: str | None, lake: str | None,
