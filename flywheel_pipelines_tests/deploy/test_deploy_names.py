@@ -113,3 +113,17 @@ def test_the_deploy_guide_runs_its_steps_in_order():
 def test_no_path_of_one_machine_in_docs_or_deploy_files(path):
     text = path.read_text(errors="replace")
     assert not re.search(r"(?<![\w.])/(work|home|Users|tmp/bash_jobs)/", text), path
+
+
+def test_compute_logs_use_the_same_manager_and_variables_in_the_chart_and_deploy_dagster_yaml():
+    instance = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())["compute_logs"]
+    chart = load_values()["computeLogManager"]
+    assert instance["class"] == chart["type"] == "S3ComputeLogManager"
+    s3 = chart["config"]["s3ComputeLogManager"]
+    assert s3["bucket"] == instance["config"]["bucket"] and s3["prefix"] == instance["config"]["prefix"]
+    # Every Dagster pod reads the bucket from flywheel-config, which docs/deploy.md creates with it.
+    values = load_values()
+    for pods in (values["dagsterWebserver"], values["dagsterDaemon"], user_deployment(values)):
+        assert {"name": "flywheel-config"} in pods["envConfigMaps"]
+    create = DOCS.read_text().split("create configmap flywheel-config", 1)[1].split("\n#", 1)[0]
+    assert f"--from-literal={s3['bucket']['env']}=" in create and f"--from-literal={s3['prefix']['env']}=" in create
