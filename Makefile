@@ -14,23 +14,35 @@ export DAGSTER_HOME ?= $(FLYWHEEL_HOME)/dagster_home
 
 .PHONY: install lerobot-env browser demo drill test test-fast dev bench lint clean
 
+# pip's own output is off (hundreds of lines); `make install PIP_QUIET=` shows it.
+PIP_QUIET ?= --quiet
+
+# One shell per install, so the elapsed time can be printed at the end.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	@set -e; start=$$(date +%s); \
+	echo "make: installing the project into $(VENV)/ (pip install -e '.[dev]': dagster, PyTorch CPU, MuJoCo,"; \
+	echo "      MLflow, ...; several minutes the first time, mostly downloads; again whenever pyproject.toml changes)"; \
+	$(PYTHON) -m venv $(VENV); \
+	$(BIN)/pip install $(PIP_QUIET) --upgrade pip; \
+	$(BIN)/pip install $(PIP_QUIET) -e '.[dev]'; \
+	rm -f $(VENV)/.installed-*; \
+	touch $(STAMP); \
+	echo "make: $(VENV)/ ready in $$(( $$(date +%s) - start )) s"
 
 install: $(STAMP)
 
 # --no-deps: the requirements file is the whole, pinned environment (it says why it leaves
 # lerobot's torch range). The import at the end fails the build here rather than in the test.
 $(LEROBOT_STAMP): $(LEROBOT_REQS)
-	$(PYTHON) -m venv --clear $(LEROBOT_VENV)
-	echo '*' > $(LEROBOT_VENV)/.gitignore
-	$(LEROBOT_VENV)/bin/pip install --quiet --no-deps --only-binary :all: -r $(LEROBOT_REQS)
-	$(LEROBOT_VENV)/bin/python -W ignore -c 'import lerobot.datasets.lerobot_dataset'
-	touch $(LEROBOT_STAMP)
+	@set -e; start=$$(date +%s); \
+	echo "make: building $(LEROBOT_VENV)/, lerobot 0.4.4's own environment for the LeRobot compatibility test"; \
+	echo "      (its own torch; a few minutes the first time, mostly downloads)"; \
+	$(PYTHON) -m venv --clear $(LEROBOT_VENV); \
+	echo '*' > $(LEROBOT_VENV)/.gitignore; \
+	$(LEROBOT_VENV)/bin/pip install $(PIP_QUIET) --no-deps --only-binary :all: -r $(LEROBOT_REQS); \
+	$(LEROBOT_VENV)/bin/python -W ignore -c 'import lerobot.datasets.lerobot_dataset'; \
+	touch $(LEROBOT_STAMP); \
+	echo "make: $(LEROBOT_VENV)/ ready in $$(( $$(date +%s) - start )) s"
 
 ## The separate environment with lerobot 0.4.4 for the LeRobot compatibility test
 lerobot-env: $(LEROBOT_STAMP)
@@ -48,8 +60,9 @@ demo: install
 drill: install
 	$(BIN)/flywheel drill
 
-## The whole test suite (CI runs exactly this)
+## The whole test suite (CI runs exactly this; about 20-25 minutes on 2 cores)
 test: install lerobot-env browser
+	@echo "make: running the whole suite (about 20-25 minutes on 2 cores; make test-fast skips the slow tests)"
 	$(BIN)/pytest
 
 ## The suite without the slow end-to-end tests

@@ -72,8 +72,8 @@ def fleet_simulate(robots: int, days: int, episodes_per_day: int, seed: int, sta
                    "one makes Dagster refuse the backfill, naming it).")
 @click.option("--location", default=None,
               help="The code location holding ingest_robot_day, as the webserver's workspace names it (default: "
-                   "$FLYWHEEL_CODE_LOCATION, else flywheel_pipelines as in workspace.yaml; the Helm chart names it "
-                   "after the user deployment: flywheel-pipelines).")
+                   "$FLYWHEEL_CODE_LOCATION, else flywheel_pipelines, its name in workspace.yaml and in the "
+                   "Helm values).")
 @click.option("--lake", default=None, help="Lake with the robots' join days (default: $FLYWHEEL_LAKE or .flywheel/lake).")
 @click.option("--dry-run", is_flag=True, help="Print the robots and partition keys; launch nothing.")
 def fleet_backfill(day: str, url: str, robots_from: str, location: str | None, lake: str | None,
@@ -248,10 +248,14 @@ def policy_rollback(name: str, reason: str, by: str | None, mlflow_uri: str | No
 @click.option("--lake", default=None)
 def policy_status(name: str, limit: int, as_json: bool, mlflow_uri: str | None, lake: str | None) -> None:
     """NAME's production version, its gate, and the promotion log."""
-    from flywheel_pipelines.lib.evaluation.registry import production_version, read_log
+    from flywheel_pipelines.lib.evaluation.registry import model_exists, production_version, read_log
 
     store = _lake(lake)
-    mv = production_version(_registry(mlflow_uri), name)
+    client = _registry(mlflow_uri)
+    if not model_exists(client, name):
+        known = sorted(m.name for m in client.search_registered_models(max_results=100))
+        raise click.ClickException(f"no such model {name!r} in the registry (registered: {', '.join(known) or 'none'})")
+    mv = production_version(client, name)
     log = read_log(store, name)
     if as_json:
         click.echo(json.dumps({"model": name, "production": None if mv is None else {
@@ -262,12 +266,41 @@ def policy_status(name: str, limit: int, as_json: bool, mlflow_uri: str | None, 
     else:
         click.echo(f"{name}: production is version {mv.version} (policy {mv.tags.get('flywheel.policy_version', '?')}, "
                    f"gate {mv.tags.get('flywheel.gate', 'unknown')})")
-    click.echo(f"promotion log ({len(log)} entries, {store.uri(f'promotions/{name}')}):")
+    click.echo(f"promotion log ({_plural(len(log), 'entry', 'entries')}, {store.uri(f'promotions/{name}')}):")
     for e in log[-limit:]:
         forced = " FORCED" if e.get("forced") else ""
         move = (f"{e['version']} (production stays {e.get('from_version') or 'none'})" if e["action"] == "withdraw"
                 else f"{e.get('from_version') or 'none'} -> {e['version']}")
         click.echo(f"  {e['at']}  {e['action']:<8} {move}{forced}  by {e['by']}: {e['reason']}")
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def _robot_ids(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    from flywheel_pipelines.lib import ids
+
+    try:
+        return tuple(ids.robot_id(v) for v in values)
+    except ids.InvalidIdentifier as exc:
+        hint = " (robot ids are lowercase)" if any(v.lower() != v for v in values) else ""
+        raise click.BadParameter(f"{exc}{hint}") from None
+
+
+def _day(ctx, param, value: str | None) -> str | None:
+    from flywheel_pipelines.lib import ids
+
+    try:
+        return None if value is None else ids.day(value)
+    except ids.InvalidIdentifier as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _known(values, shown: int = 20) -> str:
+    values = sorted(values)
+    more = f", ... ({len(values)} in all)" if len(values) > shown else ""
+    return ", ".join(values[:shown]) + more
 
 
 @main.group()
@@ -276,11 +309,12 @@ def episodes() -> None:
 
 
 @episodes.command("search")
-@click.option("--robot", "robots", multiple=True, help="Robot id (repeatable).")
-@click.option("--from", "date_from", default=None, help="First day, YYYY-MM-DD.")
-@click.option("--to", "date_to", default=None, help="Last day, YYYY-MM-DD.")
+@click.option("--robot", "robots", multiple=True, callback=_robot_ids, help="Robot id (repeatable).")
+@click.option("--from", "date_from", default=None, callback=_day, help="First day, YYYY-MM-DD.")
+@click.option("--to", "date_to", default=None, callback=_day, help="Last day, YYYY-MM-DD.")
 @click.option("--task", "tasks", multiple=True)
-@click.option("--outcome", "outcomes", multiple=True, help="success / failure / unknown (repeatable).")
+@click.option("--outcome", "outcomes", multiple=True,
+              help="success / failure / unknown, or another outcome the catalog holds (repeatable).")
 @click.option("--tag", "tags", multiple=True, help="Episodes carrying every given tag.")
 @click.option("--intervention/--no-intervention", default=None)
 @click.option("--quality-ok/--quality-issues", "quality_ok", default=None)
@@ -289,15 +323,30 @@ def episodes() -> None:
 @click.option("--lake", default=None)
 def episodes_search(robots, date_from, date_to, tasks, outcomes, tags, intervention, quality_ok, limit, as_json,
                     lake) -> None:
-    """Search the episode catalog (materialize episode_catalog first)."""
-    from flywheel_pipelines.lib.catalog import CATALOG_KEY, EpisodeQuery, search
+    """Search the episode catalog (materialize episode_catalog first).
+
+    Exit status: 0 when the search ran (whether or not episodes match), 1 on an error (no catalog,
+    a robot the catalog does not know), 2 on a malformed option (bad date, robot id or outcome).
+    """
+    from flywheel_pipelines.lib.catalog import CATALOG_KEY, KNOWN_OUTCOMES, EpisodeQuery, search
     from flywheel_pipelines.lib.storage import LakeError
 
+    if date_from and date_to and date_from > date_to:
+        raise click.BadParameter(f"--from {date_from} is after --to {date_to}", param_hint="'--from' / '--to'")
     store = _lake(lake)
     try:
         table = store.read_parquet(CATALOG_KEY)
     except LakeError as exc:
         raise click.ClickException(f"{exc}: materialize episode_catalog first") from None
+    outcome_choices = set(KNOWN_OUTCOMES) | set(table["outcome"].unique().to_pylist()) - {None}
+    for outcome in outcomes:
+        if outcome not in outcome_choices:
+            raise click.BadParameter(f"{outcome!r} is not an outcome; choose from {_known(outcome_choices)}",
+                                     param_hint="'--outcome'")
+    known_robots = set(table["robot"].unique().to_pylist())
+    for robot in robots:
+        if robot not in known_robots:
+            raise click.ClickException(f"no such robot {robot!r} in the catalog (known: {_known(known_robots) or 'none'})")
     query = EpisodeQuery(robots=robots, date_from=date_from, date_to=date_to, tasks=tasks, outcomes=outcomes,
                          tags=tags, intervention=intervention, quality_ok=quality_ok)
     found = search(table, query)
@@ -307,12 +356,20 @@ def episodes_search(robots, date_from, date_to, tasks, outcomes, tags, intervent
             row.pop("stream_quality", None)
             click.echo(json.dumps(row, sort_keys=True))
         return
-    click.echo(f"{found.num_rows} episodes match" + (f" (showing {limit})" if found.num_rows > limit else ""))
-    click.echo(f"{'episode':<22} {'robot':<6} {'date':<10} {'outcome':<8} {'frames':>6} {'skew ms':>8}  tags/issues")
-    for r in rows:
-        notes = ", ".join(r["tags"] + (["intervention"] if r["intervention"] else []) + r["quality_issues"])
-        click.echo(f"{r['episode_id']:<22} {r['robot']:<6} {r['date']:<10} {r['outcome']:<8} {r['num_frames']:>6} "
-                   f"{r['max_skew_ms']:>8.1f}  {notes}")
+    verb = "matches" if found.num_rows == 1 else "match"
+    click.echo(f"{_plural(found.num_rows, 'episode')} {verb}" + (f" (showing {limit})" if found.num_rows > limit else ""))
+    if not rows:
+        return
+    # Columns as wide as their widest cell: episode and robot ids have no fixed length.
+    header = ("episode", "robot", "date", "outcome", "frames", "skew ms", "tags/issues")
+    cells = [(r["episode_id"], r["robot"], r["date"], r["outcome"], str(r["num_frames"]), f"{r['max_skew_ms']:.1f}",
+              ", ".join(r["tags"] + (["intervention"] if r["intervention"] else []) + r["quality_issues"]))
+             for r in rows]
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header) - 1)]
+    for c in [header, *cells]:
+        left = " ".join(v.ljust(w) for v, w in zip(c[:4], widths[:4], strict=True))
+        right = " ".join(v.rjust(w) for v, w in zip(c[4:6], widths[4:6], strict=True))
+        click.echo(f"{left} {right}  {c[6]}".rstrip())
 
 
 def _bundle_dir(ref: str, lake: str | None) -> Path:
@@ -445,18 +502,23 @@ def logs_inspect(path: str, as_json: bool, decode: bool) -> None:
         click.echo(json.dumps(inspect_document(m, decoded=decode), sort_keys=True))
         return
     click.echo(f"{m.key}: {m.verdict}" + (f" ({m.reason})" if m.reason else ""))
-    click.echo(f"  {m.message_count} messages, {m.size} bytes, sha256 {m.sha256}")
+    click.echo(f"  {_plural(m.message_count, 'message')}, {_plural(m.size, 'byte')}, sha256 {m.sha256}")
     if m.verdict in ("recovered", "rejected") and (m.lost_messages or m.lost_ranges or m.verdict == "recovered"):
-        lost = "an unknown number of" if m.lost_messages is None else str(m.lost_messages)
-        click.echo(f"  lost: {lost} messages" + "".join(f"; {a} .. {b}" for a, b in m.lost_ranges))
+        lost = "an unknown number of messages" if m.lost_messages is None else _plural(m.lost_messages, "message")
+        click.echo(f"  lost: {lost}" + "".join(f"; {a} .. {b}" for a, b in m.lost_ranges))
+    if decode:
+        bad = sum(t.undecodable for t in m.topics)
+        click.echo(f"  decoded: {_plural(m.message_count - bad, 'message')} in full, {bad} undecodable")
     for t in m.topics:
         encoding = f"{t.encoding or 'none'}/{t.schema_encoding or 'none'}"
         line = (f"  {t.topic:<28} {t.type:<40} {encoding:<20} {t.count:>8}  {t.first_ns} .. {t.last_ns}  "
-                f"({t.rate_hz:.1f} Hz)")
+                f"({rate_text(t.count, t.first_ns, t.last_ns)})")
         if not t.decodable:
             line += f"  not decodable: {t.decodable_reason}"
         elif t.undecodable:
             line += f"  {t.undecodable} undecodable: {t.decode_error}"
+        elif decode:
+            line += f"  decoded {t.count}/{t.count}"
         click.echo(line)
 
 
@@ -682,6 +744,27 @@ def entry() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+# Above this a topic's "rate" says more about its timestamps than about its publisher: the fastest
+# ROS sensors (IMUs, force-torque) publish at a few kHz. Typically log times in µs or a counter.
+_MAX_PLAUSIBLE_HZ = 100_000.0
+
+
+def rate_text(count: int, first_ns: int, last_ns: int) -> str:
+    """A topic's mean rate for people: Hz or kHz with sensible digits, a period below 1 Hz, and no
+    number at all when the timestamps cannot be nanoseconds (a rate would be nonsense)."""
+    span_ns = last_ns - first_ns
+    if count < 2 or span_ns <= 0:
+        return "rate n/a"
+    hz = (count - 1) / (span_ns / 1e9)
+    if hz > _MAX_PLAUSIBLE_HZ:
+        return f"rate n/a: {_plural(count, 'message')} within {span_ns} ns, timestamps not in ns?"
+    if hz >= 1000:
+        return f"{hz / 1000:.2f} kHz"
+    if hz >= 1:
+        return f"{hz:.1f} Hz"
+    return f"{hz:.3g} Hz, one per {1 / hz:.3g} s"
 
 
 def inspect_document(m, *, decoded: bool) -> dict:

@@ -165,8 +165,8 @@ def test_cli_launches_the_backfill_over_http(fleet_env, graphql_server, monkeypa
 
 
 def test_cli_launches_in_the_named_code_location(fleet_env, graphql_server, monkeypatch):
-    """--location, else $FLYWHEEL_CODE_LOCATION (the Helm chart's 'flywheel-pipelines'): a location the
-    server does not have is refused with an error naming it, and nothing is launched."""
+    """--location, else $FLYWHEEL_CODE_LOCATION: a location the server does not have is refused with an
+    error naming it, and nothing is launched."""
     day = ago(1)
     args = ["fleet", "backfill", "--day", day, "--url", graphql_server, "--lake", fleet_env["lake_root"]]
     before = len(fleet_env["instance"].get_backfills())

@@ -75,6 +75,18 @@ class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str | None = Field(default=None, description="Default: $FLYWHEEL_MLFLOW_URI or a SQLite store.")
     artifact_location: str | None = Field(default=None, description="Artifact root for new experiments.")
     experiment: str = Field(default="flywheel", description="Experiment that runs are logged to.")
+    ui_url: str | None = Field(
+        default=None, description="The MLflow UI's base URL (https://mlflow.example.com), for run links in the "
+                                  "asset metadata. Default: $FLYWHEEL_MLFLOW_UI_URL; unset, runs show as plain ids.")
+
+    def run_link(self, run_id: str, experiment_id: str | None = None) -> dg.MetadataValue:
+        """The run as a link into the MLflow UI when its URL is configured, else its id as text."""
+        base = (self.ui_url or os.environ.get("FLYWHEEL_MLFLOW_UI_URL") or "").rstrip("/")
+        if not base or not run_id:
+            return dg.MetadataValue.text(run_id)
+        # The UI's run page lives under its experiment; /#/runs/<id> redirects there when it is not known.
+        path = f"experiments/{experiment_id}/runs/{run_id}" if experiment_id else f"runs/{run_id}"
+        return dg.MetadataValue.url(f"{base}/#/{path}")
 
     @contextlib.contextmanager
     def session(self) -> Iterator[object]:

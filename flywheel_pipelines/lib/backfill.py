@@ -31,9 +31,10 @@ from typing import Any
 from flywheel_pipelines.lib import fleet, ids
 
 JOB_NAME = "ingest_robot_day"
-LOCATION_NAME = "flywheel_pipelines"  # workspace.yaml's code location (local development)
-# The deployment's code location name: the Helm chart names it after the user deployment
-# ("flywheel-pipelines", deploy/k8s/values.yaml), and deploy/k8s/reload-code-location.yaml sets it here.
+# The code location's name in every workspace: workspace.yaml, docker/workspace.yaml, pyproject.toml's
+# [tool.dg.project] and the Helm values (dagsterWebserver.workspace). FLYWHEEL_CODE_LOCATION overrides
+# it for a workspace that names it otherwise.
+LOCATION_NAME = "flywheel_pipelines"
 LOCATION_ENV = "FLYWHEEL_CODE_LOCATION"
 REPOSITORY_NAME = "__repository__"  # the repository a dg.Definitions object becomes
 PARTITION_SET_SUFFIX = "_partition_set"  # dagster: partition_set_snap_name_for_job_name
@@ -109,8 +110,8 @@ def day_robots(lake, day: str, registered: Iterable[str]) -> list[str]:
 
 
 def default_location(environ: dict[str, str] | None = None) -> str:
-    """The code location to launch in: ``$FLYWHEEL_CODE_LOCATION`` when set (the Helm deployment's
-    ``flywheel-pipelines``), else ``flywheel_pipelines`` (workspace.yaml)."""
+    """The code location to launch in: ``$FLYWHEEL_CODE_LOCATION`` when set, else ``flywheel_pipelines``
+    (its name in every workspace we ship, the Helm deployment's included)."""
     environ = os.environ if environ is None else environ
     return (environ.get(LOCATION_ENV) or "").strip() or LOCATION_NAME
 

@@ -13,6 +13,9 @@ import pyarrow.compute as pc
 from flywheel_pipelines.lib.episodes.standardize import EPISODE_SCHEMA
 
 CATALOG_KEY = "catalog/episodes.parquet"
+# The outcomes an episode_end event gives (lib/sim/fleet.py) and the one standardization falls back
+# to; a real log's events may carry others, which the catalog then holds too.
+KNOWN_OUTCOMES = ("success", "failure", "unknown")
 
 
 def build_catalog(tables: Iterable[pa.Table]) -> pa.Table:

@@ -4,14 +4,14 @@ The robot x day grid starts at the hot window's first day, computed when the cod
 (defs/partitions.py), so the window only moves when the location is reloaded. This asks the
 webserver to reload it, with Dagster's public GraphQL client:
 
-    DAGSTER_WEBSERVER_HOST=dagster-webserver FLYWHEEL_CODE_LOCATION=flywheel-pipelines \\
+    DAGSTER_WEBSERVER_HOST=dagster-dagster-webserver FLYWHEEL_CODE_LOCATION=flywheel_pipelines \\
         python -m flywheel_pipelines.lib.reload
 
 | variable | meaning |
 | --- | --- |
-| ``DAGSTER_WEBSERVER_HOST`` | the webserver's host (in Kubernetes the chart's Service, ``<release>-webserver``) |
+| ``DAGSTER_WEBSERVER_HOST`` | the webserver's host (in Kubernetes the chart's Service, ``<release>-dagster-webserver``) |
 | ``DAGSTER_WEBSERVER_PORT`` | its port (default 80, the chart's Service port) |
-| ``FLYWHEEL_CODE_LOCATION`` | the code location's name (the chart's user deployment name) |
+| ``FLYWHEEL_CODE_LOCATION`` | the code location's name (``flywheel_pipelines``, as every workspace names it) |
 
 A reload the webserver reports as successful can still leave the code as it was: a code server
 started with ``dagster api grpc`` answers a reload without re-importing anything. So the location's

@@ -15,6 +15,7 @@ from flywheel_pipelines.lib.release.bundle import verify_bundle
 from flywheel_pipelines_tests.conftest import days_ago
 
 START = days_ago(2)  # two days: START and the day after
+MLFLOW_UI = "http://mlflow.test:5000"
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +28,7 @@ def demo(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FLYWHEEL_HOME", str(home))
         mp.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+        mp.setenv("FLYWHEEL_MLFLOW_UI_URL", MLFLOW_UI)
         from flywheel_pipelines.demo import run_demo
 
         result = run_demo(robots=2, days=2, episodes_per_day=20, seed=0, start_date=START, log=lambda m: None)
@@ -327,3 +329,15 @@ def test_rerunning_the_nightly_job_reproduces_dataset_and_policy_versions(demo):
     assert meta["curated_dataset"]["dataset_version"].value == result.metadata["curated_dataset"]["dataset_version"]
     assert meta["policy_candidate"]["policy_version"].value == result.metadata["policy_candidate"]["policy_version"]
     assert meta["policy_candidate"]["mlflow_run_id"].value != result.metadata["policy_candidate"]["mlflow_run_id"]
+
+
+def test_the_main_assets_metadata_reads_well_in_the_ui(demo):
+    _, result = demo
+    pol, ev, rel = (result.metadata[k] for k in ("policy_candidate", "eval_report", "release_bundle"))
+    run_url = f"{MLFLOW_UI}/#/experiments/{pol['mlflow_experiment_id']}/runs/{pol['mlflow_run_id']}"
+    assert pol["mlflow_run"] == ev["mlflow_run"] == rel["mlflow_run"] == run_url
+    floats = {f"{name}.{k}": v for name, meta in (("policy_candidate", pol), ("eval_report", ev), ("release_bundle", rel))
+              for k, v in meta.items() if isinstance(v, float)}
+    assert {"policy_candidate.final_train_loss", "eval_report.success_rate", "release_bundle.bundle_mb"} <= set(floats)
+    assert all(v != v or v == float(f"{v:.4g}") for v in floats.values()), floats  # 4 significant digits (NaN aside)
+    assert 0 < rel["bundle_mb"] < 100

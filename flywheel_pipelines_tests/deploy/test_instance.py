@@ -108,3 +108,20 @@ def test_every_pool_in_the_code_has_a_deployed_limit():
 def test_pool_limit_values_are_checked(value):
     with pytest.raises(ValueError, match="FLYWHEEL_POOL_LIMIT_TRAINING"):
         load_apply_pool_limits().limits_from_env({"FLYWHEEL_POOL_LIMIT_TRAINING": value})
+
+
+def test_compute_logs_go_to_s3_configured_from_the_environment(deployment, monkeypatch):
+    from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+
+    monkeypatch.setenv("DAGSTER_COMPUTE_LOGS_BUCKET", "team-bucket")
+    monkeypatch.setenv("DAGSTER_COMPUTE_LOGS_PREFIX", "dagster/compute-logs")
+    with dg.DagsterInstance.get() as instance:
+        manager = instance.compute_log_manager
+        assert isinstance(manager, S3ComputeLogManager)
+        assert manager.inst_data.config_dict["bucket"] == {"env": "DAGSTER_COMPUTE_LOGS_BUCKET"}
+        assert manager._s3_bucket == "team-bucket" and manager._s3_prefix == "dagster/compute-logs"
+        assert manager._s3_session.meta.endpoint_url == deployment.env["AWS_ENDPOINT_URL_S3"]
+    # The manager is built when first used (the first step of a run): an unset bucket fails there.
+    monkeypatch.delenv("DAGSTER_COMPUTE_LOGS_BUCKET")
+    with dg.DagsterInstance.get() as instance, pytest.raises(Exception, match="DAGSTER_COMPUTE_LOGS_BUCKET"):
+        instance.compute_log_manager  # noqa: B018

@@ -32,8 +32,8 @@ from flywheel_pipelines_tests.deploy.test_k8s import K8S_DIR, K8S_VERSION, load_
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = K8S_DIR / "reload-code-location.yaml"
 VENV_BIN = Path(sys.executable).parent
-# The chart's webserver Service is <release>-webserver; the release is "dagster" (pool-limits-job.yaml's
-# ConfigMap dagster-instance is <release>-instance).
+# The Helm release, "dagster" (pool-limits-job.yaml's ConfigMap dagster-instance is <release>-instance;
+# docs/deploy.md installs it under that name).
 RELEASE = "dagster"
 STARTUP_S = 180
 
@@ -85,10 +85,15 @@ def test_cronjob_runs_the_reload_module_against_the_charts_webserver_and_locatio
     env = {e["name"]: e["value"] for e in container["env"]}
     assert {reload.HOST_ENV, reload.PORT_ENV, reload.LOCATION_ENV} <= set(env)
     values = load_values()
-    # The chart names the location after the user deployment, and its webserver Service <release>-webserver,
-    # on dagsterWebserver.service.port (default 80).
-    assert env[reload.LOCATION_ENV] == user_deployment(values)["name"]
-    assert env[reload.HOST_ENV] == f"{RELEASE}-webserver"
+    # The location is named in the chart's workspace (dagsterWebserver.workspace: the user deployment's
+    # Service and port, under the name every other workspace gives it). The webserver Service is
+    # <release>-<dagsterWebserver.nameOverride>, "dagster-webserver" by default (the chart's helpers:
+    # dagster.webserver.fullname), on dagsterWebserver.service.port (default 80).
+    (server,) = values["dagsterWebserver"]["workspace"]["servers"]
+    assert (server["host"], server["port"]) == (user_deployment(values)["name"], user_deployment(values)["port"])
+    assert env[reload.LOCATION_ENV] == server["name"] == "flywheel_pipelines"
+    name = values["dagsterWebserver"].get("nameOverride", "dagster-webserver")
+    assert env[reload.HOST_ENV] == f"{RELEASE}-{name}" == "dagster-dagster-webserver"
     port = values.get("dagsterWebserver", {}).get("service", {}).get("port", 80)
     assert int(env[reload.PORT_ENV]) == port
     # The chart runs the location with `dagster code-server start` (codeServerArgs), which can reload.
@@ -180,7 +185,8 @@ class Stack:
         return "\n".join(p.tail() for p in self.processes)
 
 
-CODE_SERVER = "flywheel-pipelines"  # the chart's location name (the user deployment's name)
+# The location's name in the chart's workspace (values.yaml: dagsterWebserver.workspace.servers).
+CODE_SERVER = load_values()["dagsterWebserver"]["workspace"]["servers"][0]["name"]
 API_GRPC = "flywheel-pipelines-api-grpc"
 
 

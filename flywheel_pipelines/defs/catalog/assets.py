@@ -11,6 +11,7 @@ from flywheel_pipelines.defs.episodes.assets import episodes
 from flywheel_pipelines.defs.oncall.quarantine import quarantine_log
 from flywheel_pipelines.defs.partitions import FLEET_START
 from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.defs.ui_metadata import rounded, table_metadata
 from flywheel_pipelines.lib import fleet, markdown, quarantine
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, build_catalog, catalog_hash
 
@@ -62,6 +63,8 @@ def episode_catalog(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
             "active_quarantines": len(quarantine.active(records)),
             "by_robot": dg.MetadataValue.md(
                 markdown.table(["robot", "episodes", "success", "failure", "quality issues"], per_robot)),
+            "duration_h": rounded(sum(r["duration_s"] or 0.0 for r in rows) / 3600),
+            **table_metadata(table.schema, table.num_rows),
         },
         data_version=dg.DataVersion(catalog_hash(table)),
     )

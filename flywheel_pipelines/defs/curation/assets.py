@@ -1,6 +1,8 @@
 """Curated datasets: a curation spec applied to the catalog, in the LeRobot v3.0 layout."""
 
 
+import json
+
 import dagster as dg
 from pydantic import Field
 
@@ -8,9 +10,11 @@ from flywheel_pipelines.defs.catalog.assets import episode_catalog
 from flywheel_pipelines.defs.episodes.assets import FRAMES, episodes, episodes_prefix
 from flywheel_pipelines.defs.oncall.quarantine import quarantine_log
 from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.defs.ui_metadata import lerobot_table_metadata, rounded
 from flywheel_pipelines.lib import lineage_index, markdown, quarantine
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.datasets.curation import CurationError, CurationSpec, build_dataset, select_episodes
+from flywheel_pipelines.lib.datasets.lerobot import INFO_PATH
 from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, load_embodiment
 from flywheel_pipelines.lib.storage import staging_dir
 
@@ -90,6 +94,7 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, l
         except CurationError as exc:
             raise dg.Failure(str(exc)) from None
         prefix = dataset_prefix(spec.name, built.version)
+        info = json.loads((tmp / "ds" / INFO_PATH).read_text())
         created = store.publish_dir(prefix, tmp / "ds")
     # The episode -> dataset edges, written by the asset that creates them (idempotent per version).
     lineage_index.write_dataset_edges(store, name=spec.name, version=built.version, manifest=built.manifest,
@@ -121,6 +126,9 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, l
             "quarantine_records": built.manifest["quarantine"]["records"],
             "quarantined_left_out": built.manifest["quarantine"]["left_out"],
             "spec": spec.to_dict(),
+            "frame_rate_hz": info["fps"],
+            "duration_s": rounded(built.frames / info["fps"]) if info["fps"] else 0.0,
+            **lerobot_table_metadata(info["features"], built.frames),
         },
         data_version=dg.DataVersion(built.version),
     )

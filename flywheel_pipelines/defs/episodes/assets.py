@@ -13,6 +13,7 @@ from flywheel_pipelines.defs.ingest.assets import log_manifest, manifest_key, op
 from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.defs.ui_metadata import table_metadata
 from flywheel_pipelines.lib import markdown
 from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, Embodiment, MappingError, load_embodiment
 from flywheel_pipelines.lib.episodes.standardize import SourceFile, standardize
@@ -145,8 +146,10 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
                               "tolerance_skew_ms": emb.max_skew_ms},
                 "gap_tolerance": {"max_gap_ms": float(pc.max(table["max_gap_ms"]).as_py() or 0.0),
                                   "tolerance_gap_ms": emb.max_gap_ms}}
-    checks = [check_result(verdict, name, observed.get(name, {})) for name in CHECKS]
-    checks.append(accounted_check(result.accounting))
+    # A check's page lists every partition's result: each one says which robot-day it judged.
+    where = {"robot": robot, "date": day, "partition": str(context.partition_key)}
+    checks = [check_result(verdict, name, observed.get(name, {}), partition=where) for name in CHECKS]
+    checks.append(accounted_check(result.accounting, partition=where))
     outcomes = table.column("outcome").to_pylist()
     preview = markdown.table(
         ["episode", "outcome", "frames", "max skew ms", "max gap ms", "issues"],
@@ -167,13 +170,15 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
             "gx_suite": verdict.suite,
             "quality_failing_episodes": verdict.failing_episodes(),
             "episodes_table": dg.MetadataValue.md(preview),
+            **table_metadata(table.schema, table.num_rows, partition=True),
         },
         check_results=checks,
     )
 
 
-def accounted_check(accounting: list[dict]) -> dg.AssetCheckResult:
-    """Fails when mapped messages were undecodable (or, which cannot happen, are not all placed)."""
+def accounted_check(accounting: list[dict], *, partition: dict | None = None) -> dg.AssetCheckResult:
+    """Fails when mapped messages were undecodable (or, which cannot happen, are not all placed).
+    ``partition`` (robot, date, partition key) leads the metadata."""
     lost = [r for r in accounting if r["undecodable"]]
     unplaced = [r for r in accounting if r["read"] != r["undecodable"] + r["events"] + r["in_episodes"]
                 + r["outside_episodes"] + sum(r["dropped"].values())]
@@ -185,12 +190,14 @@ def accounted_check(accounting: list[dict]) -> dg.AssetCheckResult:
         passed=not problems,
         severity=CHECK_SEVERITY,
         description="; ".join(problems) if problems else f"all {totals['read']} mapped messages decoded and placed",
-        metadata={**{f"messages_{k}": v for k, v in totals.items()}, "problems": problems},
+        metadata={**(partition or {}), **{f"messages_{k}": v for k, v in totals.items()}, "problems": problems},
     )
 
 
-def check_result(verdict: SuiteResult, check: str, figures: dict) -> dg.AssetCheckResult:
-    """One episode check from the GX suite's verdict: failing ids, worst value vs tolerance, the expectations."""
+def check_result(verdict: SuiteResult, check: str, figures: dict, *, partition: dict | None = None
+                 ) -> dg.AssetCheckResult:
+    """One episode check from the GX suite's verdict: the robot-day it judged (``partition``: robot, date,
+    partition key), failing ids, worst value vs tolerance, the expectations."""
     failing = verdict.failing_episodes(check)
     total = len(verdict.episode_ids)
     return dg.AssetCheckResult(
@@ -199,6 +206,7 @@ def check_result(verdict: SuiteResult, check: str, figures: dict) -> dg.AssetChe
         severity=CHECK_SEVERITY,
         description=f"{len(failing)} of {total} episodes fail" if failing else f"all {total} episodes pass",
         metadata={
+            **(partition or {}),
             "episodes_failing": failing,
             "failing_count": len(failing),
             "episodes_checked": total,

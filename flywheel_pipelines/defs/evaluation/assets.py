@@ -15,6 +15,7 @@ from flywheel_pipelines.defs.episodes.assets import FRAMES, episodes, episodes_p
 from flywheel_pipelines.defs.k8s import EVALUATION_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.training.assets import POLICY_ONNX, policy_candidate
+from flywheel_pipelines.defs.ui_metadata import round_floats
 from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib import lineage_index, markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, catalog_hash
@@ -268,7 +269,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
     for plot, title in ((SUCCESS_PLOT, "success by group"), (RETURN_PLOT, "return distributions")):
         ui_md = ui_md.replace(f"![{title}]({plot})", f"Plot ({title}): `{store.uri(f'{prefix}/{plot}')}`")
     return dg.MaterializeResult(
-        metadata={
+        metadata=round_floats({
             "uri": dg.MetadataValue.path(store.uri(prefix)),
             "prefix": prefix,
             "report_html": dg.MetadataValue.path(store.uri(f"{prefix}/{REPORT_HTML}")),
@@ -292,8 +293,9 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
             "gate_reasons": summary["gate"]["reasons"],
             "summary_sha256": hashlib.sha256(ev.files[SUMMARY]).hexdigest(),
             "mlflow_run_id": pol["mlflow_run_id"],
+            "mlflow_run": mlflow.run_link(pol["mlflow_run_id"], pol.get("mlflow_experiment_id")),
             "report": dg.MetadataValue.md(ui_md),
-        }
+        })
     )
 
 

@@ -11,6 +11,7 @@ from flywheel_pipelines.defs.curation.assets import curated_dataset
 from flywheel_pipelines.defs.evaluation.assets import eval_report, golden_scenarios, read_summary
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.training.assets import POLICY_ONNX, policy_candidate
+from flywheel_pipelines.defs.ui_metadata import round_floats, rounded
 from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib import lineage_index
 from flywheel_pipelines.lib.evaluation import registry
@@ -121,6 +122,7 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow
             if not check.ok:
                 raise dg.Failure(f"bundle failed its own verification: {check.problems}")
             prefix = release_prefix(name, version)
+            size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
             created = store.publish_dir(prefix, bundle)
     lineage_index.write_release_edge(
         store, name=name, version=version, policy_name=name, policy_version=version,
@@ -129,7 +131,7 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow
     if not created:
         context.log.info(f"release {name} {version} already exists at {store.uri(prefix)}; kept as is")
     return dg.MaterializeResult(
-        metadata={
+        metadata=round_floats({
             "uri": dg.MetadataValue.path(store.uri(prefix)),
             "prefix": prefix,
             "release": f"{name} {version}",
@@ -137,11 +139,13 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow
             "parity_inputs": parity["inputs"],
             "dataset_version": ds["dataset_version"],
             "mlflow_run_id": pol["mlflow_run_id"],
+            "mlflow_run": mlflow.run_link(pol["mlflow_run_id"], pol.get("mlflow_experiment_id")),
             "raw_files": len(lineage["raw_files"]),
             "robots_days": lineage_summary(lineage),
             "suite_version": summary["suite"]["version"],
             "compared_with_production": production_now or "none (first release)",
             "files": check.checked,
-        },
+            "bundle_mb": rounded(size / 1e6, 3),
+        }),
         data_version=dg.DataVersion(version),
     )

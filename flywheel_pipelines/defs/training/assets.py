@@ -13,6 +13,7 @@ from pydantic import Field
 from flywheel_pipelines.defs.curation.assets import curated_dataset
 from flywheel_pipelines.defs.k8s import TRAINING_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
+from flywheel_pipelines.defs.ui_metadata import round_floats
 from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib import faults, ids, lineage_index
 from flywheel_pipelines.lib.evaluation import registry
@@ -209,13 +210,15 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
                   "timesteps": last.timesteps, "final_ep_return_mean": last.ep_return_mean,
                   "final_success_rate": last.success_rate}
     return dg.MaterializeResult(
-        metadata={
+        metadata=round_floats({
             "uri": dg.MetadataValue.path(store.uri(prefix)),
             "prefix": prefix,
             "policy_name": name,
             "policy_version": version,
             "dataset_version": ds["dataset_version"],
             "mlflow_run_id": run.info.run_id,
+            "mlflow_experiment_id": run.info.experiment_id,
+            "mlflow_run": mlflow.run_link(run.info.run_id, run.info.experiment_id),
             "registered_model": name,
             "registered_version": str(registered_version) if registered_version is not None else "",
             "trainer": config.trainer,
@@ -223,7 +226,7 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
             "train_frames": len(data.train_obs),
             "device": str(device),
             "code_source_hash": code["source_hash"],
-        },
+        }),
         data_version=dg.DataVersion(version),
     )
 

@@ -58,6 +58,19 @@ def _not_found(exc: Exception) -> bool:
     return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
 
 
+def model_exists(client, model: str) -> bool:
+    """Whether ``model`` is a registered model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(model)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return False
+        raise
+    return True
+
+
 def production_version(client, model: str, *, alias: str = PRODUCTION_ALIAS):
     """The model version the alias points to, or None (no such model, or no alias yet)."""
     from mlflow.exceptions import MlflowException

@@ -1,0 +1,54 @@
+"""Materialization metadata the Dagster UI shows well: Dagster's own table keys (row count, column
+schema), figures rounded to what they mean, and MLflow runs as links.
+
+Helpers for the asset bodies; no definitions here.
+"""
+
+import math
+from collections.abc import Mapping
+
+import dagster as dg
+import pyarrow as pa
+
+SIGNIFICANT_DIGITS = 4
+
+
+def rounded(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """``value`` to ``digits`` significant digits (a loss of 0.0123456 -> 0.01235, 2.3e-07 stays)."""
+    if not math.isfinite(value) or value == 0:
+        return value
+    return float(f"{value:.{digits}g}")
+
+
+def round_floats(metadata: Mapping[str, object], digits: int = SIGNIFICANT_DIGITS) -> dict[str, object]:
+    """``metadata`` with every float (and every float in a dict value) rounded; the rest as is."""
+    def one(v):
+        if isinstance(v, float):
+            return rounded(v, digits)
+        if isinstance(v, dict):
+            return {k: one(x) for k, x in v.items()}
+        return v
+
+    return {k: one(v) for k, v in metadata.items()}
+
+
+def table_metadata(schema: pa.Schema, rows: int, *, partition: bool = False,
+                   descriptions: Mapping[str, str] | None = None) -> dict[str, object]:
+    """``dagster/row_count`` and ``dagster/column_schema`` for a table of ``schema`` with ``rows`` rows
+    (plus ``dagster/partition_row_count`` for a partition's own table)."""
+    descriptions = descriptions or {}
+    columns = [dg.TableColumn(f.name, str(f.type), description=descriptions.get(f.name)) for f in schema]
+    meta: dict[str, object] = {"dagster/row_count": dg.MetadataValue.int(rows),
+                               "dagster/column_schema": dg.MetadataValue.table_schema(dg.TableSchema(columns))}
+    if partition:
+        meta["dagster/partition_row_count"] = dg.MetadataValue.int(rows)
+    return meta
+
+
+def lerobot_table_metadata(features: Mapping[str, Mapping], rows: int) -> dict[str, object]:
+    """The same keys for a LeRobot dataset's frame table, from info.json's ``features``."""
+    columns = [dg.TableColumn(name, f"{spec['dtype']}{list(spec['shape'])}",
+                              description=", ".join(map(str, spec["names"])) if spec.get("names") else None)
+               for name, spec in features.items()]
+    return {"dagster/row_count": dg.MetadataValue.int(rows),
+            "dagster/column_schema": dg.MetadataValue.table_schema(dg.TableSchema(columns))}
