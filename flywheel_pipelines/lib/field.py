@@ -56,7 +56,7 @@ def unassisted_success(row: dict) -> bool:
     return row["outcome"] == "success" and not (row.get("intervention_count") or row.get("intervention"))
 
 
-def _figures(rows: list[dict]) -> dict:
+def figures(rows: list[dict]) -> dict:
     n = len(rows)
     auto = [r for r in rows if (r.get("control_mode") or UNKNOWN) in AUTONOMOUS_MODES]
     ok = sum(unassisted_success(r) for r in rows)
@@ -77,7 +77,7 @@ def compute(rows: Iterable[dict]) -> pa.Table:
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for r in rows:
         groups[(arm_of(r), r["robot"], r["date"])].append(r)
-    out = [{"arm": a, "robot": robot, "date": d, **_figures(g)} for (a, robot, d), g in sorted(groups.items())]
+    out = [{"arm": a, "robot": robot, "date": d, **figures(g)} for (a, robot, d), g in sorted(groups.items())]
     return pa.Table.from_pylist(out, schema=KPI_SCHEMA)
 
 
@@ -86,7 +86,7 @@ def arm_summary(rows: Iterable[dict]) -> dict[str, dict]:
     by_arm: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_arm[arm_of(r)].append(r)
-    return {a: {**_figures(g), "robots": len({r["robot"] for r in g}), "days": sorted({r["date"] for r in g})}
+    return {a: {**figures(g), "robots": len({r["robot"] for r in g}), "days": sorted({r["date"] for r in g})}
             for a, g in sorted(by_arm.items())}
 
 
@@ -112,3 +112,28 @@ def compare_with(rows: list[dict], arm: str, baseline: str,
     shared_robots = sorted({r["robot"] for r in mine} & {r["robot"] for r in theirs})
     return {"arm": arm, "baseline": baseline, "days": days, "shared_robots": shared_robots,
             "evidence": evidence.to_dict(), "regressed": evidence.regressed}
+
+
+def production_arm(client, model: str) -> str:
+    """The arm of the model's MLflow ``production`` version (``teleoperated`` when there is none:
+    before a first release the operators are the fleet's production)."""
+    from flywheel_pipelines.lib.evaluation import registry
+
+    mv = registry.production_version(client, model) if client is not None else None
+    version = mv.tags.get("flywheel.policy_version") if mv is not None else None
+    return f"{model}/{version}" if version else TELEOPERATED
+
+
+def report(rows: list[dict], *, production: str, config: sequential.TestConfig = sequential.TestConfig()) -> dict:
+    """Everything the field_kpis asset publishes: per-arm figures, and each other arm against
+    production on the days both ran (an arm that never overlapped production has no comparison)."""
+    arms = arm_summary(rows)
+    comparisons = []
+    for a in arms:
+        if a in (production, UNKNOWN) or (a == TELEOPERATED and production != TELEOPERATED):
+            continue
+        c = compare_with(rows, a, production, config)
+        if c["days"]:
+            comparisons.append(c)
+    return {"production": production, "arms": arms, "comparisons": comparisons, "test": config.to_dict(),
+            "regressed": sorted(c["arm"] for c in comparisons if c["regressed"])}
