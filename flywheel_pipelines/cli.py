@@ -179,6 +179,15 @@ def demo(robots: int, days: int, episodes_per_day: int, seed: int) -> None:
                        f"{pol.get('registered_version')} --reason '...'")
     else:
         click.echo("release:  none (the evaluation gate did not pass)")
+    f = result.field
+    if f and not f.get("skipped"):
+        click.echo(f"field:    rollout {f['rollout_id']} of {f['release']}: {f['status']} at stage {f['stage']} "
+                   f"(canary {', '.join(f['cohort'])}); decision: {f['decision']} - {f['reason']}")
+        for arm, k in f["arms"].items():
+            iph = "" if k["interventions_per_hour"] is None else f", {k['interventions_per_hour']:.0f} interventions/h"
+            click.echo(f"  {arm:<26} {k['episodes']:>4} episodes, unassisted success {k['success_rate']:.1%} "
+                       f"({k['success_low']:.1%}-{k['success_high']:.1%}){iph}")
+        click.echo(f"  deployments manifest: {f['manifest']} (flywheel rollout status); field loop {f['seconds']:.0f} s")
     click.echo(f"UI:       make dev   (DAGSTER_HOME={result.dagster_home}), then open http://127.0.0.1:3000")
 
 

@@ -38,6 +38,15 @@ class DemoResult:
     dagster_home: str
     partitions: int
     metadata: dict[str, dict]
+    field: dict | None = None  # the field loop: rollout, KPIs, decision (None without a release)
+
+
+# The demo's rollout: with 3 robots the canary is one robot; one field day of 20 episodes on it is
+# the stage's minimum exposure. The margin is wider than the default (5 points) because a 3-robot
+# demo fleet cannot show a 5-point non-inferiority in one day; the decision is whatever the test says.
+DEMO_STAGES = "canary:0.34:20,full:1.0"
+DEMO_MARGIN = 0.15
+DEMO_USER = "flywheel-demo"
 
 
 def run_demo(
@@ -88,4 +97,65 @@ def run_demo(
         # A failed release gate is an outcome, not a crash: the report says why, no bundle is made.
         if any(e.step_key != "eval_report_eval_gate" for e in failed):
             raise RuntimeError("the fleet run failed: " + "; ".join(str(e.message) for e in failed))
-    return DemoResult(lake_root, str(home), len(sim), metadata)
+    field = None
+    if "release_bundle" in metadata:
+        field = run_field_day(defs, instance, lake, release=metadata["release_bundle"]["release"].replace(" ", "/"),
+                              day=(dt.date.fromisoformat(day_list[-1]) + dt.timedelta(days=1)).isoformat(),
+                              robots=robots, episodes_per_day=episodes_per_day, seed=seed, log=log)
+    return DemoResult(lake_root, str(home), len(sim), metadata, field)
+
+
+def run_field_day(defs, instance, lake, *, release: str, day: str, robots: int, episodes_per_day: int, seed: int,
+                  log: Callable[[str], None]) -> dict:
+    """One turn of the field loop: a canary rollout of ``release`` (rollout_start job), the fleet
+    runs the deployments manifest on ``day`` (the canary its ONNX policy, the rest teleoperated),
+    the logs are ingested, field_kpis computed and the rollout decided (rollout_evaluate job, what
+    rollout_sensor launches)."""
+    import time
+
+    import dagster as dg
+
+    from flywheel_pipelines.defs.partitions import robot_day_key
+    from flywheel_pipelines.lib import field as field_lib
+    from flywheel_pipelines.lib.rollout import deployments, plan
+    from flywheel_pipelines.lib.sim.field import load_fleet_releases
+    from flywheel_pipelines.lib.sim.fleet import simulate_fleet
+
+    t0 = time.perf_counter()
+    model = release.split("/")[0]
+    s = plan.active(lake, model)
+    if s is None or s.release != release:
+        if any(plan.load(lake, model, rid).release == release for rid in plan.rollout_ids(lake, model)):
+            log(f"field: {release} was rolled out by an earlier demo run (flywheel rollout status)")
+            return {"release": release, "skipped": True}
+        log(f"field: rollout_start {release} ({DEMO_STAGES}, margin {DEMO_MARGIN:.0%}) -> deployments/{model}/")
+        defs.resolve_job_def("rollout_start").execute_in_process(instance=instance, run_config={**QUIET, "ops": {
+            "start_rollout": {"config": {"model": model, "release": release, "stages": DEMO_STAGES,
+                                         "margin": DEMO_MARGIN, "effective_from": day, "requested_by": DEMO_USER,
+                                         "reason": "demo: first release, canary against teleoperation"}}}})
+        s = plan.active(lake, model)
+    manifest = deployments.latest(lake, model)
+    log(f"  manifest #{manifest['sequence']} (sha256 {manifest['sha256'][:12]}): "
+        + ", ".join(f"{r} runs {ref}" for r, ref in manifest["assignments"].items()) + "; the others teleoperate")
+    if lake.list(f"raw/robot=r101/date={day}/"):
+        log(f"  {day} was simulated by an earlier demo run; kept")
+    else:
+        sim = simulate_fleet(lake, robots=robots, days=[day], episodes_per_day=episodes_per_day, seed=seed,
+                             releases=load_fleet_releases(lake, manifest))
+        ingest = defs.resolve_job_def("ingest_robot_day")
+        for d in sim:
+            log(f"  {d.day} {d.robot}: {len(d.keys)} MCAP files -> ingest")
+            ingest.execute_in_process(partition_key=robot_day_key(d.robot, d.day), instance=instance,
+                                      run_config=QUIET, raise_on_error=True)
+    defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        asset_selection=[dg.AssetKey("episode_catalog"), dg.AssetKey("field_kpis")], instance=instance,
+        run_config=QUIET)
+    kpis = instance.get_latest_materialization_event(dg.AssetKey("field_kpis")).asset_materialization.metadata
+    defs.resolve_job_def("rollout_evaluate").execute_in_process(instance=instance, run_config=QUIET)
+    s = plan.load(lake, model, s.rollout_id)
+    last = s.evaluations[-1] if s.evaluations else None
+    summary = lake.read_json(f"{field_lib.kpis_prefix(kpis['catalog_version'].value)}/{field_lib.SUMMARY_FILE}")
+    return {"release": release, "rollout_id": s.rollout_id, "status": s.status, "stage": s.stage_name,
+            "cohort": s.cohort, "decision": last["decision"] if last else None,
+            "reason": last["reason"] if last else None, "arms": summary["arms"],
+            "manifest": deployments.current_key(model), "seconds": round(time.perf_counter() - t0, 1)}

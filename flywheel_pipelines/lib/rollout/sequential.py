@@ -134,8 +134,9 @@ def compare(canary: Arm, control: Arm, config: TestConfig = TestConfig()) -> Evi
                         -math.inf, math.inf, False, False)
     delta = canary.rate - control.rate
     var = canary.variance() + control.variance()
-    lower = delta - radius(var, tau=config.tau, alpha=config.alpha_advance)
-    upper = delta + radius(var, tau=config.tau, alpha=config.alpha_rollback)
+    # A difference of two rates lies in [-1, 1]; the normal sequence does not know it.
+    lower = max(-1.0, delta - radius(var, tau=config.tau, alpha=config.alpha_advance))
+    upper = min(1.0, delta + radius(var, tau=config.tau, alpha=config.alpha_rollback))
     return Evidence(canary.n, canary.successes, control.n, control.successes, delta, math.sqrt(var),
                     lower, upper, upper < 0.0, lower > -config.margin)
 
