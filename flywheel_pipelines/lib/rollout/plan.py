@@ -290,7 +290,8 @@ def start(store: Lake, *, model: str, release: str, catalog_rows: list[dict], ro
     robot_strata = strata(catalog_rows, fleet, before=effective_from)
     plan_cohorts = cohorts(robot_strata, stages, release=release)
     when = at or _now()
-    rollout_id = f"{model}-{deployments.split_ref(release)[1][:12]}-{when.strftime('%Y%m%dT%H%M%S')}"
+    # Time first, so that the model's rollouts sort in the order they started.
+    rollout_id = f"{when.strftime('%Y%m%dT%H%M%SZ')}-{deployments.split_ref(release)[1][:12]}-{uuid.uuid4().hex[:6]}"
     entry = append(store, model, rollout_id, "plan", at=when, release=release, control=control,
                    registered_version=registered_version, stages=[asdict(x) for x in stages], test=test.to_dict(),
                    strata=robot_strata, cohorts=plan_cohorts, base=base, effective_from=effective_from, by=by,
