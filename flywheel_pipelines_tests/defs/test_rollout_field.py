@@ -94,7 +94,30 @@ def test_good_release_reaches_the_fleet_and_bad_release_is_rolled_back_in_its_ca
     episodes_to_decision = {"good": plan.canary_episodes_to_decision(plan.load(loop.lake, MODEL,
                                                                                 plan.rollout_ids(loop.lake, MODEL)[0])),
                             "bad": plan.canary_episodes_to_decision(s)}
-    print(json.dumps({"episodes_to_first_decision": episodes_to_decision, "days": report}, indent=1))
+    # With a look after every canary episode instead of every day (the same evidence, replayed).
+    first_rollout = plan.load(loop.lake, MODEL, plan.rollout_ids(loop.lake, MODEL)[0])
+    per_episode = {"good": _replay(loop.rows, first_rollout, regress=False), "bad": _replay(loop.rows, s, regress=True)}
+    assert per_episode["bad"] is not None and per_episode["bad"] <= episodes_to_decision["bad"]
+    print(json.dumps({"canary_episodes_to_first_decision": episodes_to_decision,
+                      "with_a_look_after_every_episode": per_episode, "days": report}, indent=1))
+
+
+def _replay(rows: list[dict], s: plan.State, *, regress: bool) -> int | None:
+    """The fewest canary episodes (in recording order) after which the first stage's evidence
+    would have shown a regression (``regress``) or non-inferiority."""
+    version = s.release.split("/")[1]
+    canary = sorted((r for r in rows if r.get("policy_version") == version), key=lambda r: (r["date"], r["start_ns"]))
+    days = {r["date"] for r in canary[:s.plan["stages"][0]["min_episodes"]]}
+    control_arm = s.control or "teleoperated"
+    control = [r for r in rows if r["date"] in days and r["robot"] not in s.plan["cohorts"]["canary"]
+               and field.arm_of(r) == control_arm]
+    ctrl = sequential.arm(field.clusters(control))
+    config = sequential.TestConfig(**s.plan["test"])
+    for k in range(1, len(canary) + 1):
+        e = sequential.compare(sequential.arm(field.clusters(canary[:k])), ctrl, config)
+        if (e.regressed if regress else e.non_inferior):
+            return k
+    return None
 
 
 def test_dagster_jobs_field_kpis_check_and_sensor(trained, tmp_path, flywheel_home, monkeypatch):

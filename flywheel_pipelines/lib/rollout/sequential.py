@@ -26,10 +26,12 @@ one does not. The decisions:
   worse, with confidence ``1 - alpha_advance``) and the stage's minimum exposure is met;
 - **hold** otherwise: evidence is short.
 
-The variance: per cohort, the larger of the binomial variance (with one pseudo-success and one
-pseudo-failure, Agresti-Caffo, so 0/n and n/n do not give zero variance) and a cluster-robust
-variance over robot-days, since episodes of the same robot on the same day share its hardware
-and its operator and are not independent.
+The variance: per cohort, the larger of a cluster-robust variance over robots (episodes of one
+robot share its hardware, site and operator: they are not independent) and the binomial variance
+(one pseudo-success and one pseudo-failure, Agresti-Caffo, so 0/n and n/n do not give zero
+variance) plus the robot-to-robot variance of success rates, estimated from the control arm's
+many robots, weighted by the canary's robots' shares. A canary of two robots cannot estimate
+how much robots differ from each other; the fleet can.
 """
 
 from __future__ import annotations
@@ -79,20 +81,39 @@ class Arm:
     def rate(self) -> float:
         return self.successes / self.n if self.n else float("nan")
 
-    def variance(self) -> float:
-        """Variance of the arm's success rate (see the module docstring)."""
+    def binomial_variance(self) -> float:
         n, s = self.n, self.successes
         if n == 0:
             return float("inf")
         p_ac = (s + 1) / (n + 2)
-        binomial = p_ac * (1 - p_ac) / (n + 2)
+        return p_ac * (1 - p_ac) / (n + 2)
+
+    def variance(self, *, between: float = 0.0) -> float:
+        """Variance of the arm's success rate (see the module docstring). ``between``: the
+        robot-to-robot variance of success rates, estimated elsewhere (from the control arm's
+        many robots), for an arm of few robots whose own spread says little."""
+        n, s = self.n, self.successes
+        if n == 0:
+            return float("inf")
+        binomial = self.binomial_variance()
+        floor = binomial + between * sum(c[0] ** 2 for c in self.clusters) / (n * n)
         k = len(self.clusters)
         if k < 2:
-            return binomial
+            return floor
         p = s / n
         resid = sum((ci_s - p * ci_n) ** 2 for ci_n, ci_s in self.clusters)
-        cluster = k / (k - 1) * resid / (n * n)
-        return max(binomial, cluster)
+        return max(floor, k / (k - 1) * resid / (n * n))
+
+    def between_variance(self) -> float:
+        """Robot-to-robot variance of the success rate (method of moments: the spread of the
+        robots' rates minus what their binomial noise explains; 0 with fewer than 3 robots)."""
+        rated = [(ci_n, ci_s / ci_n) for ci_n, ci_s in self.clusters if ci_n > 0]
+        if len(rated) < 3:
+            return 0.0
+        p = self.successes / self.n
+        spread = sum((r - p) ** 2 for _, r in rated) / (len(rated) - 1)
+        noise = sum(p * (1 - p) / ci_n for ci_n, _ in rated) / len(rated)
+        return max(0.0, spread - noise)
 
 
 def arm(clusters: Sequence[tuple[int, int]]) -> Arm:
@@ -133,7 +154,9 @@ def compare(canary: Arm, control: Arm, config: TestConfig = TestConfig()) -> Evi
         return Evidence(canary.n, canary.successes, control.n, control.successes, nan, nan,
                         -math.inf, math.inf, False, False)
     delta = canary.rate - control.rate
-    var = canary.variance() + control.variance()
+    # The canary is a few robots: its own spread cannot show how much robots differ, the
+    # control's many robots can.
+    var = canary.variance(between=control.between_variance()) + control.variance()
     # A difference of two rates lies in [-1, 1]; the normal sequence does not know it.
     lower = max(-1.0, delta - radius(var, tau=config.tau, alpha=config.alpha_advance))
     upper = min(1.0, delta + radius(var, tau=config.tau, alpha=config.alpha_rollback))
