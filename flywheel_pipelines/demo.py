@@ -137,7 +137,7 @@ def run_field_day(defs, instance, lake, *, release: str, day: str, robots: int, 
     manifest = deployments.latest(lake, model)
     log(f"  manifest #{manifest['sequence']} (sha256 {manifest['sha256'][:12]}): "
         + ", ".join(f"{r} runs {ref}" for r, ref in manifest["assignments"].items()) + "; the others teleoperate")
-    if lake.list(f"raw/robot=r101/date={day}/"):
+    if any(f"/date={day}/" in o.key for o in lake.list("raw/")):
         log(f"  {day} was simulated by an earlier demo run; kept")
     else:
         sim = simulate_fleet(lake, robots=robots, days=[day], episodes_per_day=episodes_per_day, seed=seed,

@@ -101,7 +101,7 @@ def clusters(rows: Iterable[dict]) -> list[tuple[int, int]]:
 
 
 def compare_with(rows: list[dict], arm: str, baseline: str,
-                 config: sequential.TestConfig = sequential.TestConfig()) -> dict:
+                 config: sequential.TestConfig = sequential.DEFAULT_TEST) -> dict:
     """``arm`` against ``baseline`` on the days both ran (the robots that ran each, those days)."""
     mine = [r for r in rows if arm_of(r) == arm]
     theirs = [r for r in rows if arm_of(r) == baseline]
@@ -124,7 +124,7 @@ def production_arm(client, model: str) -> str:
     return f"{model}/{version}" if version else TELEOPERATED
 
 
-def report(rows: list[dict], *, production: str, config: sequential.TestConfig = sequential.TestConfig()) -> dict:
+def report(rows: list[dict], *, production: str, config: sequential.TestConfig = sequential.DEFAULT_TEST) -> dict:
     """Everything the field_kpis asset publishes: per-arm figures, and each other arm against
     production on the days both ran (an arm that never overlapped production has no comparison)."""
     arms = arm_summary(rows)

@@ -230,3 +230,48 @@ def test_rollout_log_pause_resume_abort(tmp_path):
     assert actions == ["plan", "stage", "pause", "evaluation", "resume", "abort"]
     assert [m["sequence"] for m in deployments.history(store, "reach-bc")] == [1, 2]
     assert plan.active(store, "reach-bc") is None
+
+
+def test_completion_promotes_the_registered_version_and_a_later_rollback_moves_the_alias_back(tmp_path):
+    import mlflow
+
+    from flywheel_pipelines.lib.evaluation import registry
+    from flywheel_pipelines.lib.rollout import service
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("reach-bc")
+    for _ in range(2):
+        client.create_model_version("reach-bc", source=str(tmp_path / "artifacts"))
+    registry.record_gate(client, "reach-bc", "1", passed=True, reasons=[], suite="s", suite_version="s1",
+                         report_uri="r", golden_version=None, production=None, policy_version="p1")
+    registry.promote(client, LocalLake(tmp_path / "lake"), "reach-bc", "1", by="ana", reason="first")
+    registry.record_gate(client, "reach-bc", "2", passed=True, reasons=[], suite="s", suite_version="s1",
+                         report_uri="r", golden_version=None, production="1", policy_version="p2")
+    store = LocalLake(tmp_path / "lake")
+    for ref in ("reach-bc/p1", "reach-bc/p2"):
+        _bundle(store, ref, ref.encode())
+    robots = ["r101", "r102", "r103", "r104"]
+    deployments.publish(store, deployments.build(
+        model="reach-bc", sequence=1, assignments={r: "reach-bc/p1" for r in robots},
+        releases={"reach-bc/p1": deployments.release_entry(store, "reach-bc/p1")}, rollout_id=None, stage=None,
+        action="baseline", reason="t", by="t"))
+    assert service.registered_version(client, "reach-bc", "p2") == "2"
+    s = plan.start(store, model="reach-bc", release="reach-bc/p2", catalog_rows=[], robots=robots, by="ana",
+                   reason="nightly", effective_from="2026-11-02", stages=plan.parse_stages("canary:0.5:10,full:1.0"),
+                   registered_version="2")
+    assert s.control == "reach-bc/p1"
+    rows = [_row(r, "2026-11-02", "reach-bc/p2" if r in s.cohort else "reach-bc/p1", n=i)
+            for r in robots for i in range(200)]
+    out = plan.evaluate(store, "reach-bc", rows, catalog_version="c1", next_day="2026-11-03", registry_client=client)
+    assert out.decision == "complete" and out.state.status == plan.COMPLETED
+    complete = next(e for e in out.state.events if e["action"] == "complete")
+    assert complete["alias"]["moved"] and complete["alias"]["version"] == "2"
+    assert str(registry.production_version(client, "reach-bc").version) == "2"
+    assert deployments.latest(store, "reach-bc")["assignments"] == {r: "reach-bc/p2" for r in robots}
+    # Found bad on the fleet afterwards: the rollback moves the robots and the alias back.
+    s = plan.roll_back(store, out.state, by="ana", reason="field incident", registry_client=client)
+    rollback = next(e for e in s.events if e["action"] == "rollback")
+    assert rollback["alias"]["moved"] and str(registry.production_version(client, "reach-bc").version) == "1"
+    assert deployments.latest(store, "reach-bc")["assignments"] == {r: "reach-bc/p1" for r in robots}
+    assert [e["action"] for e in registry.read_log(store, "reach-bc")] == ["promote", "promote", "rollback"]

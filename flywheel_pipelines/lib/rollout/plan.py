@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 from flywheel_pipelines.lib import ids
 from flywheel_pipelines.lib.episodes.control import TELEOPERATED
-from flywheel_pipelines.lib.field import arm_of, unassisted_success
+from flywheel_pipelines.lib.field import arm_of, clusters, unassisted_success
 from flywheel_pipelines.lib.rollout import deployments, sequential
 from flywheel_pipelines.lib.storage import Lake
 
@@ -260,7 +260,7 @@ def _publish(store: Lake, s: State, assignments: dict[str, str | None], *, actio
 
 def start(store: Lake, *, model: str, release: str, catalog_rows: list[dict], robots: list[str], by: str,
           reason: str, effective_from: str, stages: tuple[Stage, ...] = DEFAULT_STAGES,
-          test: sequential.TestConfig = sequential.TestConfig(), registered_version: str | None = None,
+          test: sequential.TestConfig = sequential.DEFAULT_TEST, registered_version: str | None = None,
           at: dt.datetime | None = None) -> State:
     """Plan a rollout of ``release`` and publish its first stage's deployments manifest.
 
@@ -314,8 +314,6 @@ def evidence(s: State, catalog_rows: list[dict]) -> tuple[sequential.Evidence, d
     days = {r["date"] for r in canary}
     candidate_robots = set(s.cohort)
     control = [r for r in since if r["date"] in days and r["robot"] not in candidate_robots and arm_of(r) == control_arm]
-    from flywheel_pipelines.lib.field import clusters
-
     config = sequential.TestConfig(**s.plan["test"])
     ev = sequential.compare(sequential.arm(clusters(canary)), sequential.arm(clusters(control)), config)
     in_stage = [r for r in canary if r["date"] >= s.stage_since]

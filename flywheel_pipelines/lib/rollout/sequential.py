@@ -63,6 +63,9 @@ class TestConfig:
         return asdict(self)
 
 
+DEFAULT_TEST = TestConfig()
+
+
 @dataclass(frozen=True)
 class Arm:
     """One cohort's evidence: per robot-day cluster, (episodes, unassisted successes)."""
@@ -147,7 +150,7 @@ class Evidence:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
-def compare(canary: Arm, control: Arm, config: TestConfig = TestConfig()) -> Evidence:
+def compare(canary: Arm, control: Arm, config: TestConfig = DEFAULT_TEST) -> Evidence:
     """The always-valid comparison of two cohorts' unassisted success rates."""
     if canary.n == 0 or control.n == 0:
         nan = float("nan")
