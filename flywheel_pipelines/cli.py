@@ -139,14 +139,16 @@ def fleet_backfill(day: str, url: str, robots_from: str, location: str | None, l
 @click.option("--days", default=2, show_default=True)
 @click.option("--episodes", "episodes_per_day", default=20, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def demo(robots: int, days: int, episodes_per_day: int, seed: int) -> None:
+@click.option("--field/--no-field", "field_day", default=True, show_default=True,
+              help="Then one turn of the field loop: canary rollout of the release, a field day, KPIs, decision.")
+def demo(robots: int, days: int, episodes_per_day: int, seed: int, field_day: bool) -> None:
     """Simulate a small fleet and materialize every asset, then say where everything is."""
     from flywheel_pipelines.demo import run_demo
 
     t0 = time.perf_counter()
     try:
         result = run_demo(robots=robots, days=days, episodes_per_day=episodes_per_day, seed=seed,
-                          log=lambda m: click.echo(m))
+                          log=lambda m: click.echo(m), field_day=field_day)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     meta = result.metadata

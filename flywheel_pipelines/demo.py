@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flywheel_pipelines.defs.resources import open_configured_lake
 from flywheel_pipelines.lib import settings
-from flywheel_pipelines.lib.sim.fleet import day_range, simulate_fleet
+from flywheel_pipelines.lib.sim.fleet import SimulatedDay, day_range, simulate_fleet
 
 # The demo prints its own progress; Dagster's per-event debug log would drown it.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -51,10 +51,12 @@ DEMO_USER = "flywheel-demo"
 
 def run_demo(
     *, robots: int, days: int, episodes_per_day: int, seed: int, start_date: str | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, field_day: bool = False,
 ) -> DemoResult:
     """Simulate ``robots`` x ``days`` and materialize the whole graph. Re-runnable: raw logs
-    already in the lake are kept, and content-hashed artifacts are reused."""
+    already in the lake are kept, and content-hashed artifacts are reused. With ``field_day``
+    (what `flywheel demo` does), a release then goes through one turn of the field loop on the
+    day after (:func:`run_field_day`)."""
     import dagster as dg
 
     home = prepare_dagster_home()
@@ -63,10 +65,19 @@ def run_demo(
     first = start_date or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)).isoformat()
     day_list = day_range(first, days)
     log(f"simulating {robots} robots x {days} days x {episodes_per_day} episodes into {lake_root}/raw")
+    # A day an earlier run already uploaded is kept as it is: it may be an earlier run's field day,
+    # whose canary ran a release, and raw logs are immutable.
+    present = {(parts[1].removeprefix("robot="), parts[2].removeprefix("date="))
+               for parts in (o.key.split("/") for o in lake.list("raw/")) if len(parts) >= 4}
+    uploaded = {d for _, d in present}
+    for d in sorted(set(day_list) & uploaded):
+        log(f"  {d}: uploaded by an earlier run, kept")
     sim = simulate_fleet(
-        lake, robots=robots, days=day_list, episodes_per_day=episodes_per_day, seed=seed,
+        lake, robots=robots, days=[d for d in day_list if d not in uploaded], episodes_per_day=episodes_per_day,
+        seed=seed,
         progress=lambda d: log(f"  raw/robot={d.robot}/date={d.day}: {len(d.keys)} MCAP files, {d.messages} messages"),
     )
+    sim += [SimulatedDay(r, d, (), episodes_per_day, 0) for r, d in sorted(present) if d in day_list]
     from flywheel_pipelines.definitions import defs as load_defs
     from flywheel_pipelines.defs.partitions import ROBOTS, robot_day_key
 
@@ -98,7 +109,7 @@ def run_demo(
         if any(e.step_key != "eval_report_eval_gate" for e in failed):
             raise RuntimeError("the fleet run failed: " + "; ".join(str(e.message) for e in failed))
     field = None
-    if "release_bundle" in metadata:
+    if field_day and "release_bundle" in metadata:
         field = run_field_day(defs, instance, lake, release=metadata["release_bundle"]["release"].replace(" ", "/"),
                               day=(dt.date.fromisoformat(day_list[-1]) + dt.timedelta(days=1)).isoformat(),
                               robots=robots, episodes_per_day=episodes_per_day, seed=seed, log=log)
@@ -124,7 +135,10 @@ def run_field_day(defs, instance, lake, *, release: str, day: str, robots: int, 
     t0 = time.perf_counter()
     model = release.split("/")[0]
     s = plan.active(lake, model)
-    if s is None or s.release != release:
+    if s is not None and s.release != release:
+        log(f"field: rollout {s.rollout_id} of {s.release} (an earlier demo run) is still {s.status}; "
+            "this field day feeds it")
+    elif s is None:
         if any(plan.load(lake, model, rid).release == release for rid in plan.rollout_ids(lake, model)):
             log(f"field: {release} was rolled out by an earlier demo run (flywheel rollout status)")
             return {"release": release, "skipped": True}
@@ -137,7 +151,7 @@ def run_field_day(defs, instance, lake, *, release: str, day: str, robots: int, 
     manifest = deployments.latest(lake, model)
     log(f"  manifest #{manifest['sequence']} (sha256 {manifest['sha256'][:12]}): "
         + ", ".join(f"{r} runs {ref}" for r, ref in manifest["assignments"].items()) + "; the others teleoperate")
-    if any(f"/date={day}/" in o.key for o in lake.list("raw/")):
+    if any(f"/date={day}/" in o.key for o in lake.list("raw/")):  # an earlier run's field day
         log(f"  {day} was simulated by an earlier demo run; kept")
     else:
         sim = simulate_fleet(lake, robots=robots, days=[day], episodes_per_day=episodes_per_day, seed=seed,

@@ -21,7 +21,7 @@ from flywheel_pipelines.cli import main
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, build_catalog
 from flywheel_pipelines.lib.episodes.control import MCAP_METADATA
 from flywheel_pipelines.lib.episodes.embodiment import load_embodiment
-from flywheel_pipelines.lib.episodes.standardize import SourceFile, standardize
+from flywheel_pipelines.lib.episodes.standardize import EPISODE_SCHEMA, SourceFile, standardize
 from flywheel_pipelines.lib.evaluation.policies import ACTION_NAMES, OBS_NAMES
 from flywheel_pipelines.lib.learning.policy import Policy, PolicyConfig, residual_indices
 from flywheel_pipelines.lib.release.bundle import write_sha256sums
@@ -88,6 +88,18 @@ def test_a_robot_runs_its_release_and_its_logs_say_so(lake):
         assert 0 < row["intervention_s"] < row["duration_s"]
     for row in tables["r102"]:  # not in the manifest: teleoperated, as every log before releases ran
         assert (row["control_mode"], row["policy_version"]) == ("teleoperated", None)
+
+    # Curation keeps demonstrations: episodes a release drove only when asked for.
+    import pyarrow as pa
+
+    from flywheel_pipelines.lib.datasets.curation import CurationSpec, select_episodes
+
+    catalog = build_catalog([pa.Table.from_pylist(t, schema=EPISODE_SCHEMA) for t in tables.values()])
+    spec = CurationSpec(outcomes=("success", "failure"), include_interventions=True)
+    assert set(select_episodes(catalog, spec)["robot"].to_pylist()) == {"r102"}
+    assert "include_autonomous" not in spec.to_dict()  # every earlier dataset version stays the same
+    wider = CurationSpec(outcomes=("success", "failure"), include_interventions=True, include_autonomous=True)
+    assert set(select_episodes(catalog, wider)["robot"].to_pylist()) == {"r101", "r102"}
 
 
 def test_a_robot_refuses_a_model_file_that_is_not_the_manifests(lake):
