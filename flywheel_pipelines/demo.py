@@ -169,7 +169,7 @@ def run_field_day(defs, instance, lake, *, release: str, day: str, robots: int, 
     s = plan.load(lake, model, s.rollout_id)
     last = s.evaluations[-1] if s.evaluations else None
     summary = lake.read_json(f"{field_lib.kpis_prefix(kpis['catalog_version'].value)}/{field_lib.SUMMARY_FILE}")
-    return {"release": release, "rollout_id": s.rollout_id, "status": s.status, "stage": s.stage_name,
+    return {"release": s.release, "rollout_id": s.rollout_id, "status": s.status, "stage": s.stage_name,
             "cohort": s.cohort, "decision": last["decision"] if last else None,
             "reason": last["reason"] if last else None, "arms": summary["arms"],
             "manifest": deployments.current_key(model), "seconds": round(time.perf_counter() - t0, 1)}
