@@ -37,15 +37,30 @@ def fleet() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--start-date", default=None, help="First day, YYYY-MM-DD (default: DAYS days ago).")
 @click.option("--lake", default=None, help="Target lake root (default: $FLYWHEEL_LAKE or .flywheel/lake).")
+@click.option("--deployment", default=None,
+              help="A deployments manifest (a local file, or a lake key such as deployments/reach-bc/current.json): "
+                   "each robot it lists runs its release's policy.onnx; the others are teleoperated.")
 def fleet_simulate(robots: int, days: int, episodes_per_day: int, seed: int, start_date: str | None,
-                   lake: str | None) -> None:
+                   lake: str | None, deployment: str | None) -> None:
     """Write a simulated fleet's ROS2 MCAP logs into raw/robot=<id>/date=<day>/."""
     import datetime as dt
 
     from flywheel_pipelines.lib.ids import InvalidIdentifier
+    from flywheel_pipelines.lib.rollout.deployments import ManifestError
+    from flywheel_pipelines.lib.sim.field import load_fleet_releases
     from flywheel_pipelines.lib.sim.fleet import day_range, simulate_fleet
 
     store = _lake(lake)
+    releases = None
+    if deployment:
+        try:
+            manifest = (json.loads(Path(deployment).read_text()) if Path(deployment).is_file()
+                        else store.read_json(deployment))
+            releases = load_fleet_releases(store, manifest)
+        except (ManifestError, ValueError, KeyError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--deployment") from None
+        for robot, rel in sorted(releases.items()):
+            click.echo(f"{robot} runs {rel.name}/{rel.version} (policy.onnx sha256 {rel.onnx_sha256[:12]})")
     first = start_date or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)).isoformat()
     try:
         day_list = day_range(first, days)
@@ -53,7 +68,7 @@ def fleet_simulate(robots: int, days: int, episodes_per_day: int, seed: int, sta
         raise click.BadParameter(str(exc), param_hint="--start-date") from None
     with click.progressbar(length=robots * len(day_list), label="simulating robot-days") as bar:
         out = simulate_fleet(store, robots=robots, days=day_list, episodes_per_day=episodes_per_day, seed=seed,
-                             progress=lambda _d: bar.update(1))
+                             progress=lambda _d: bar.update(1), releases=releases)
     for d in out:
         click.echo(f"raw/robot={d.robot}/date={d.day}: {len(d.keys)} files, {d.episodes} episodes, {d.messages} messages")
     click.echo(f"lake: {store.root_uri}")
@@ -124,14 +139,16 @@ def fleet_backfill(day: str, url: str, robots_from: str, location: str | None, l
 @click.option("--days", default=2, show_default=True)
 @click.option("--episodes", "episodes_per_day", default=20, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def demo(robots: int, days: int, episodes_per_day: int, seed: int) -> None:
+@click.option("--field/--no-field", "field_day", default=True, show_default=True,
+              help="Then one turn of the field loop: canary rollout of the release, a field day, KPIs, decision.")
+def demo(robots: int, days: int, episodes_per_day: int, seed: int, field_day: bool) -> None:
     """Simulate a small fleet and materialize every asset, then say where everything is."""
     from flywheel_pipelines.demo import run_demo
 
     t0 = time.perf_counter()
     try:
         result = run_demo(robots=robots, days=days, episodes_per_day=episodes_per_day, seed=seed,
-                          log=lambda m: click.echo(m))
+                          log=lambda m: click.echo(m), field_day=field_day)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     meta = result.metadata
@@ -164,6 +181,15 @@ def demo(robots: int, days: int, episodes_per_day: int, seed: int) -> None:
                        f"{pol.get('registered_version')} --reason '...'")
     else:
         click.echo("release:  none (the evaluation gate did not pass)")
+    f = result.field
+    if f and not f.get("skipped"):
+        click.echo(f"field:    rollout {f['rollout_id']} of {f['release']}: {f['status']} at stage {f['stage']} "
+                   f"(canary {', '.join(f['cohort'])}); decision: {f['decision']} - {f['reason']}")
+        for arm, k in f["arms"].items():
+            iph = "" if k["interventions_per_hour"] is None else f", {k['interventions_per_hour']:.0f} interventions/h"
+            click.echo(f"  {arm:<26} {k['episodes']:>4} episodes, unassisted success {k['success_rate']:.1%} "
+                       f"({k['success_low']:.1%}-{k['success_high']:.1%}){iph}")
+        click.echo(f"  deployments manifest: {f['manifest']} (flywheel rollout status); field loop {f['seconds']:.0f} s")
     click.echo(f"UI:       make dev   (DAGSTER_HOME={result.dagster_home}), then open http://127.0.0.1:3000")
 
 
@@ -723,6 +749,146 @@ def drill(home, robots, days, fault_days, episodes_per_day, faulty_robot, offset
     click.echo(f"wall time {time.perf_counter() - t0:.0f} s")
     if json_out:
         Path(json_out).write_text(result_json(result) + "\n")
+
+
+@main.group()
+def rollout() -> None:
+    """Staged rollouts of a release: start, status, evaluate, pause, resume, advance, abort."""
+
+
+def _echo_state(s) -> None:
+    click.echo(f"{s.rollout_id}: {s.release} vs {s.control or 'teleoperated'} - {s.status}, stage {s.stage_name} "
+               f"({len(s.cohort)} robots: {', '.join(s.cohort)})")
+    for e in s.events:
+        line = f"  {e['at'][:19]}  {e['action']:<10}"
+        if e["action"] == "evaluation":
+            line += f" {e['decision']}: {e['reason']}"
+        elif e["action"] == "stage":
+            line += f" {e['name']} from {e['effective_from']} on {len(e['robots'])} robots (manifest #{e['sequence']})"
+        else:
+            line += f" by {e.get('by', '?')}: {e.get('reason', '')}"
+            if e.get("alias", {}).get("moved"):
+                line += f" [MLflow production {e['alias'].get('from_version')} -> {e['alias'].get('version')}]"
+        click.echo(line)
+
+
+@rollout.command("start")
+@click.argument("release")
+@click.option("--model", default="reach-bc", show_default=True)
+@click.option("--stages", default="canary:0.1:60,half:0.5:120,full:1.0", show_default=True,
+              help="name:fraction[:min episodes[:min autonomous hours]], comma-separated, ending at 1.0.")
+@click.option("--margin", default=0.05, show_default=True, help="Non-inferiority margin on the success rate.")
+@click.option("--effective-from", default=None, help="First day whose logs count (default: after the newest logs).")
+@click.option("--reason", required=True)
+@_BY_OPTION
+@_MLFLOW_OPTION
+@click.option("--lake", default=None)
+def rollout_start(release, model, stages, margin, effective_from, reason, by, mlflow_uri, lake) -> None:
+    """Roll RELEASE (<name>/<version>) out in stages, canary first; writes its deployments manifest."""
+    from flywheel_pipelines.lib.rollout import plan, service
+
+    store = _lake(lake)
+    try:
+        s = service.start(store, _registry(mlflow_uri), model=model, release=release, by=_who(by), reason=reason,
+                          stages=plan.parse_stages(stages), margin=margin, effective_from=effective_from)
+    except (plan.RolloutError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo_state(s)
+    click.echo(f"deployments manifest: {store.uri(f'deployments/{model}/current.json')}")
+
+
+@rollout.command("status")
+@click.option("--model", default="reach-bc", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--lake", default=None)
+def rollout_status(model, as_json, lake) -> None:
+    """The model's rollouts, newest last, with every event of their logs."""
+    from flywheel_pipelines.lib.rollout import plan
+
+    store = _lake(lake)
+    states = [plan.load(store, model, rid) for rid in plan.rollout_ids(store, model)]
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in states], sort_keys=True, default=str))
+        return
+    if not states:
+        click.echo(f"{model}: no rollouts")
+    for s in states:
+        _echo_state(s)
+
+
+@rollout.command("evaluate")
+@click.option("--effective-from", default=None, help="First day a new stage counts for (default: after the newest logs).")
+@_MLFLOW_OPTION
+@click.option("--lake", default=None)
+def rollout_evaluate(effective_from, mlflow_uri, lake) -> None:
+    """Decide every active rollout on the catalog now (what rollout_sensor launches after field_kpis)."""
+    from flywheel_pipelines.lib.rollout import service
+
+    for o in service.evaluate_all(_lake(lake), _registry(mlflow_uri), via="cli", effective_from=effective_from):
+        click.echo(f"{o.state.rollout_id}: {o.decision} - {o.reason}; now {o.state.status} at {o.state.stage_name}")
+
+
+_ACTION_HELP = {"pause": "Pause the active rollout (no advance; an automatic rollback still happens).",
+                "resume": "Resume a paused rollout.",
+                "advance": "Advance the active rollout to its next stage now (recorded as manual).",
+                "abort": "Abort the active rollout: every robot back to its release before it."}
+
+
+def _rollout_action(action: str):
+    @rollout.command(action, help=_ACTION_HELP[action])
+    @click.option("--model", default="reach-bc", show_default=True)
+    @click.option("--reason", required=True)
+    @click.option("--effective-from", default=None, help="advance: first day the next stage counts for.")
+    @_BY_OPTION
+    @_MLFLOW_OPTION
+    @click.option("--lake", default=None)
+    def command(model, reason, effective_from, by, mlflow_uri, lake) -> None:
+        from flywheel_pipelines.lib.rollout import plan, service
+
+        try:
+            s = service.act(_lake(lake), _registry(mlflow_uri), model=model, action=action, by=_who(by),
+                            reason=reason, effective_from=effective_from)
+        except (plan.RolloutError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        _echo_state(s)
+
+    return command
+
+
+for _action in ("pause", "resume", "advance", "abort"):
+    _rollout_action(_action)
+
+
+@main.group("field")
+def field_group() -> None:
+    """Field KPIs from the catalog."""
+
+
+@field_group.command("kpis")
+@click.option("--model", default="reach-bc", show_default=True, help="Whose production version is the baseline.")
+@click.option("--json", "as_json", is_flag=True)
+@_MLFLOW_OPTION
+@click.option("--lake", default=None)
+def field_kpis(model, as_json, mlflow_uri, lake) -> None:
+    """Per release: unassisted success (Wilson 95%), interventions per hour of autonomy, MTBI, and the
+    comparison with production where they overlap."""
+    from flywheel_pipelines.lib import field
+    from flywheel_pipelines.lib.rollout import service
+
+    rows, _ = service.catalog(_lake(lake))
+    out = field.report(rows, production=field.production_arm(_registry(mlflow_uri), model))
+    if as_json:
+        click.echo(json.dumps(out, sort_keys=True, default=str))
+        return
+    click.echo(f"production: {out['production']}")
+    for a, s in out["arms"].items():
+        iph = "" if s["interventions_per_hour"] is None else f", {s['interventions_per_hour']:.0f} interventions/h"
+        click.echo(f"  {a:<28} {s['episodes']:>5} episodes on {s['robots']} robots, unassisted success "
+                   f"{s['success_rate']:.1%} ({s['success_low']:.1%}-{s['success_high']:.1%}){iph}")
+    for c in out["comparisons"]:
+        e = c["evidence"]
+        click.echo(f"  {c['arm']} vs {c['baseline']} on {len(c['days'])} days: {e['delta']:+.3f} "
+                   f"[{e['lower_advance']:+.3f}, {e['upper_rollback']:+.3f}]{' REGRESSED' if c['regressed'] else ''}")
 
 
 def entry() -> None:

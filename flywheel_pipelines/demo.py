@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flywheel_pipelines.defs.resources import open_configured_lake
 from flywheel_pipelines.lib import settings
-from flywheel_pipelines.lib.sim.fleet import day_range, simulate_fleet
+from flywheel_pipelines.lib.sim.fleet import SimulatedDay, day_range, simulate_fleet
 
 # The demo prints its own progress; Dagster's per-event debug log would drown it.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -38,14 +38,25 @@ class DemoResult:
     dagster_home: str
     partitions: int
     metadata: dict[str, dict]
+    field: dict | None = None  # the field loop: rollout, KPIs, decision (None without a release)
+
+
+# The demo's rollout: with 3 robots the canary is one robot; one field day of 20 episodes on it is
+# the stage's minimum exposure. The margin is wider than the default (5 points) because a 3-robot
+# demo fleet cannot show a 5-point non-inferiority in one day; the decision is whatever the test says.
+DEMO_STAGES = "canary:0.34:20,full:1.0"
+DEMO_MARGIN = 0.15
+DEMO_USER = "flywheel-demo"
 
 
 def run_demo(
     *, robots: int, days: int, episodes_per_day: int, seed: int, start_date: str | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, field_day: bool = False,
 ) -> DemoResult:
     """Simulate ``robots`` x ``days`` and materialize the whole graph. Re-runnable: raw logs
-    already in the lake are kept, and content-hashed artifacts are reused."""
+    already in the lake are kept, and content-hashed artifacts are reused. With ``field_day``
+    (what `flywheel demo` does), a release then goes through one turn of the field loop on the
+    day after (:func:`run_field_day`)."""
     import dagster as dg
 
     home = prepare_dagster_home()
@@ -54,10 +65,19 @@ def run_demo(
     first = start_date or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)).isoformat()
     day_list = day_range(first, days)
     log(f"simulating {robots} robots x {days} days x {episodes_per_day} episodes into {lake_root}/raw")
+    # A day an earlier run already uploaded is kept as it is: it may be an earlier run's field day,
+    # whose canary ran a release, and raw logs are immutable.
+    present = {(parts[1].removeprefix("robot="), parts[2].removeprefix("date="))
+               for parts in (o.key.split("/") for o in lake.list("raw/")) if len(parts) >= 4}
+    uploaded = {d for _, d in present}
+    for d in sorted(set(day_list) & uploaded):
+        log(f"  {d}: uploaded by an earlier run, kept")
     sim = simulate_fleet(
-        lake, robots=robots, days=day_list, episodes_per_day=episodes_per_day, seed=seed,
+        lake, robots=robots, days=[d for d in day_list if d not in uploaded], episodes_per_day=episodes_per_day,
+        seed=seed,
         progress=lambda d: log(f"  raw/robot={d.robot}/date={d.day}: {len(d.keys)} MCAP files, {d.messages} messages"),
     )
+    sim += [SimulatedDay(r, d, (), episodes_per_day, 0) for r, d in sorted(present) if d in day_list]
     from flywheel_pipelines.definitions import defs as load_defs
     from flywheel_pipelines.defs.partitions import ROBOTS, robot_day_key
 
@@ -88,4 +108,68 @@ def run_demo(
         # A failed release gate is an outcome, not a crash: the report says why, no bundle is made.
         if any(e.step_key != "eval_report_eval_gate" for e in failed):
             raise RuntimeError("the fleet run failed: " + "; ".join(str(e.message) for e in failed))
-    return DemoResult(lake_root, str(home), len(sim), metadata)
+    field = None
+    if field_day and "release_bundle" in metadata:
+        field = run_field_day(defs, instance, lake, release=metadata["release_bundle"]["release"].replace(" ", "/"),
+                              day=(dt.date.fromisoformat(day_list[-1]) + dt.timedelta(days=1)).isoformat(),
+                              robots=robots, episodes_per_day=episodes_per_day, seed=seed, log=log)
+    return DemoResult(lake_root, str(home), len(sim), metadata, field)
+
+
+def run_field_day(defs, instance, lake, *, release: str, day: str, robots: int, episodes_per_day: int, seed: int,
+                  log: Callable[[str], None]) -> dict:
+    """One turn of the field loop: a canary rollout of ``release`` (rollout_start job), the fleet
+    runs the deployments manifest on ``day`` (the canary its ONNX policy, the rest teleoperated),
+    the logs are ingested, field_kpis computed and the rollout decided (rollout_evaluate job, what
+    rollout_sensor launches)."""
+    import time
+
+    import dagster as dg
+
+    from flywheel_pipelines.defs.partitions import robot_day_key
+    from flywheel_pipelines.lib import field as field_lib
+    from flywheel_pipelines.lib.rollout import deployments, plan
+    from flywheel_pipelines.lib.sim.field import load_fleet_releases
+    from flywheel_pipelines.lib.sim.fleet import simulate_fleet
+
+    t0 = time.perf_counter()
+    model = release.split("/")[0]
+    s = plan.active(lake, model)
+    if s is not None and s.release != release:
+        log(f"field: rollout {s.rollout_id} of {s.release} (an earlier demo run) is still {s.status}; "
+            "this field day feeds it")
+    elif s is None:
+        if any(plan.load(lake, model, rid).release == release for rid in plan.rollout_ids(lake, model)):
+            log(f"field: {release} was rolled out by an earlier demo run (flywheel rollout status)")
+            return {"release": release, "skipped": True}
+        log(f"field: rollout_start {release} ({DEMO_STAGES}, margin {DEMO_MARGIN:.0%}) -> deployments/{model}/")
+        defs.resolve_job_def("rollout_start").execute_in_process(instance=instance, run_config={**QUIET, "ops": {
+            "start_rollout": {"config": {"model": model, "release": release, "stages": DEMO_STAGES,
+                                         "margin": DEMO_MARGIN, "effective_from": day, "requested_by": DEMO_USER,
+                                         "reason": "demo: first release, canary against teleoperation"}}}})
+        s = plan.active(lake, model)
+    manifest = deployments.latest(lake, model)
+    log(f"  manifest #{manifest['sequence']} (sha256 {manifest['sha256'][:12]}): "
+        + ", ".join(f"{r} runs {ref}" for r, ref in manifest["assignments"].items()) + "; the others teleoperate")
+    if any(f"/date={day}/" in o.key for o in lake.list("raw/")):  # an earlier run's field day
+        log(f"  {day} was simulated by an earlier demo run; kept")
+    else:
+        sim = simulate_fleet(lake, robots=robots, days=[day], episodes_per_day=episodes_per_day, seed=seed,
+                             releases=load_fleet_releases(lake, manifest))
+        ingest = defs.resolve_job_def("ingest_robot_day")
+        for d in sim:
+            log(f"  {d.day} {d.robot}: {len(d.keys)} MCAP files -> ingest")
+            ingest.execute_in_process(partition_key=robot_day_key(d.robot, d.day), instance=instance,
+                                      run_config=QUIET, raise_on_error=True)
+    defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        asset_selection=[dg.AssetKey("episode_catalog"), dg.AssetKey("field_kpis")], instance=instance,
+        run_config=QUIET)
+    kpis = instance.get_latest_materialization_event(dg.AssetKey("field_kpis")).asset_materialization.metadata
+    defs.resolve_job_def("rollout_evaluate").execute_in_process(instance=instance, run_config=QUIET)
+    s = plan.load(lake, model, s.rollout_id)
+    last = s.evaluations[-1] if s.evaluations else None
+    summary = lake.read_json(f"{field_lib.kpis_prefix(kpis['catalog_version'].value)}/{field_lib.SUMMARY_FILE}")
+    return {"release": s.release, "rollout_id": s.rollout_id, "status": s.status, "stage": s.stage_name,
+            "cohort": s.cohort, "decision": last["decision"] if last else None,
+            "reason": last["reason"] if last else None, "arms": summary["arms"],
+            "manifest": deployments.current_key(model), "seconds": round(time.perf_counter() - t0, 1)}

@@ -11,7 +11,7 @@ from flywheel_pipelines.lib.evaluation import registry
 INGEST_SELECTION = dg.AssetSelection.assets("log_manifest", "episodes")
 FLEET_SELECTION = dg.AssetSelection.assets(
     "episode_catalog", "golden_scenarios", "curated_dataset", "policy_candidate", "eval_report", "release_bundle",
-    "lineage_index",
+    "lineage_index", "field_kpis",
 )
 
 ingest_robot_day = dg.define_asset_job(
@@ -33,7 +33,7 @@ nightly_retrain = dg.define_asset_job(
     "nightly_retrain",
     selection=FLEET_SELECTION,
     description="Catalog -> golden scenarios, curate -> train -> evaluate -> release (release only past the gate) "
-                "-> lineage index.",
+                "-> lineage index; field KPIs.",
 )
 
 nightly_retrain_schedule = dg.ScheduleDefinition(

@@ -18,9 +18,26 @@ CATALOG_KEY = "catalog/episodes.parquet"
 KNOWN_OUTCOMES = ("success", "failure", "unknown")
 
 
+def conform(table: pa.Table) -> pa.Table:
+    """An episode table written before the control columns existed, given them: ``teleoperated``
+    when an operator is named, ``unknown`` otherwise; no release; one intervention per flagged
+    episode, of unknown length (0 s)."""
+    missing = [f for f in EPISODE_SCHEMA if f.name not in table.column_names]
+    if not missing:
+        return table
+    operators = table.column("operator").to_pylist() if "operator" in table.column_names else [None] * table.num_rows
+    flagged = table.column("intervention").to_pylist() if "intervention" in table.column_names else [False] * table.num_rows
+    fill = {"control_mode": pa.array(["teleoperated" if o else "unknown" for o in operators], pa.string()),
+            "intervention_count": pa.array([1 if f else 0 for f in flagged], pa.int64()),
+            "intervention_s": pa.array([0.0] * table.num_rows, pa.float64())}
+    for f in missing:
+        table = table.append_column(f, fill.get(f.name, pa.nulls(table.num_rows, f.type)))
+    return table.select(EPISODE_SCHEMA.names)
+
+
 def build_catalog(tables: Iterable[pa.Table]) -> pa.Table:
     """Concatenate robot-day episode tables into one, ordered by robot, day and start time."""
-    parts = [t.cast(EPISODE_SCHEMA) for t in tables if t.num_rows]
+    parts = [conform(t).cast(EPISODE_SCHEMA) for t in tables if t.num_rows]
     table = pa.concat_tables(parts) if parts else EPISODE_SCHEMA.empty_table()
     if table.num_rows:
         table = table.sort_by([("robot", "ascending"), ("date", "ascending"), ("start_ns", "ascending")])

@@ -37,6 +37,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "lineage/edges/releases/": ("release_bundle",),
     "lineage/index/": ("lineage_index",),
     "incidents/reports/": ("incident_report",),
+    "field/": ("field_kpis",),
 }
 
 
@@ -121,7 +122,7 @@ def test_no_asset_reads_an_asset_it_does_not_declare(drilled, tmp_path, monkeypa
     # Every materializable asset ran and read something: the recorder is not vacuous.
     names = {n for n, _ in checked}
     assert {"log_manifest", "episodes", "episode_archive", "episode_catalog", "curated_dataset", "policy_candidate",
-            "eval_report", "release_bundle", "lineage_index", "incident_report"} <= names
+            "eval_report", "release_bundle", "lineage_index", "incident_report", "field_kpis"} <= names
     assert all(n > 0 for _, n in checked), checked
 
 

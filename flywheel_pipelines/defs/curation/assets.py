@@ -39,6 +39,11 @@ class CurationConfig(dg.Config):
         description="Keep episodes under an active quarantine (`flywheel quarantine list`); by default they are left "
         "out, and the manifest records the quarantine state honoured either way.",
     )
+    include_autonomous: bool = Field(
+        default=False,
+        description="Keep episodes a released policy drove (field logs); by default only demonstrations "
+        "(teleoperated, or logs that do not say) are curated.",
+    )
     val_fraction: float = 0.2
     split_seed: int = 0
     min_frames: int = 5
@@ -50,7 +55,7 @@ class CurationConfig(dg.Config):
             tasks=tuple(self.tasks), outcomes=tuple(self.outcomes), include_interventions=self.include_interventions,
             include_quality_issues=self.include_quality_issues, include_quarantined=self.include_quarantined,
             val_fraction=self.val_fraction,
-            split_seed=self.split_seed, min_frames=self.min_frames,
+            split_seed=self.split_seed, min_frames=self.min_frames, include_autonomous=self.include_autonomous,
         )
 
 

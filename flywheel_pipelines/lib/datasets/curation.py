@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from flywheel_pipelines.lib import ids, quarantine
 from flywheel_pipelines.lib.catalog import EpisodeQuery, search
 from flywheel_pipelines.lib.datasets.lerobot import FeatureSpec, write_lerobot_v3
+from flywheel_pipelines.lib.episodes.control import AUTONOMOUS_MODES
 from flywheel_pipelines.lib.episodes.embodiment import Embodiment
 from flywheel_pipelines.lib.quality import ISSUE_CHECKS, QualityError, validate_episodes
 
@@ -51,6 +52,10 @@ class CurationSpec:
     val_fraction: float = 0.2
     split_seed: int = 0
     min_frames: int = 5
+    # Keep episodes a released policy drove (field logs: lib/episodes/control.py). Off by default:
+    # they are the policy's own actions, not demonstrations. Left out of to_dict() when off, so the
+    # version of every dataset curated before the option existed stays the same.
+    include_autonomous: bool = False
 
     def __post_init__(self):
         ids.name(self.name, what="dataset name")
@@ -68,7 +73,10 @@ class CurationSpec:
         )
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if not self.include_autonomous:
+            out.pop("include_autonomous")
+        return out
 
 
 def select_episodes(catalog: pa.Table, spec: CurationSpec) -> pa.Table:
@@ -79,6 +87,9 @@ def select_episodes(catalog: pa.Table, spec: CurationSpec) -> pa.Table:
     """
     chosen = search(catalog, spec.query())
     chosen = chosen.filter(pc.greater_equal(chosen["num_frames"], spec.min_frames))
+    if not spec.include_autonomous and "control_mode" in chosen.column_names:
+        driven = pc.fill_null(pc.is_in(chosen["control_mode"], pa.array(AUTONOMOUS_MODES)), False)
+        chosen = chosen.filter(pc.invert(driven))
     return chosen.sort_by("episode_id")
 
 

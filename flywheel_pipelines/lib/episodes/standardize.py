@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from flywheel_pipelines.lib.episodes.control import POLICY_EVENT, episode_control
 from flywheel_pipelines.lib.episodes.embodiment import Embodiment, FeatureMapping, MappingError
 from flywheel_pipelines.lib.rosbag.columnar import TopicColumns, TopicRequest, join_arrays, read_columns
 from flywheel_pipelines.lib.rosbag.reader import ReadStats
@@ -64,6 +65,7 @@ class EpisodeSpan:
     operator: str | None = None
     tags: list[str] = field(default_factory=list)
     interventions: list[tuple[int, int]] = field(default_factory=list)
+    policy: dict | None = None  # the episode's ``policy`` event (lib/episodes/control.py), if any
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,8 @@ def segment(events: Sequence[Event], *, default_task: str, id_prefix: str) -> li
         elif kind == "intervention_end" and open_intervention is not None:
             current.interventions.append((open_intervention, ev.t_ns))
             open_intervention = None
+        elif kind == POLICY_EVENT:
+            current.policy = dict(ev.payload)
         elif kind == "tag" and ev.payload.get("tag"):
             current.tags.append(str(ev.payload["tag"]))
     if current is not None:
@@ -500,6 +504,7 @@ def standardize(files: Sequence[SourceFile], emb: Embodiment, *, robot: str, day
             "state_rate_hz": quality["state_rate_hz"], "state_jitter_ms": quality["state_jitter_ms"],
             "nan_count": quality["nan_count"], "quality_issues": quality["issues"],
             "quality_ok": not quality["issues"], "stream_quality": json.dumps(quality["streams"], sort_keys=True),
+            **episode_control(policy=span.policy, operator=span.operator, interventions=span.interventions),
         })
     frames_table = pa.concat_tables(frame_tables) if frame_tables else empty_frames(emb)
     counts = [r["num_frames"] for r in rows]
@@ -600,6 +605,9 @@ EPISODE_SCHEMA = pa.schema([
     ("max_skew_ms", pa.float64()), ("max_gap_ms", pa.float64()), ("state_rate_hz", pa.float64()),
     ("state_jitter_ms", pa.float64()), ("nan_count", pa.int64()), ("quality_issues", pa.list_(pa.string())),
     ("quality_ok", pa.bool_()), ("stream_quality", pa.string()),
+    # Control (lib/episodes/control.py): who drove, which release, how often a person took over.
+    ("control_mode", pa.string()), ("policy_name", pa.string()), ("policy_version", pa.string()),
+    ("policy_onnx_sha256", pa.string()), ("intervention_count", pa.int64()), ("intervention_s", pa.float64()),
 ])
 
 

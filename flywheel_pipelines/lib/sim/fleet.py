@@ -26,6 +26,7 @@ from mcap_ros2.writer import Writer
 
 from flywheel_pipelines.lib import ids
 from flywheel_pipelines.lib.sim.expert import NoisyOperator
+from flywheel_pipelines.lib.sim.field import RobotRelease, mcap_metadata, record_autonomous_episode
 from flywheel_pipelines.lib.sim.msgdefs import MSGDEFS, stamp
 from flywheel_pipelines.lib.sim.robot import (
     JOINT_NAMES,
@@ -204,11 +205,14 @@ def record_episode(
     return t_ns(), outcome
 
 
-def _write_mcap(path: Path, records: list[Record], metadata: dict[str, str]) -> None:
+def _write_mcap(path: Path, records: list[Record], metadata: dict[str, str],
+                extra_metadata: Mapping[str, dict[str, str]] | None = None) -> None:
     with open(path, "wb") as stream:
         writer = Writer(stream)
         schemas = {name: writer.register_msgdef(name, text) for name, text in MSGDEFS.items()}
         writer.add_metadata("recorder", metadata)
+        for name, record in (extra_metadata or {}).items():
+            writer.add_metadata(name, record)
         for r in sorted(records, key=lambda r: (r.log_time, r.topic)):
             writer.write_message(r.topic, schemas[r.datatype], r.message, r.log_time, r.publish_time, r.sequence)
         writer.finish()
@@ -225,9 +229,12 @@ class SimulatedDay:
 
 def simulate_robot_day(
     lake: Lake, profile: RobotProfile, day: str, *, episodes: int, seed: int,
-    encoder_fault: EncoderFault | None = None,
+    encoder_fault: EncoderFault | None = None, release: RobotRelease | None = None,
 ) -> SimulatedDay:
     """Simulate one robot's day and upload its logs (one MCAP per session of 5 episodes).
+
+    With ``release`` the robot runs that release's policy and the operator only takes over when it
+    strays (lib/sim/field.py); without, the operator teleoperates every episode.
 
     ``encoder_fault`` applies only if ``day`` is one of its days; the random streams are the same
     with or without it, so a faulty day differs from its healthy twin by the fault alone.
@@ -250,14 +257,19 @@ def simulate_robot_day(
         for k in range(first, min(first + EPISODES_PER_FILE, episodes)):
             clock = dt.datetime.fromtimestamp(t_ns / _NS, dt.UTC).strftime("%H%M%S")
             episode_id = f"{robot}-{day.replace('-', '')}-{clock}-{k:03d}"
-            end_ns, _ = record_episode(rec, sim, rng, t0_ns=t_ns, episode_id=episode_id,
-                                       operator=str(rng.choice(OPERATORS)), logged_position_offset=logged_offset)
+            operator = str(rng.choice(OPERATORS))
+            if release is not None:
+                end_ns, _ = record_autonomous_episode(rec, sim, rng, t0_ns=t_ns, episode_id=episode_id,
+                                                      operator=operator, release=release, joint_state=_joint_state)
+            else:
+                end_ns, _ = record_episode(rec, sim, rng, t0_ns=t_ns, episode_id=episode_id, operator=operator,
+                                           logged_position_offset=logged_offset)
             t_ns = end_ns + int(rng.uniform(4.0, 15.0) * _NS)
         clock = dt.datetime.fromtimestamp(session_start / _NS, dt.UTC).strftime("%H%M%S")
         name = f"session-{clock}.mcap"
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
-            _write_mcap(path, rec.records, {"robot_id": robot, "recorder": "flywheel-sim"})
+            _write_mcap(path, rec.records, {"robot_id": robot, "recorder": "flywheel-sim"}, mcap_metadata(release))
             key = f"raw/robot={robot}/date={day}/{name}"
             lake.put_raw(key, path)
         keys.append(key)
@@ -279,6 +291,7 @@ def simulate_fleet(
     progress: Callable[[SimulatedDay], None] | None = None,
     encoder_faults: Mapping[str, EncoderFault] | None = None,
     builtin_faults: bool = True,
+    releases: Mapping[str, RobotRelease] | None = None,
 ) -> list[SimulatedDay]:
     """Simulate ``robots`` robots over ``days`` and upload their logs into the lake's raw/ prefix.
 
@@ -296,7 +309,8 @@ def simulate_fleet(
         profile = sample_profile(robot, seed=seed, index=index, faults=builtin_faults)
         fault = (encoder_faults or {}).get(robot)
         for day in days:
-            result = simulate_robot_day(lake, profile, day, episodes=episodes_per_day, seed=seed, encoder_fault=fault)
+            result = simulate_robot_day(lake, profile, day, episodes=episodes_per_day, seed=seed, encoder_fault=fault,
+                                        release=(releases or {}).get(robot))
             out.append(result)
             if progress:
                 progress(result)
