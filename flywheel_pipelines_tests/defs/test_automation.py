@@ -30,9 +30,9 @@ def test_new_episodes_request_one_catalog_refresh_and_nothing_downstream():
         land_episodes(instance, ROBOTS_[:2], DAYS[:1])
         tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         # Most robot-day partitions of episodes are missing, as in any fleet: the catalog still refreshes,
-        # and the lineage index (raw -> episode edges come from the catalog) follows in the same run;
-        # nothing that trains or evaluates starts.
-        assert requested(tick) == {"episode_catalog": 1, "lineage_index": 1}
+        # and what reads only the catalog follows in the same run: the lineage index (raw -> episode
+        # edges) and the field KPIs. Nothing that trains or evaluates starts.
+        assert requested(tick) == {"episode_catalog": 1, "lineage_index": 1, "field_kpis": 1}
         again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
         assert again.total_requested == 0
 
@@ -45,10 +45,10 @@ def test_a_paused_automation_switched_back_on_launches_one_run_not_a_backlog():
         # Paused: 15 robot-days land, one after another, while no tick runs.
         land_episodes(instance, ROBOTS_, DAYS)
         resumed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
-        assert requested(resumed) == {"episode_catalog": 1, "lineage_index": 1}
+        assert requested(resumed) == {"episode_catalog": 1, "lineage_index": 1, "field_kpis": 1}
         # Switched back on with its state lost (a reset sensor): still at most one refresh.
         reset = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-        assert reset.total_requested <= 2  # the catalog and its lineage index, once
+        assert reset.total_requested <= 3  # the catalog, its lineage index and field KPIs, once
 
 
 def test_the_automation_sensor_is_on_from_the_first_deploy():
