@@ -71,6 +71,18 @@ def model_exists(client, model: str) -> bool:
     return True
 
 
+def _model_version(client, model: str, version: str):
+    """The registered model version, or PromotionError naming what does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(model, version)
+    except MlflowException as exc:
+        if _not_found(exc):
+            raise PromotionError(f"registered model {model!r} has no version {version}") from None
+        raise
+
+
 def production_version(client, model: str, *, alias: str = PRODUCTION_ALIAS):
     """The model version the alias points to, or None (no such model, or no alias yet)."""
     from mlflow.exceptions import MlflowException
@@ -189,19 +201,13 @@ def promote(client, lake: Lake, model: str, version: str, *, by: str, reason: st
         PromotionError: no such version, already production, no reason, or its gate did not pass
             (and ``force`` is not set).
     """
-    from mlflow.exceptions import MlflowException
 
     version = str(version)
     if not by.strip():
         raise PromotionError("promotion needs a person (--by / requested_by)")
     if not reason.strip():
         raise PromotionError("promotion needs a reason")
-    try:
-        mv = client.get_model_version(model, version)
-    except MlflowException as exc:
-        if _not_found(exc):
-            raise PromotionError(f"registered model {model!r} has no version {version}") from None
-        raise
+    mv = _model_version(client, model, version)
     current = production_version(client, model, alias=alias)
     if current is not None and str(current.version) == version:
         raise PromotionError(f"{model} version {version} is already {alias}")
@@ -291,17 +297,11 @@ def withdraw(client, lake: Lake, model: str, version: str, *, by: str, reason: s
         PromotionError: no such version, no person or reason, already withdrawn, or the version is
             production now (promote its replacement or roll back first).
     """
-    from mlflow.exceptions import MlflowException
 
     version = str(version)
     if not by.strip() or not reason.strip():
         raise PromotionError("withdrawing a version needs a person (--by / requested_by) and a reason")
-    try:
-        mv = client.get_model_version(model, version)
-    except MlflowException as exc:
-        if _not_found(exc):
-            raise PromotionError(f"registered model {model!r} has no version {version}") from None
-        raise
+    mv = _model_version(client, model, version)
     if mv.tags.get(WITHDRAWN_TAG):
         raise PromotionError(f"{model} version {version} is already withdrawn ({mv.tags[WITHDRAWN_TAG]})")
     current = production_version(client, model, alias=alias)
