@@ -229,6 +229,10 @@ class LocalLake(Lake):
     def path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
+    def scan(self, prefix: str) -> tuple[list[ObjectInfo], list[tuple[str, str]]]:
+        """``list`` and ``refused`` in one walk."""
+        return self._walk(prefix)
+
     def _walk(self, prefix: str) -> tuple[list[ObjectInfo], list[tuple[str, str]]]:
         """Regular files under ``prefix``, and what was refused: symbolic links (to a file or a
         folder, inside the lake or not) and anything that is not a regular file (a FIFO, a

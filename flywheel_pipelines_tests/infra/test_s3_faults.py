@@ -17,3 +17,20 @@ def test_a_hidden_upload_is_warned_about_once(instance, resource, put):  # noqa:
     # said once: the next tick does not repeat it (the cursor remembers)
     second = tick(instance, resource, first.cursor)
     assert json.loads(second.cursor)["ignored"] == ignored
+
+
+def test_a_renamed_upload_is_requested_once(instance, resource, put, s3_client, s3_prefix):  # noqa: F811
+    from flywheel_pipelines_tests.infra.conftest import BUCKET
+    from flywheel_pipelines_tests.infra.test_s3_sensor import launch
+
+    put("r2", DAYS[0], "s-080000.mcap")
+    first = tick(instance, resource)
+    launch(instance, first)
+    old = f"{s3_prefix}/raw/robot=r2/date={DAYS[0]}/s-080000.mcap"
+    s3_client.copy_object(Bucket=BUCKET, Key=old.replace("s-080000", "s-080000-renamed"), CopySource={"Bucket": BUCKET, "Key": old})
+    s3_client.delete_object(Bucket=BUCKET, Key=old)
+    second = tick(instance, resource, first.cursor)
+    assert [r.partition_key for r in second.run_requests] == [pk("r2", DAYS[0])]
+    launch(instance, second)
+    assert tick(instance, resource, second.cursor).run_requests == []
+    assert tick(instance, resource, None).run_requests == []  # a restart re-derives keys that have runs
