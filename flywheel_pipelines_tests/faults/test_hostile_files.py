@@ -44,7 +44,7 @@ def test_a_chunk_above_the_configured_limit_is_refused_with_a_reason(tmp_path, m
 def test_a_1_gib_zstd_chunk_is_refused_without_allocating_it(tmp_path):
     """The issue's case: a small file holding a 1 GiB zstd chunk, read in a fresh process."""
     bomb = _write(tmp_path / "bomb.mcap", payload=b"\x00" * (1 << 30), chunk_size=2 << 30)
-    assert bomb.stat().st_size < 1 << 20 and (1 << 30) > DEFAULT_MAX_CHUNK_BYTES
+    assert bomb.stat().st_size < 1 << 20 and DEFAULT_MAX_CHUNK_BYTES < (1 << 30)
     # VmHWM, not ru_maxrss: ru_maxrss survives exec and would count this (forked) test process.
     code = ("import json, sys\nfrom flywheel_pipelines.lib.rosbag.manifest import inspect_log\n"
             "m = inspect_log(sys.argv[1])\n"

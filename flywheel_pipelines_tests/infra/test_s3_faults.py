@@ -27,7 +27,8 @@ def test_a_renamed_upload_is_requested_once(instance, resource, put, s3_client, 
     first = tick(instance, resource)
     launch(instance, first)
     old = f"{s3_prefix}/raw/robot=r2/date={DAYS[0]}/s-080000.mcap"
-    s3_client.copy_object(Bucket=BUCKET, Key=old.replace("s-080000", "s-080000-renamed"), CopySource={"Bucket": BUCKET, "Key": old})
+    s3_client.copy_object(Bucket=BUCKET, Key=old.replace("s-080000", "s-080000-renamed"),
+                          CopySource={"Bucket": BUCKET, "Key": old})
     s3_client.delete_object(Bucket=BUCKET, Key=old)
     second = tick(instance, resource, first.cursor)
     assert [r.partition_key for r in second.run_requests] == [pk("r2", DAYS[0])]
