@@ -63,3 +63,17 @@ def test_statistics_claiming_impossible_counts_are_damage_not_a_loss(tmp_path):
     assert "more than the file can hold" in manifest.reason
     assert manifest.lost_messages is None or manifest.lost_messages < 10
     assert manifest.message_count == 10
+
+
+def test_a_bag_whose_metadata_claims_impossible_counts_is_damage_not_a_loss(tmp_path):
+    import re
+
+    from flywheel_pipelines_tests.lib.test_manifest import write_rosbag2_folder
+
+    folder = tmp_path / "bag"
+    write_rosbag2_folder(folder, parts=1)
+    meta = folder / "metadata.yaml"
+    meta.write_text(re.sub(r"message_count: \d+", f"message_count: {2**63}", meta.read_text()))
+    manifest = inspect_log(folder, key="raw/bag/")
+    assert manifest.verdict == "recovered" and "impossible for" in manifest.reason
+    assert manifest.lost_messages is None and manifest.message_count > 0
