@@ -112,6 +112,8 @@ def test_a_real_daemon_marks_a_run_whose_worker_got_kill_9_failed(tmp_path):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_DISABLE_TELEMETRY": "1",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": os.pathsep.join(sys.path)}
+    with dg.DagsterInstance.from_config(str(home)):
+        pass  # the SQLite storage is created here, not by the daemon and the launcher at once
     log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 - closed below
     daemon = subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)], env=env, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
