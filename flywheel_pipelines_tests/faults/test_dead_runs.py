@@ -134,6 +134,12 @@ def test_a_real_daemon_marks_a_run_whose_worker_got_kill_9_failed(tmp_path):
                 time.sleep(1)
             assert worker is not None, (tmp_path / "daemon.log").read_text()[-3000:]
             run_id, pid = worker
+            # kill -9 the worker and the code server that started it (as when `dagster dev` or the
+            # machine's OOM killer takes both): nobody is left to report the run's end. (A worker
+            # killed alone is reported by its live code server, with or without monitoring.)
+            with open(f"/proc/{pid}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            os.kill(parent, signal.SIGKILL)
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 120
             while instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED and time.monotonic() < deadline:
