@@ -12,7 +12,7 @@ LEROBOT_STAMP := $(LEROBOT_VENV)/.installed-$(shell cksum $(LEROBOT_REQS) | cut 
 export FLYWHEEL_HOME ?= $(CURDIR)/.flywheel
 export DAGSTER_HOME ?= $(FLYWHEEL_HOME)/dagster_home
 
-.PHONY: install lerobot-env browser demo drill test test-fast dev bench lint clean
+.PHONY: install lerobot-env browser demo drill test test-fast test-faults dev bench lint clean
 
 # pip's own output is off (hundreds of lines); `make install PIP_QUIET=` shows it.
 PIP_QUIET ?= --quiet
@@ -68,6 +68,10 @@ test: install lerobot-env browser
 ## The suite without the slow end-to-end tests
 test-fast: install lerobot-env
 	$(BIN)/pytest -m "not slow"
+
+## Only the fault-injection suite (docs/reliability.md); `make test` runs it too
+test-faults: install
+	$(BIN)/pytest flywheel_pipelines_tests/faults flywheel_pipelines_tests/infra/test_s3_fault_proxy.py flywheel_pipelines_tests/infra/test_s3_faults.py
 
 ## The Dagster UI on the same code location and lake as the demo
 dev: install

@@ -229,6 +229,10 @@ class LocalLake(Lake):
     def path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
+    def scan(self, prefix: str) -> tuple[list[ObjectInfo], list[tuple[str, str]]]:
+        """``list`` and ``refused`` in one walk."""
+        return self._walk(prefix)
+
     def _walk(self, prefix: str) -> tuple[list[ObjectInfo], list[tuple[str, str]]]:
         """Regular files under ``prefix``, and what was refused: symbolic links (to a file or a
         folder, inside the lake or not) and anything that is not a regular file (a FIFO, a
@@ -387,6 +391,8 @@ _CONFLICT = frozenset({"409", "ConditionalRequestConflict"})
 # so list() never shows them.
 FOLDER_MANIFEST = ".lake-folder.json"
 FOLDER_PENDING = ".lake-folder.pending"
+# A republished folder's files, under a hidden prefix the folder manifest points at.
+_GENERATION_PREFIX = ".gen-"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MiB = 1 << 20
 
@@ -440,10 +446,10 @@ class S3Lake(Lake):
       without its manifest as absent, ``local_dir`` fetches exactly the files the manifest names
       with ``If-Match: <etag>`` (a concurrent republish makes it fail loudly instead of mixing two
       versions), and ``list`` hides every object of a folder whose pending marker is in the listing.
-      A republish (``replace=True``) removes the old manifest first, so the folder is absent, not
-      half-old half-new, while it is rewritten; objects of the old version that the new one lacks
-      are deleted before the new manifest appears. Single-key readers (``read_bytes`` on one file
-      of the folder) see each file as soon as its PUT completes.
+      A republish (``replace=True``) is never absent: the new files go to a hidden generation
+      prefix, one PUT of the manifest switches to them, then they are copied onto their plain
+      keys (``_republish``). Single-key readers (``read_bytes`` on one file of the folder) see
+      each file old or new, whole.
     - ``local_path`` and ``local_dir`` stream objects to a temporary folder, removed on exit.
 
     Args:
@@ -646,7 +652,10 @@ class S3Lake(Lake):
             for name, info in sorted(manifest["files"].items()):
                 # The manifest is an object in the bucket: its names become local paths only once valid.
                 _check_key(name)
-                jobs.append((f"{rel}/{name}", root / name, info["etag"]))
+                stored = _check_key(info.get("key", name))
+                if stored != name and not (stored.startswith(_GENERATION_PREFIX) and stored.endswith("/" + name)):
+                    raise LakeError(f"{self.uri(rel)}: folder manifest names {stored!r} for {name!r}")
+                jobs.append((f"{rel}/{stored}", root / name, info["etag"]))
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 for future in [pool.submit(self._download, key, dest, if_match=etag) for key, dest, etag in jobs]:
                     future.result()
@@ -663,6 +672,8 @@ class S3Lake(Lake):
         files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
         for name in files:
             _check_key(f"{rel}/{name}")
+        if replace and self._read_folder_manifest(rel) is not None:
+            return self._republish(rel, local_dir, files)
         pending = f"{rel}/{FOLDER_PENDING}"
         self._put_small(pending, json.dumps({"started": time.time()}).encode())
         faults.point("s3.publish_dir.pending")
@@ -678,6 +689,32 @@ class S3Lake(Lake):
         self._put_small(manifest_key, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         faults.point("s3.publish_dir.published")
         self._delete([pending])
+        return True
+
+    def _republish(self, rel: str, local_dir: Path, files: list[str]) -> bool:
+        """Replaces a published folder so that it is never absent: the new files go to a hidden
+        generation prefix, one PUT of the folder manifest switches ``local_dir``/``exists``
+        readers to them, then each file is copied onto its plain key (single-key readers see each
+        file old or new, whole) and the previous generation is deleted. A kill anywhere leaves
+        the old or the new manifest, each naming complete objects; the next publish of the
+        prefix removes what a killed one left."""
+        generation = f"{_GENERATION_PREFIX}{uuid.uuid4().hex}"
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            etags = dict(zip(files, pool.map(lambda n: self._upload(f"{rel}/{generation}/{n}", local_dir / n), files),
+                             strict=True))
+        faults.point("s3.publish_dir.uploaded")
+        manifest = {"files": {n: {"size": (local_dir / n).stat().st_size, "etag": etags[n], "key": f"{generation}/{n}"}
+                              for n in files}}
+        self._put_small(f"{rel}/{FOLDER_MANIFEST}", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        faults.point("s3.publish_dir.published")
+        for n in files:
+            try:
+                self.client.copy_object(Bucket=self.bucket, Key=self._full(f"{rel}/{n}"),
+                                        CopySource={"Bucket": self.bucket, "Key": self._full(f"{rel}/{generation}/{n}")})
+            except Exception as exc:
+                raise self._fail(f"{rel}/{n}", "copy", exc) from exc
+        keep = {f"{rel}/{n}" for n in files} | {f"{rel}/{generation}/{n}" for n in files} | {f"{rel}/{FOLDER_MANIFEST}"}
+        self._delete([o.key for o in self._iter_all(rel + "/") if o.key not in keep])
         return True
 
     def _put_small(self, rel: str, data: bytes) -> None:

@@ -5,11 +5,13 @@ process killed with SIGKILL; the monitoring pass is Dagster's own (the daemon's 
 the catalog's automation is evaluated before and after.
 """
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,3 +96,62 @@ def test_a_zombie_or_a_reused_pid_is_not_a_live_worker():
     me = os.getpid()
     assert process_alive(me, time.time())
     assert not process_alive(me, time.time() - 10 ** 7)  # this pid was reported long before this process started
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_real_daemon_marks_a_run_whose_worker_got_kill_9_failed(tmp_path):
+    """The issue's repro end to end: the repo-root dagster.yaml, a real dagster-daemon, a run
+    launched through the queue and the code server, its worker killed with -9."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(f"load_from:\n  - python_file:\n      relative_path: {Path(__file__).parent / 'sleepy_defs.py'}\n"
+                         "      location_name: sleepy\n")
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_DISABLE_TELEMETRY": "1",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": os.pathsep.join(sys.path)}
+    with dg.DagsterInstance.from_config(str(home)):
+        pass  # the SQLite storage is created here, not by the daemon and the launcher at once
+    log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 - closed below
+    daemon = subprocess.Popen([str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)], env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    worker = None
+    try:
+        launched = subprocess.run([str(bin_dir / "dagster"), "job", "launch", "-w", str(workspace), "-j", "sleepy_job"],
+                                  env=env, capture_output=True, text=True, timeout=120)
+        assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-2000:]
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            deadline = time.monotonic() + 240
+            while worker is None and time.monotonic() < deadline:
+                for run in instance.get_runs():
+                    if run.status == dg.DagsterRunStatus.STARTED:
+                        from flywheel_pipelines.run_launcher import worker_pid
+
+                        found = worker_pid(instance, run.run_id)
+                        worker = (run.run_id, found[0]) if found else None
+                time.sleep(1)
+            assert worker is not None, (tmp_path / "daemon.log").read_text()[-3000:]
+            run_id, pid = worker
+            # kill -9 the worker and the code server that started it (as when `dagster dev` or the
+            # machine's OOM killer takes both): nobody is left to report the run's end. (A worker
+            # killed alone is reported by its live code server, with or without monitoring.)
+            with open(f"/proc/{pid}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            os.kill(parent, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 120
+            while instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED and time.monotonic() < deadline:
+                time.sleep(1)
+            assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE, \
+                (tmp_path / "daemon.log").read_text()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait(10)
+        log.close()

@@ -44,7 +44,7 @@ def test_a_chunk_above_the_configured_limit_is_refused_with_a_reason(tmp_path, m
 def test_a_1_gib_zstd_chunk_is_refused_without_allocating_it(tmp_path):
     """The issue's case: a small file holding a 1 GiB zstd chunk, read in a fresh process."""
     bomb = _write(tmp_path / "bomb.mcap", payload=b"\x00" * (1 << 30), chunk_size=2 << 30)
-    assert bomb.stat().st_size < 1 << 20 and (1 << 30) > DEFAULT_MAX_CHUNK_BYTES
+    assert bomb.stat().st_size < 1 << 20 and DEFAULT_MAX_CHUNK_BYTES < (1 << 30)
     # VmHWM, not ru_maxrss: ru_maxrss survives exec and would count this (forked) test process.
     code = ("import json, sys\nfrom flywheel_pipelines.lib.rosbag.manifest import inspect_log\n"
             "m = inspect_log(sys.argv[1])\n"
@@ -63,3 +63,17 @@ def test_statistics_claiming_impossible_counts_are_damage_not_a_loss(tmp_path):
     assert "more than the file can hold" in manifest.reason
     assert manifest.lost_messages is None or manifest.lost_messages < 10
     assert manifest.message_count == 10
+
+
+def test_a_bag_whose_metadata_claims_impossible_counts_is_damage_not_a_loss(tmp_path):
+    import re
+
+    from flywheel_pipelines_tests.lib.test_manifest import write_rosbag2_folder
+
+    folder = tmp_path / "bag"
+    write_rosbag2_folder(folder, parts=1)
+    meta = folder / "metadata.yaml"
+    meta.write_text(re.sub(r"message_count: \d+", f"message_count: {2**63}", meta.read_text()))
+    manifest = inspect_log(folder, key="raw/bag/")
+    assert manifest.verdict == "recovered" and "impossible for" in manifest.reason
+    assert manifest.lost_messages is None and manifest.message_count > 0

@@ -67,7 +67,8 @@ def _published(lake: LocalLake, robot: str) -> dict[str, bytes]:
     ("topic: /arm/command", "topic: /arm/cmd", "mapped topic /arm/cmd has no message in any file"),
     ("gripper.width]", "gripper.widht]", "field gripper.widht does not exist"),
     # 6 positions + the gripper: 7 values, 6 names. The names cover every field, so only the log tells.
-    (", gripper.width]", "]", "'action' (topic /arm/command): fields position, gripper.width give 7 (position: 6 + gripper.width: 1)"),
+    (", gripper.width]", "]",
+     "'action' (topic /arm/command): fields position, gripper.width give 7 (position: 6 + gripper.width: 1)"),
 ])
 def test_a_mapping_that_does_not_fit_the_log_fails_and_leaves_the_partition_as_it_was(tmp_path, old, new, problem):
     lake = LocalLake(tmp_path / "lake")

@@ -107,3 +107,15 @@ def test_a_tick_hashes_only_changed_robot_days(lake, monkeypatch):
         assert _partitions(second, first) == [robot_day_key("r406", DAY)]
         # r407 did not change: not hashed (r406/e.mcap is re-read with its changed robot-day)
         assert "robot=r407" not in {p.parent.parent.name for p in hashed}
+
+
+def test_a_restarted_sensor_loses_nothing_and_duplicates_nothing(lake):
+    (_day(lake, "r408") / "g.mcap").write_bytes(b"one")
+    with dg.instance_for_test() as instance:
+        first = tick(instance, lake)
+        restarted = tick(instance, lake, None)  # cursor lost: same run keys (Dagster starts one run per key)
+        assert [r.run_key for r in restarted.run_requests] == [r.run_key for r in first.run_requests]
+        time.sleep(0.05)
+        (_day(lake, "r408") / "retry-g.mcap").write_bytes(b"one")  # the same bytes under a second name
+        again = tick(instance, lake, first.cursor)
+        assert _partitions(again, first) == [robot_day_key("r408", DAY)]  # one run: the day's content changed

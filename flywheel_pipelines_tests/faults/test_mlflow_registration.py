@@ -32,7 +32,9 @@ with mlflow.start_run() as run:
 
 
 def _train(uri: str, policy_version: str, kill: bool) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    # Only this test's store: no MLFLOW_* setting (experiment id, tracking URI) another test left behind.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update({"PYTHONPATH": os.pathsep.join(sys.path), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
     env.pop(faults.ENV, None)
     if kill:
         env[faults.ENV] = "mlflow.registered"

@@ -312,20 +312,27 @@ class _DiesUploading:
         return self._client.put_object(**kwargs)
 
 
-def test_a_killed_republish_leaves_the_folder_absent_not_mixed(s3_lake, tmp_path):
+def test_a_killed_republish_leaves_the_old_folder_whole_never_absent(s3_lake, tmp_path):
+    """Issue #16: a republish killed before its manifest used to leave the folder absent (a catalog
+    refresh then read 5 of 6 robot-days); now the old version stays, whole, for every reader."""
     prefix = "episodes/robot=r1/date=2026-03-02"
     s3_lake.publish_dir(prefix, _folder(tmp_path, "v1", {"a": b"old-a", "b": b"old-b"}))
     dying = S3Lake(_DiesUploading(s3_lake.client, "b"), BUCKET, s3_lake.prefix, workers=1)
     with pytest.raises(LakeError, match="killed"):
         dying.publish_dir(prefix, _folder(tmp_path, "v2", {"a": b"new-a", "b": b"new-b"}), replace=True)
-    assert s3_lake.read_bytes(f"{prefix}/a") == b"new-a"  # one file of the new version had landed...
-    assert not s3_lake.exists(prefix)  # ...but the folder is absent, not half old and half new
-    with pytest.raises(LakeError, match="does not exist"), s3_lake.local_dir(prefix):
-        pass
-    assert _keys(s3_lake, "episodes/") == []
+    assert s3_lake.exists(prefix)
+    assert s3_lake.read_bytes(f"{prefix}/a") == b"old-a"
+    with s3_lake.local_dir(prefix) as folder:
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == {"a": b"old-a", "b": b"old-b"}
+    assert _keys(s3_lake, "episodes/") == [f"{prefix}/a", f"{prefix}/b"]
     assert s3_lake.publish_dir(prefix, _folder(tmp_path, "v3", {"a": b"new-a", "b": b"new-b"}), replace=True)
     with s3_lake.local_dir(prefix) as folder:
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == {"a": b"new-a", "b": b"new-b"}
+    assert s3_lake.read_bytes(f"{prefix}/b") == b"new-b"
+    # nothing of the killed attempt or of the old version is left, hidden or not
+    leftovers = [o["Key"] for o in s3_lake.client.list_objects_v2(Bucket=BUCKET, Prefix=f"{s3_lake.prefix}/{prefix}/")
+                 .get("Contents", [])]
+    assert sum(".gen-" in k for k in leftovers) == 2 and len(leftovers) == 5  # a, b, the generation's a, b, manifest
 
 
 def test_local_dir_refuses_a_folder_changed_under_its_manifest(s3_lake, tmp_path):

@@ -511,4 +511,5 @@ def test_folder_whose_storage_file_is_not_a_bag_is_rejected(tmp_path: Path) -> N
     manifest = inspect_log(folder, key="raw/session")
 
     assert manifest.verdict == "rejected"
-    assert manifest.reason.startswith("raw/session: session_0.mcap: neither MCAP nor SQLite (no known magic bytes at its start; it looks like a ZIP archive)")
+    assert manifest.reason.startswith("raw/session: session_0.mcap: neither MCAP nor SQLite "
+                                      "(no known magic bytes at its start; it looks like a ZIP archive)")

@@ -123,7 +123,8 @@ def plan_runs(lake: Lake, cursor: dict, *, known_robots: set[str], already_inges
     """
     today = today or _utc_today()
     watermark = int(cursor.get("watermark_ns", 0))
-    objects = lake.list(RAW_PREFIX)
+    # One walk of raw/: the files, and what is refused (symbolic links, special files).
+    objects, refused = lake.scan(RAW_PREFIX) if isinstance(lake, LocalLake) else (lake.list(RAW_PREFIX), [])
     touched: set[tuple[str, str]] = set()
     skipped = []
     by_partition: dict[tuple[str, str], list[ObjectInfo]] = defaultdict(list)
@@ -160,7 +161,6 @@ def plan_runs(lake: Lake, cursor: dict, *, known_robots: set[str], already_inges
         if fresh:
             touched.add((robot, day))
     # Symbolic links and special files are never listed nor read; each is named once, when it appears.
-    refused = lake.refused(RAW_PREFIX)
     refused_digest = hashlib.sha256(json.dumps(refused).encode()).hexdigest()[:16] if refused else ""
     if refused_digest != cursor.get("refused", ""):
         skipped.extend(f"{key}: {why}" for key, why in refused)

@@ -627,7 +627,8 @@ def _read_folder(folder: Path, label: str, *, topics=None, sink=None, batch_byte
         if lost_range is not None:
             reading.lost_ranges.append(lost_range)
     if info is not None:
-        _compare_with_metadata(reading, info, bounds, topics)
+        capacity = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) * _MAX_MESSAGES_PER_BYTE
+        _compare_with_metadata(reading, info, bounds, topics, capacity=capacity)
     return reading
 
 
@@ -741,8 +742,13 @@ def _load_metadata(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return info, None
 
 
+# A stored message takes at least 31 bytes before compression, and zstd compresses no better
+# than ~32,000:1: no file holds more than about a thousand messages per byte.
+_MAX_MESSAGES_PER_BYTE = 1100
+
+
 def _compare_with_metadata(reading: _Reading, info: dict[str, Any], bounds: tuple[int, int] | None,
-                           topics: frozenset[str] | None = None) -> None:
+                           topics: frozenset[str] | None = None, *, capacity: int | None = None) -> None:
     """Checks the counts read against ``metadata.yaml``, which then decides the loss.
 
     When messages are missing and the bag's own first or last message time lies outside what
@@ -757,6 +763,13 @@ def _compare_with_metadata(reading: _Reading, info: dict[str, Any], bounds: tupl
         reading.topic(name, meta.get("type", ""), meta.get("serialization_format", ""))
         expected[name] = expected.get(name, 0) + int(entry.get("message_count") or 0)
     if not expected:
+        return
+    claimed = sum(expected.values())
+    if any(n < 0 for n in expected.values()) or (capacity is not None and claimed > capacity):
+        size = capacity // _MAX_MESSAGES_PER_BYTE if capacity else 0
+        reading.problems.append(f"metadata.yaml claims {claimed} messages, impossible for {size} bytes of storage: "
+                                "damaged counts, not used")
+        reading.lost = None
         return
     read = {name: acc.count for name, acc in reading.topics.items()}
     missing = {t: n - read.get(t, 0) for t, n in expected.items() if n > read.get(t, 0)}
