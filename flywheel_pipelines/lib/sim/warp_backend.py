@@ -43,6 +43,13 @@ def _import_warp():
 
 def cuda_available() -> bool:
     """Whether Warp sees a CUDA device (False when warp is not installed)."""
+    import ctypes.util
+    import os
+
+    # No NVIDIA driver on this host: say so without initializing Warp, which would only print
+    # "Could not find or load the NVIDIA CUDA driver" (in every CPU evaluation, the demo's too).
+    if not os.path.exists("/dev/nvidiactl") and ctypes.util.find_library("cuda") is None:
+        return False
     try:
         wp, _ = _import_warp()
     except RuntimeError:
