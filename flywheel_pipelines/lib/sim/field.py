@@ -25,7 +25,7 @@ from flywheel_pipelines.lib.episodes.control import AUTONOMOUS, MCAP_METADATA, P
 from flywheel_pipelines.lib.evaluation.policies import OnnxPolicy, check_interface
 from flywheel_pipelines.lib.rollout import deployments
 from flywheel_pipelines.lib.sim.expert import NoisyOperator
-from flywheel_pipelines.lib.sim.msgdefs import stamp
+from flywheel_pipelines.lib.sim.msgdefs import goal_point
 from flywheel_pipelines.lib.sim.robot import (
     CONTROL_HZ,
     MAX_EPISODE_STEPS,
@@ -104,9 +104,7 @@ def record_autonomous_episode(rec, sim: ArmSim, rng: np.random.Generator, *, t0_
     held, outcome, taken_over = 0, "failure", False
     for step in range(MAX_EPISODE_STEPS):
         if step % 10 == 0:
-            point = {"x": float(goal[0]), "y": float(goal[1]), "z": 0.0}
-            rec.publish("/goal", "geometry_msgs/msg/PointStamped",
-                        {"header": {"stamp": stamp(t_ns()), "frame_id": "base"}, "point": point}, t_ns())
+            rec.publish("/goal", "geometry_msgs/msg/PointStamped", goal_point(t_ns(), goal), t_ns())
         obs = sim.observation()
         if not taken_over and step >= WATCH_STEPS:
             error = errors[-1]

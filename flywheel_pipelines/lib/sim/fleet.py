@@ -27,7 +27,7 @@ from mcap_ros2.writer import Writer
 from flywheel_pipelines.lib import ids
 from flywheel_pipelines.lib.sim.expert import NoisyOperator
 from flywheel_pipelines.lib.sim.field import RobotRelease, mcap_metadata, record_autonomous_episode
-from flywheel_pipelines.lib.sim.msgdefs import MSGDEFS, stamp
+from flywheel_pipelines.lib.sim.msgdefs import MSGDEFS, goal_point, stamp
 from flywheel_pipelines.lib.sim.robot import (
     JOINT_NAMES,
     MAX_EPISODE_STEPS,
@@ -177,9 +177,7 @@ def record_episode(
     held, outcome, in_intervention = 0, "failure", False
     for step in range(MAX_EPISODE_STEPS):
         if step % 10 == 0:
-            point = {"x": float(goal[0]), "y": float(goal[1]), "z": 0.0}
-            rec.publish("/goal", "geometry_msgs/msg/PointStamped",
-                        {"header": {"stamp": stamp(t_ns()), "frame_id": "base"}, "point": point}, t_ns())
+            rec.publish("/goal", "geometry_msgs/msg/PointStamped", goal_point(t_ns(), goal), t_ns())
         obs = sim.observation()
         lapsing = step < lapse_steps and not (intervene and step >= lapse_steps // 2)
         if intervene and step == lapse_steps // 2:

@@ -30,3 +30,9 @@ MSGDEFS: dict[str, str] = {
 def stamp(ns: int) -> dict:
     """A builtin_interfaces/Time from int64 nanoseconds."""
     return {"sec": ns // 1_000_000_000, "nanosec": ns % 1_000_000_000}
+
+
+def goal_point(ns: int, goal) -> dict:
+    """The geometry_msgs/PointStamped a robot publishes on /goal (a goal in the base plane)."""
+    return {"header": {"stamp": stamp(ns), "frame_id": "base"},
+            "point": {"x": float(goal[0]), "y": float(goal[1]), "z": 0.0}}
