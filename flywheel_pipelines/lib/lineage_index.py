@@ -360,16 +360,7 @@ class LineageResult:
         return [(r, d, n) for (r, d), n in sorted(counts.items())]
 
     def count(self, kind: str) -> int:
-        seen: set[tuple[str, str]] = set()
-
-        def walk(nodes: Iterable[ArtifactNode]) -> None:
-            for n in nodes:
-                if n.kind == kind:
-                    seen.add((n.name, n.version))
-                walk(n.children)
-
-        walk(self.downstream)
-        return len(seen)
+        return len({(n.name, n.version) for n in walk(self.downstream) if n.kind == kind})
 
 
 class _Index:
@@ -379,6 +370,7 @@ class _Index:
         self.store = store
         self.meta: dict | None = None
         self.withdrawn_policies: set[tuple[str, str]] = set()  # set by query() from the promotion log
+        self._aliases: dict[str, tuple[str | None, set[str]]] | None = None
         artifacts = {"datasets": [], "policies": [], "evals": [], "releases": []}
         if store.exists(f"{INDEX_PREFIX}/{INDEX_META}"):
             self.meta = store.read_json(f"{INDEX_PREFIX}/{INDEX_META}")
@@ -451,27 +443,29 @@ class _Index:
             table = table.filter(_mask(table, filters))
         return table.select(columns) if columns else table
 
+    def _alias_states(self) -> dict[str, tuple[str | None, set[str]]]:
+        """Each registered model's (production version, withdrawn versions): one log read each."""
+        if self._aliases is None:
+            models = {p["registered_model"] for p in self.policies.values() if p.get("registered_model")}
+            self._aliases = {model: alias_state(self.store, model) for model in sorted(models)}
+        return self._aliases
+
     def withdrawn(self) -> set[tuple[str, str]]:
         """Policies whose registered version was withdrawn (and not promoted again since)."""
-        out: set[tuple[str, str]] = set()
-        models = {p["registered_model"] for p in self.policies.values() if p.get("registered_model")}
-        for model in sorted(models):
-            versions = withdrawn_versions(self.store, model)
-            out |= {(p["name"], p["version"]) for p in self.policies.values()
-                    if p.get("registered_model") == model and p.get("registered_version") in versions}
-        return out
+        states = self._alias_states()
+        return {(p["name"], p["version"]) for p in self.policies.values()
+                if p.get("registered_model") in states
+                and p.get("registered_version") in states[p["registered_model"]][1]}
 
     def production(self) -> dict[tuple[str, str], str]:
         """Policies holding the production alias now: {(name, version): "registered <model> v<n>"}."""
+        states = self._alias_states()
         out = {}
-        models = {p["registered_model"] for p in self.policies.values() if p.get("registered_model")}
-        for model in sorted(models):
-            version = production_version(self.store, model)
-            if version is None:
-                continue
-            for p in self.policies.values():
-                if p.get("registered_model") == model and p.get("registered_version") == version:
-                    out[(p["name"], p["version"])] = f"registered {model} v{version}"
+        for p in self.policies.values():
+            model = p.get("registered_model")
+            version = states[model][0] if model in states else None
+            if version is not None and p.get("registered_version") == version:
+                out[(p["name"], p["version"])] = f"registered {model} v{version}"
         return out
 
 
@@ -511,32 +505,34 @@ def _doc_key(doc: dict) -> str:
     return release_edge_key(doc["name"], doc["version"])
 
 
-def production_version(store: Lake, model: str) -> str | None:
-    """The registered-model version holding the production alias now, from the promotion log.
+def alias_state(store: Lake, model: str) -> tuple[str | None, set[str]]:
+    """(the registered version holding the production alias now, the versions withdrawn by on-call
+    and not promoted again since), from one read of the append-only promotion log.
 
-    The log is append-only and its object names sort by time (``registry.read_log`` reads them in
-    that order). The newest promotion or rollback says where the alias points; a withdrawal after
-    it does not move the alias, so entries are read newest first until a move is found.
+    The newest promotion or rollback says where the alias points; a withdrawal does not move the
+    alias, and a (forced) re-promotion brings a withdrawn version back.
     """
-    keys = sorted(o.key for o in store.list(registry.log_prefix(ids.name(model, what="model")) + "/")
-                  if o.key.endswith(".json"))
-    for key in reversed(keys):
-        entry = store.read_json(key)
-        if entry.get("action") in ("promote", "rollback"):
-            return str(entry["version"])
-    return None
+    production: str | None = None
+    withdrawn: set[str] = set()
+    for entry in registry.read_log(store, ids.name(model, what="model")):
+        version = str(entry["version"])
+        if entry.get("action") == "withdraw":
+            withdrawn.add(version)
+        elif entry.get("action") in ("promote", "rollback"):
+            production = version
+            if entry["action"] == "promote":
+                withdrawn.discard(version)
+    return production, withdrawn
+
+
+def production_version(store: Lake, model: str) -> str | None:
+    """The registered-model version holding the production alias now, from the promotion log."""
+    return alias_state(store, model)[0]
 
 
 def withdrawn_versions(store: Lake, model: str) -> set[str]:
-    """Registered versions of ``model`` withdrawn by on-call (``registry.withdraw``) and not
-    promoted again since (a forced re-promotion brings a version back)."""
-    out: set[str] = set()
-    for entry in registry.read_log(store, ids.name(model, what="model")):
-        if entry.get("action") == "withdraw":
-            out.add(str(entry["version"]))
-        elif entry.get("action") == "promote":
-            out.discard(str(entry["version"]))
-    return out
+    """Registered versions of ``model`` withdrawn by on-call and not promoted again since."""
+    return alias_state(store, model)[1]
 
 
 def _split_ref(value: str, what: str) -> tuple[str, str]:
@@ -872,7 +868,7 @@ def render_tree(result: LineageResult, *, max_robot_days: int = 12, max_raw_file
         lines.append(f"    raw {f.sha256[:16] if f.sha256 else '-':<16}  {f.key}  ({f.episodes} episodes)")
     if len(result.raw_files) > max_raw_files:
         lines.append(f"    ... and {len(result.raw_files) - max_raw_files} more raw files (--json lists all)")
-    in_prod = sum(1 for n in _walk(result.downstream) if n.production and n.kind in ("policy", "release"))
+    in_prod = sum(1 for n in walk(result.downstream) if n.production and n.kind in ("policy", "release"))
     lines.append(f"  downstream: {result.count('dataset')} datasets, {result.count('policy')} policies, "
                  f"{result.count('evaluation')} evaluations, {result.count('release')} releases"
                  f" ({in_prod} in production)")
@@ -891,10 +887,11 @@ def render_tree(result: LineageResult, *, max_robot_days: int = 12, max_raw_file
     return "\n".join(lines)
 
 
-def _walk(nodes: Iterable[ArtifactNode]):
+def walk(nodes: Iterable[ArtifactNode]):
+    """Every node of the trees, depth first."""
     for n in nodes:
         yield n
-        yield from _walk(n.children)
+        yield from walk(n.children)
 
 
 def to_json(result: LineageResult) -> dict:

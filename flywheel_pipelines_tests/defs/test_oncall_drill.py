@@ -75,14 +75,8 @@ def test_reverse_lineage_from_a_bad_raw_file_names_the_bad_release_only(drilled)
     # ... while a healthy robot's lineage reaches both releases.
     healthy = LocalLake(drilled.lake)
     both = lineage_index.query(healthy, robot="r101")
-    releases = {f"{n.name}/{n.version}" for n in _walk(both.downstream) if n.kind == "release"}
+    releases = {f"{n.name}/{n.version}" for n in lineage_index.walk(both.downstream) if n.kind == "release"}
     assert releases == {r["bad_release"], r["new_release"]}
-
-
-def _walk(nodes):
-    for n in nodes:
-        yield n
-        yield from _walk(n.children)
 
 
 def test_production_ends_on_the_new_release_and_the_bad_one_is_withdrawn(drilled):

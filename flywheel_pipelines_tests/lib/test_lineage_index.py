@@ -107,7 +107,7 @@ def fleet(tmp_path) -> LocalLake:
 
 def names(nodes, kind) -> set[str]:
     out = set()
-    for n in li._walk(nodes):
+    for n in li.walk(nodes):
         if n.kind == kind:
             out.add(f"{n.name}/{n.version}")
     return out
@@ -128,7 +128,7 @@ def test_downstream_of_raw_robot_and_episode(fleet, selector, datasets, episodes
     assert len(result.episodes) == episodes
     policies = {"reach/v1": "reach-bc/p1", "reach/v2": "reach-bc/p2", "grasp/g1": "grasp-bc/q1"}
     assert names(result.downstream, "policy") == {policies[d] for d in datasets}
-    prod = {f"{n.kind} {n.name}/{n.version}" for n in li._walk(result.downstream) if n.production}
+    prod = {f"{n.kind} {n.name}/{n.version}" for n in li.walk(result.downstream) if n.production}
     assert prod == ({"policy reach-bc/p2", "release reach-bc/p2"} if "reach/v2" in datasets else set())
 
 
@@ -165,14 +165,14 @@ def test_production_follows_the_promotion_log(fleet):
     assert li.query(fleet, robot="r1").production == ("policy reach-bc/p2 (registered reach-bc v2)",)
     promote(fleet, "reach-bc", "1", minute=2, action="rollback")
     result = li.query(fleet, robot="r1")  # read at query time: no re-index needed
-    prod = {f"{n.kind} {n.name}/{n.version}" for n in li._walk(result.downstream) if n.production}
+    prod = {f"{n.kind} {n.name}/{n.version}" for n in li.walk(result.downstream) if n.production}
     assert prod == {"policy reach-bc/p1", "release reach-bc/p1"}
     assert li.production_version(fleet, "grasp-bc") is None
     # A withdrawal does not move the alias: production stays where the last promotion put it.
     promote(fleet, "reach-bc", "2", minute=3, action="withdraw")
     assert li.production_version(fleet, "reach-bc") == "1"
     marked = li.query(fleet, robot="r1")
-    assert {f"{n.kind} {n.name}/{n.version}" for n in li._walk(marked.downstream) if n.detail.get("withdrawn")} == {
+    assert {f"{n.kind} {n.name}/{n.version}" for n in li.walk(marked.downstream) if n.detail.get("withdrawn")} == {
         "policy reach-bc/p2", "release reach-bc/p2"}
     assert "[WITHDRAWN]" in li.render_tree(marked)
     promote(fleet, "reach-bc", "2", minute=4)  # a (forced) promotion brings it back
@@ -334,7 +334,7 @@ def test_real_dataset_edges_like_the_assets(tmp_path, sim_day, catalog, dataset)
     for result in (by_key, by_sha, li.query(lake, robot=catalog["robot"][0].as_py()),
                    li.query(lake, episode=built.manifest["episodes"][0]["episode_id"])):
         assert names(result.downstream, "release") == {"reach-bc/abc123"}
-        assert any(n.production for n in li._walk(result.downstream) if n.kind == "release")
+        assert any(n.production for n in li.walk(result.downstream) if n.kind == "release")
     up = li.query(lake, release="reach-bc/abc123")
     assert sorted((f.key, f.sha256) for f in up.raw_files) == sorted(
         (f["key"], f["sha256"]) for f in built.manifest["raw_files"])
