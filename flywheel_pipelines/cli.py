@@ -631,13 +631,14 @@ def quarantine_list(show_all: bool, as_json: bool, lake: str | None) -> None:
     from flywheel_pipelines.lib import quarantine as q
 
     records = q.read_records(_lake(lake))
-    shown = records if show_all else q.active(records)
+    active = q.active(records)
+    shown = records if show_all else active
     if as_json:
         for r in shown:
             click.echo(json.dumps(r.to_dict(), sort_keys=True))
         return
-    active_ids = {r.id for r in q.active(records)}
-    click.echo(f"{len(q.active(records))} active quarantines" + (f", {len(records)} records" if show_all else ""))
+    active_ids = {r.id for r in active}
+    click.echo(f"{len(active)} active quarantines" + (f", {len(records)} records" if show_all else ""))
     for r in shown:
         what = r.scope.describe() if r.scope else f"lifts {r.lifts}"
         status = "" if not show_all else (" [active]" if r.id in active_ids else "")

@@ -143,7 +143,7 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
     from flywheel_pipelines.defs.partitions import ROBOTS, robot_day_key
     from flywheel_pipelines.defs.resources import open_configured_lake
     from flywheel_pipelines.demo import QUIET, prepare_dagster_home
-    from flywheel_pipelines.lib import incident_log, lineage_index, quarantine, settings
+    from flywheel_pipelines.lib import incident, incident_log, lineage_index, quarantine, settings
     from flywheel_pipelines.lib.evaluation import registry
     from flywheel_pipelines.lib.sim.fleet import EncoderFault, day_range, simulate_fleet
 
@@ -218,10 +218,8 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
     defs.resolve_implicit_global_asset_job_def().execute_in_process(
         asset_selection=[dg.AssetKey("incident_report")], instance=instance,
         run_config={**QUIET, "ops": {"incident_report": {"config": {"release": bad_release}}}})
-    from flywheel_pipelines.defs.oncall.assets import incident_report_key
-
     name, version = bad_release.split("/")
-    report = store.read_json(incident_report_key(name, version))
+    report = store.read_json(incident.report_key(name, version))
     rows = report["rows"]
     ranking = [{"robot": r["robot"], "date": r["date"], "score": r["score"], "outlier": r["outlier"],
                 "share": r["share_of_training_frames"],
@@ -287,7 +285,7 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
     probe_robot, probe_day = outliers[0]
     probe = next(k for d in sim if (d.robot, d.day) == (probe_robot, probe_day) for k in d.keys)
     result = lineage_index.query(store, raw=probe)
-    releases = sorted({f"{n.name}/{n.version}" for n in _walk(result.downstream) if n.kind == "release"})
+    releases = sorted({f"{n.name}/{n.version}" for n in lineage_index.walk(result.downstream) if n.kind == "release"})
     return DrillResult(
         home=str(home), lake=lake_root, dagster_home=str(dagster_home), faulty_robot=faulty_robot,
         fault_days=bad_days, bad_release=bad_release, new_release=new_release, incident_id=incident_id,
@@ -303,12 +301,6 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
                     for m in (b, c)},
         timings=timings,
     )
-
-
-def _walk(nodes):
-    for n in nodes:
-        yield n
-        yield from _walk(n.children)
 
 
 def summary_lines(r: DrillResult) -> list[str]:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from flywheel_pipelines.lib import markdown
+from flywheel_pipelines.lib import ids, markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.datasets.curation import MANIFEST, fixed_list_to_numpy
 from flywheel_pipelines.lib.datasets.lerobot import read_lerobot_v3
@@ -65,6 +65,13 @@ WEIGHTS = {"residual": 1.0, "residual_std": 1.0, "offset": 1.0, "mean": 0.5, "st
 POLICY_CONFIG = "config.json"
 GOLDEN_POINTER = "golden/current.json"
 GOLDEN_FILE = "scenarios.json"
+INCIDENT_REPORTS = "incidents/reports"
+
+
+def report_key(release_name: str, release_version: str) -> str:
+    """Where the incident report of a release is kept: incidents/reports/<name>/<version>.json."""
+    return (f"{INCIDENT_REPORTS}/{ids.name(release_name, what='release name')}/"
+            f"{ids.name(release_version, what='release version')}.json")
 
 
 class IncidentError(ValueError):

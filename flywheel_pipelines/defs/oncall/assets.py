@@ -86,7 +86,7 @@ def incident_report(context: dg.AssetExecutionContext, config: IncidentConfig, l
     except incident.IncidentError as exc:
         raise dg.Failure(str(exc)) from None
     doc = incident.to_dict(report)
-    key = incident_report_key(report.subject["name"], report.subject["version"])
+    key = incident.report_key(report.subject["name"], report.subject["version"])
     store.write_json(key, doc)
     top = report.rows[0] if report.rows else None
     outliers = [f"{r.robot}/{r.date}" for r in report.rows if r.outlier]
@@ -104,8 +104,3 @@ def incident_report(context: dg.AssetExecutionContext, config: IncidentConfig, l
             "ranking": dg.MetadataValue.md(incident.to_markdown(report, limit=config.rows)),
         },
     )
-
-
-def incident_report_key(release_name: str, release_version: str) -> str:
-    return (f"incidents/reports/{ids.name(release_name, what='release name')}/"
-            f"{ids.name(release_version, what='release version')}.json")
