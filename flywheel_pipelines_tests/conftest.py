@@ -20,10 +20,17 @@ def days_ago(n: int) -> str:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _quiet_env():
+def _quiet_env(tmp_path_factory):
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # `make test` exports the checkout's FLYWHEEL_HOME and DAGSTER_HOME (.flywheel/, which a clean
+    # clone does not have yet): the suite never reads or writes the developer's own state, so a test
+    # that does not set up a home of its own gets a session-wide throwaway one.
+    home = tmp_path_factory.mktemp("session_flywheel_home")
+    (home / "dagster_home").mkdir()
+    os.environ["FLYWHEEL_HOME"] = str(home)
+    os.environ["DAGSTER_HOME"] = str(home / "dagster_home")
     yield
 
 

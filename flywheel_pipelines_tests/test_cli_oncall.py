@@ -31,10 +31,10 @@ def test_quarantine_add_list_lift(lake):
     out = _run("quarantine", "add", "--robot", "r101", "--from", "2026-03-01", "--reason", "encoder off", "--by", "maya",
                "--json", "--lake", root)
     assert out.exit_code == 0, out.output
-    record = json.loads(out.output)
+    record = json.loads(out.stdout)
     assert record["scope"] == {"kind": "robot", "robot": "r101", "date_from": "2026-03-01"}
     listed = _run("quarantine", "list", "--json", "--lake", root)
-    assert [json.loads(line)["id"] for line in listed.output.splitlines()] == [record["id"]]
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [record["id"]]
     lifted = _run("quarantine", "lift", record["id"], "--reason", "recalibrated", "--by", "maya", "--lake", root)
     assert lifted.exit_code == 0 and f"lifted {record['id']}" in lifted.output
     assert _run("quarantine", "list", "--lake", root).output.startswith("0 active quarantines")
