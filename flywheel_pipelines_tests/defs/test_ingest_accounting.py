@@ -190,7 +190,7 @@ def test_a_copy_of_the_bag_folder_elsewhere_reads_the_same(tmp_path: Path) -> No
     """The manifest's count and the episodes' count come from one walk, whatever the bag's path."""
     from flywheel_pipelines.lib.rosbag.columnar import TopicRequest, read_columns
     from flywheel_pipelines.lib.rosbag.manifest import inspect_log
-    from flywheel_pipelines.lib.rosbag.reader import ReadStats
+    from flywheel_pipelines.lib.rosbag.report import ReadStats
 
     bag = tmp_path / "bag"
     write_sqlite_bag(bag)

@@ -17,7 +17,7 @@ from mcap_ros2.decoder import DecoderFactory
 
 from flywheel_pipelines.lib.rosbag.cdr import MAX_TEMPLATES, CdrError, MessageType, StreamDecoder
 from flywheel_pipelines.lib.rosbag.columnar import TopicRequest, read_columns
-from flywheel_pipelines.lib.rosbag.reader import ReadStats
+from flywheel_pipelines.lib.rosbag.report import ReadStats
 from flywheel_pipelines_tests.conftest import require_real_logs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -255,7 +255,7 @@ def test_a_corrupt_message_index_falls_back_to_walking_the_chunk(arm7_log: Path,
     broken = tmp_path / "bad_index.mcap"
     shutil.copy(arm7_log, broken)
     data = bytearray(broken.read_bytes())
-    from flywheel_pipelines.lib.rosbag.reader import _McapScan
+    from flywheel_pipelines.lib.rosbag.mcap_scan import _McapScan
 
     with _McapScan(broken, "x", None, ReadStats()) as scan:
         scan.index()

@@ -28,7 +28,8 @@ from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
 from flywheel_pipelines.lib.rosbag.manifest import FileManifest, inspect_log
-from flywheel_pipelines.lib.rosbag.reader import ReadStats, iter_decoded, iter_messages
+from flywheel_pipelines.lib.rosbag.reader import iter_decoded, iter_messages
+from flywheel_pipelines.lib.rosbag.report import ReadStats
 from flywheel_pipelines_tests.conftest import require_real_logs
 
 EVO = "mcap/evo__nav2_turtlebot.mcap"  # Go writer, one zstd chunk

@@ -13,7 +13,7 @@ import pytest
 
 from flywheel_pipelines.lib.rosbag.columnar import TopicRequest, read_columns
 from flywheel_pipelines.lib.rosbag.manifest import inspect_log
-from flywheel_pipelines.lib.rosbag.reader import ReadStats
+from flywheel_pipelines.lib.rosbag.report import ReadStats
 from flywheel_pipelines_tests.conftest import require_real_logs
 
 

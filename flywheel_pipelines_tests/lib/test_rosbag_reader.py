@@ -12,13 +12,8 @@ from mcap.writer import CompressionType
 from mcap.writer import Writer as McapWriter
 from mcap_ros2.writer import Writer as Ros2Writer
 
-from flywheel_pipelines.lib.rosbag.reader import (
-    LogReadError,
-    RawMessage,
-    ReadStats,
-    iter_decoded,
-    iter_messages,
-)
+from flywheel_pipelines.lib.rosbag.reader import iter_decoded, iter_messages
+from flywheel_pipelines.lib.rosbag.report import LogReadError, RawMessage, ReadStats
 from flywheel_pipelines_tests.conftest import require_real_logs
 
 REAL_LOGS = Path(__file__).resolve().parents[3] / "shared" / "real-logs"
@@ -381,7 +376,8 @@ def test_file_cut_inside_its_last_chunk_keeps_the_complete_messages(tmp_path: Pa
 def test_index_keeps_its_contract_for_the_columnar_reader(tmp_path: Path) -> None:
     """``_McapScan.index()`` gives one unit per chunk with its MessageIndex records, a cut chunk is
     marked ``cut`` (no index, and ``_chunk_records`` refuses it), and nothing is decompressed."""
-    from flywheel_pipelines.lib.rosbag.reader import _Damage, _McapScan
+    from flywheel_pipelines.lib.rosbag.mcap_format import _Damage
+    from flywheel_pipelines.lib.rosbag.mcap_scan import _McapScan
 
     path = tmp_path / "arm.mcap"
     write_test_log(path)

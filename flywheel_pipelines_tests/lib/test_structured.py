@@ -18,7 +18,7 @@ from flywheel_pipelines.lib.episodes.embodiment import load_embodiment, parse_em
 from flywheel_pipelines.lib.episodes.standardize import SourceFile, standardize
 from flywheel_pipelines.lib.rosbag.columnar import TopicRequest, read_columns
 from flywheel_pipelines.lib.rosbag.manifest import inspect_log
-from flywheel_pipelines.lib.rosbag.reader import ReadStats
+from flywheel_pipelines.lib.rosbag.report import ReadStats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from structured_logs import JOINTS, write_json_log, write_protobuf_log  # noqa: E402

@@ -17,7 +17,7 @@ import pyarrow as pa
 from flywheel_pipelines.lib.episodes.control import POLICY_EVENT, episode_control
 from flywheel_pipelines.lib.episodes.embodiment import Embodiment, FeatureMapping, MappingError
 from flywheel_pipelines.lib.rosbag.columnar import TopicColumns, TopicRequest, join_arrays, read_columns
-from flywheel_pipelines.lib.rosbag.reader import ReadStats
+from flywheel_pipelines.lib.rosbag.report import ReadStats
 
 _NS_PER_MS = 1_000_000
 

@@ -36,17 +36,9 @@ import numpy as np
 from mcap.opcode import Opcode
 
 from flywheel_pipelines.lib.rosbag.cdr import CdrError, MessageType, StreamDecoder, _rows
-from flywheel_pipelines.lib.rosbag.reader import (
-    _MESSAGE_PREFIX,
-    _PARSE_ERRORS,
-    _RECORD_HEADER,
-    LogReadError,
-    ReadStats,
-    _count_undecodable,
-    _Damage,
-    _McapScan,
-    _Unit,
-)
+from flywheel_pipelines.lib.rosbag.mcap_format import _MESSAGE_PREFIX, _PARSE_ERRORS, _RECORD_HEADER, _Damage, _Unit
+from flywheel_pipelines.lib.rosbag.mcap_scan import _McapScan
+from flywheel_pipelines.lib.rosbag.report import LogReadError, ReadStats, _count_undecodable
 
 __all__ = ["BATCH_BYTES", "ChannelInfo", "ColumnSink", "TopicColumns", "TopicRequest", "read_columns", "stream_for"]
 

@@ -70,12 +70,8 @@ from typing import Any
 import numpy as np
 
 from flywheel_pipelines.lib.rosbag.columnar import ChannelInfo, ColumnSink, decoder_problem, scan_mcap
-from flywheel_pipelines.lib.rosbag.reader import (
-    MCAP_MAGIC,
-    LogReadError,
-    _hex_hint,
-    _merge_ranges,
-)
+from flywheel_pipelines.lib.rosbag.mcap_format import MCAP_MAGIC
+from flywheel_pipelines.lib.rosbag.report import LogReadError, _hex_hint, _merge_ranges
 
 __all__ = ["DAY_VERDICTS", "DUPLICATE", "VERDICTS", "FileManifest", "TopicStats", "inspect_log", "mark_duplicates", "read_log"]
 
