@@ -12,7 +12,7 @@ in file order, not merged across topics: the caller sorts by the clock it uses a
 Memory is bounded by the batch, not the file: decompressed chunks are dropped after their batch
 is decoded, and only the wanted fields are kept.
 
-Every storage kind goes through one walk (:func:`.manifest.read_log`): the same code that counts
+Every storage kind goes through one walk (:func:`.walk.read_log`): the same code that counts
 a log's messages for its manifest hands the payloads of the wanted topics to :class:`ColumnSink`,
 so what the manifest counts and what standardization reads agree by construction. rosbag2
 ``.db3`` parts are read with SQLite (page by page when it reports them malformed), ROS 1 bags
@@ -192,7 +192,7 @@ def read_columns(
 ) -> dict[str, TopicColumns]:
     """Reads the requested topics of one log (an MCAP file, a rosbag2 folder or ``.db3`` file, a ROS 1 bag).
 
-    The log is walked by :func:`.manifest.read_log`, the code that makes its manifest. Damage is
+    The log is walked by :func:`.walk.read_log`, the code that makes its manifest. Damage is
     recorded in ``stats`` (problems, lost messages and ranges), never raised once something was
     read; ``stats.read_by_topic`` counts the messages read per requested topic (the manifest's
     count for that topic, by construction) and ``stats.undecodable_by_topic`` those that did not
@@ -201,7 +201,9 @@ def read_columns(
     Raises:
         LogReadError: The log cannot be read at all.
     """
-    from flywheel_pipelines.lib.rosbag.manifest import describe_fatal, read_log  # the walk lives beside the manifest
+    # Imported here: the walk and its storage readers import this module (ChannelInfo, scan_mcap).
+    from flywheel_pipelines.lib.rosbag.reading import describe_fatal
+    from flywheel_pipelines.lib.rosbag.walk import read_log
 
     p = Path(path)
     stats = stats if stats is not None else ReadStats()

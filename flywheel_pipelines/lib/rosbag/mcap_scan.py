@@ -90,7 +90,7 @@ except ImportError:  # pragma: no cover
 class _McapScan(_Salvage):
     """One tolerant read of one MCAP file (see the module docstring for the two passes).
 
-    Used by :func:`.reader.iter_messages`, ``manifest.read_log`` and ``columnar``; not part of the
+    Used by :func:`.reader.iter_messages`, ``walk.read_log`` and ``columnar``; not part of the
     public API.
     """
 

@@ -5,7 +5,7 @@ messages with ``mcap_ros2``'s decoder as well. Both read through the two-pass, C
 of :mod:`.mcap_scan` (and its recovery, :mod:`.mcap_salvage`), so a damaged file yields what is
 intact and says in :class:`.report.ReadStats` what was not. Ingest itself does not go through
 here: manifests and standardization read every storage kind through one walk
-(:func:`.manifest.read_log`) and decode columns (:mod:`.columnar`); this is the reader API for
+(:func:`.walk.read_log`) and decode columns (:mod:`.columnar`); this is the reader API for
 tests, tools and callers that want message objects.
 
 Nothing here imports Dagster.
