@@ -45,7 +45,7 @@ import pyarrow as pa
 from flywheel_pipelines.lib import ids, markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.datasets.curation import MANIFEST, fixed_list_to_numpy
-from flywheel_pipelines.lib.datasets.lerobot import read_lerobot_v3
+from flywheel_pipelines.lib.datasets.lerobot.reader import read_lerobot_v3
 from flywheel_pipelines.lib.release.bundle import LINEAGE
 from flywheel_pipelines.lib.storage import Lake
 

@@ -20,7 +20,7 @@ from flywheel_pipelines.lib.datasets.curation import (
     select_episodes,
     split_episodes,
 )
-from flywheel_pipelines.lib.datasets.lerobot import read_lerobot_v3
+from flywheel_pipelines.lib.datasets.lerobot.reader import read_lerobot_v3
 from flywheel_pipelines.lib.episodes.standardize import EPISODE_SCHEMA, Standardized, standardize
 from flywheel_pipelines.lib.ids import InvalidIdentifier
 from flywheel_pipelines.lib.quality import ISSUE_CHECKS, suite_name

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flywheel_pipelines.lib.datasets.curation import CurationSpec, build_dataset, select_episodes, split_episodes
-from flywheel_pipelines.lib.datasets.lerobot import read_lerobot_v3
+from flywheel_pipelines.lib.datasets.lerobot.reader import read_lerobot_v3
 from flywheel_pipelines.lib.learning.bc import BCConfig, TrainingData, load_training_data, pick_device, train_bc
 from flywheel_pipelines.lib.learning.policy import (
     CONFIG,
@@ -219,7 +219,8 @@ def test_split_never_leaves_a_selection_without_training_data():
 def test_val_only_dataset_does_not_train_on_its_val_frames(tmp_path, catalog, standardized, emb):
     """A dataset written with only a val split must not hand its val frames to training:
     the absent train split is empty, not "every frame" (which would leak val into train)."""
-    from flywheel_pipelines.lib.datasets.lerobot import FeatureSpec, write_lerobot_v3
+    from flywheel_pipelines.lib.datasets.lerobot.format import FeatureSpec
+    from flywheel_pipelines.lib.datasets.lerobot.writer import write_lerobot_v3
 
     spec = CurationSpec()
     selected = select_episodes(catalog, spec)

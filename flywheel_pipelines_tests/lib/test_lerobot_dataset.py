@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel_pipelines.lib.datasets.lerobot import (
+from flywheel_pipelines.lib.datasets.lerobot.format import (
     DEFAULT_DATA_PATH,
     DEFAULT_EPISODES_PATH,
     DEFAULT_TASKS_PATH,
@@ -20,11 +20,9 @@ from flywheel_pipelines.lib.datasets.lerobot import (
     STATS_PATH,
     FeatureSpec,
     LeRobotFormatError,
-    load_stats,
-    load_tasks,
-    read_lerobot_v3,
-    write_lerobot_v3,
 )
+from flywheel_pipelines.lib.datasets.lerobot.reader import load_stats, load_tasks, read_lerobot_v3
+from flywheel_pipelines.lib.datasets.lerobot.writer import write_lerobot_v3
 
 LENGTHS = (5, 7, 4)
 FPS = 10

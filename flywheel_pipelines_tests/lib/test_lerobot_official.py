@@ -24,15 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel_pipelines.lib.datasets.lerobot import (
-    DEFAULT_EPISODES_PATH,
-    INFO_PATH,
-    STAT_KEYS,
-    STATS_PATH,
-    FeatureSpec,
-    load_tasks,
-    write_lerobot_v3,
-)
+from flywheel_pipelines.lib.datasets.lerobot.format import DEFAULT_EPISODES_PATH, INFO_PATH, STAT_KEYS, STATS_PATH, FeatureSpec
+from flywheel_pipelines.lib.datasets.lerobot.reader import load_tasks
+from flywheel_pipelines.lib.datasets.lerobot.writer import write_lerobot_v3
 from flywheel_pipelines_tests.conftest import missing
 from flywheel_pipelines_tests.lib.conftest import CuratedDataset
 

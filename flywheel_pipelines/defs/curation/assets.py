@@ -14,7 +14,7 @@ from flywheel_pipelines.defs.ui_metadata import lerobot_table_metadata, rounded
 from flywheel_pipelines.lib import lineage_index, markdown, quarantine
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.datasets.curation import CurationError, CurationSpec, build_dataset, select_episodes
-from flywheel_pipelines.lib.datasets.lerobot import INFO_PATH
+from flywheel_pipelines.lib.datasets.lerobot.format import INFO_PATH
 from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, load_embodiment
 from flywheel_pipelines.lib.storage import staging_dir
 

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 
 from flywheel_pipelines.lib import ids, quarantine
 from flywheel_pipelines.lib.catalog import EpisodeQuery, search
-from flywheel_pipelines.lib.datasets.lerobot import FeatureSpec, write_lerobot_v3
+from flywheel_pipelines.lib.datasets.lerobot.format import FeatureSpec
+from flywheel_pipelines.lib.datasets.lerobot.writer import write_lerobot_v3
 from flywheel_pipelines.lib.episodes.control import AUTONOMOUS_MODES
 from flywheel_pipelines.lib.episodes.embodiment import Embodiment
 from flywheel_pipelines.lib.quality import ISSUE_CHECKS, QualityError, validate_episodes

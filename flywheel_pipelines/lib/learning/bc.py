@@ -218,7 +218,7 @@ def _train_bc(data, config, *, on_epoch, checkpoint_dir, checkpoint_every) -> tu
 def load_training_data(dataset_root, *, action_key: str = "action") -> TrainingData:
     """Observations (every observation.* feature, in info.json order) and actions by split."""
     from flywheel_pipelines.lib.datasets.curation import fixed_list_to_numpy
-    from flywheel_pipelines.lib.datasets.lerobot import read_lerobot_v3
+    from flywheel_pipelines.lib.datasets.lerobot.reader import read_lerobot_v3
 
     info, frames, _ = read_lerobot_v3(dataset_root)
     features = info["features"]
