@@ -22,7 +22,7 @@ from a temporary copy, so that the log is applied without touching the original)
 
 Supported inputs, recognised by content rather than by name:
 
-* an MCAP file: read with the tolerant, CRC-checking reader of :mod:`.reader`, and its counts
+* an MCAP file: read with the tolerant, CRC-checking scan of :mod:`.mcap_scan`, and its counts
   compared with the file's summary statistics;
 * a rosbag2 folder (``metadata.yaml`` plus ``.mcap`` or ``.db3`` files): each storage file is
   read on its own (MCAP as above, sqlite3 with SQL, or page by page when SQLite reports the file

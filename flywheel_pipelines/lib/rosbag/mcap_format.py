@@ -20,6 +20,8 @@ from mcap.records import Channel, ChunkIndex, Schema, Statistics
 
 from flywheel_pipelines.lib.settings import max_chunk_bytes
 
+__all__ = ["MCAP_MAGIC"]
+
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 
 _RECORD_HEADER = struct.Struct("<BQ")  # opcode, body length

@@ -18,6 +18,8 @@ import numpy as np
 from flywheel_pipelines.lib.rosbag.columnar import ChannelInfo, scan_mcap
 from flywheel_pipelines.lib.rosbag.report import LogReadError
 
+__all__ = ["NO_MESSAGE", "describe_fatal"]
+
 _BATCH_BYTES = 32 * 2**20
 NO_MESSAGE = "no message could be read"
 

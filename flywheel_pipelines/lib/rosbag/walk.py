@@ -80,7 +80,7 @@ def read_log(
 def _guard(label: str, read: Callable[[], _Reading]) -> _Reading:
     """Runs a reader, turning an unforeseen exception into a rejection instead of a crash.
 
-    The readers below already handle the damage they know of; this catches what third-party
+    The storage readers already handle the damage they know of; this catches what third-party
     parsers (rosbags, sqlite3, yaml) raise on inputs nobody anticipated, so that one odd upload
     cannot fail a whole ingestion run.
     """
