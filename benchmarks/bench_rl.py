@@ -54,6 +54,17 @@ def held_out(n: int) -> list[Scenario]:
     return out
 
 
+EVAL_THREADS = [None]  # CPU evaluator threads (--eval-threads)
+RUNS: dict[str, dict] = {}  # what --json holds, rewritten after every evaluation
+JSON_PATH = [""]
+
+
+def save() -> None:
+    """Write every run's curve so far: a run stopped by a time limit still leaves its points."""
+    if JSON_PATH[0]:
+        Path(JSON_PATH[0]).write_text(json.dumps(RUNS, indent=1) + "\n")
+
+
 def success_rate(policy, scenarios: list[Scenario]) -> float:
     policy = policy.cpu().eval()
 
@@ -61,7 +72,7 @@ def success_rate(policy, scenarios: list[Scenario]) -> float:
         with torch.inference_mode():
             return policy(torch.from_numpy(obs)).numpy()
 
-    return float(np.mean([r.success for r in evaluate_batched(act, scenarios, policy_name="candidate")]))
+    return float(np.mean([r.success for r in evaluate_batched(act, scenarios, policy_name="candidate", threads=EVAL_THREADS[0])]))
 
 
 def sb3_checkpoint_policy(state: dict, cfg) -> Policy:
@@ -88,6 +99,8 @@ def run_sb3(args, scenarios) -> dict:
     evaluated while the clock is paused, at the next progress report after it is written."""
     cfg = load_rl_config("ppo_reach.yaml", timesteps=args.sb3_timesteps or None, device="cpu")
     curve, walls, clock = [], {}, {"paused": 0.0}
+    RUNS["sb3"] = {"trainer": "sb3 ppo", "config": cfg.file, "n_envs": cfg.n_envs, "device": "cpu",
+                   "n_timesteps": cfg.n_timesteps, "curve": curve}
     with TemporaryDirectory() as tmp:
         folder = Path(tmp)
 
@@ -96,6 +109,7 @@ def run_sb3(args, scenarios) -> dict:
                           "train_success": train_success})
             print(f"  sb3     {timesteps:>9,d} timesteps {walls[timesteps]:7.1f} s  held-out success "
                   f"{curve[-1]['success']:.3f}", flush=True)
+            save()
 
         def on_progress(m) -> None:
             paused = time.perf_counter()
@@ -108,7 +122,7 @@ def run_sb3(args, scenarios) -> dict:
         clock["start"] = time.perf_counter()
         policy, history = train_rl(cfg, checkpoint_dir=folder, on_progress=on_progress)
         evaluate(policy, history[-1].timesteps, history[-1].success_rate)
-    return {"trainer": "sb3 ppo", "config": cfg.file, "n_envs": cfg.n_envs, "device": "cpu", "curve": curve}
+    return RUNS["sb3"]
 
 
 def run_batched(args, scenarios, target: float | None) -> dict:
@@ -136,6 +150,9 @@ def run_batched(args, scenarios, target: float | None) -> dict:
     trainer = Trainer(cfg, offset=np.zeros(2), scale=np.asarray(cfg.action_scale), checkpoint_dir=None,
                       fingerprint=run_fingerprint(cfg, None), on_progress=None)
     curve, clock = [], {"paused": 0.0}
+    RUNS["batched"] = {"trainer": "ppo_batched", "config": cfg.file, "n_envs": cfg.n_envs, "device": str(device),
+                       "backend": backend, "warp_compile_s": compile_s, "hyperparams": hyper,
+                       "n_timesteps": cfg.n_timesteps, "curve": curve}
     class Reached(Exception):
         pass
 
@@ -151,6 +168,7 @@ def run_batched(args, scenarios, target: float | None) -> dict:
                       "timesteps_per_s": m.timesteps_per_s})
         print(f"  batched {m.timesteps:>9,d} timesteps {wall:7.1f} s  held-out success {rate:.3f}  "
               f"({m.timesteps_per_s:,.0f} timesteps/s in the last update)", flush=True)
+        save()
         clock["paused"] += time.perf_counter() - paused
         if target is not None and rate >= target:
             raise Reached
@@ -159,8 +177,48 @@ def run_batched(args, scenarios, target: float | None) -> dict:
     clock["start"] = time.perf_counter()
     with contextlib.suppress(Reached):
         trainer.run()
-    return {"trainer": "ppo_batched", "config": cfg.file, "n_envs": cfg.n_envs, "device": str(device),
-            "backend": backend, "warp_compile_s": compile_s, "hyperparams": hyper, "curve": curve}
+    return RUNS["batched"]
+
+
+def agreement(args) -> None:
+    """The batched env stepped by MuJoCo Warp on ``--device`` and by CPU MuJoCo: the same robots
+    (sensor noise off, since the two devices' generators differ), tasks and random actions. Prints
+    the largest observation differences up to each world's first episode end (docs/simulation.md:
+    1e-4 rad, 5e-3 rad/s) and whether those ends agree. Checks the zero-copy torch/Warp path too."""
+    from dataclasses import replace as dc_replace
+
+    from flywheel_pipelines.lib.sim.batched_env import BatchedReachEnv, training_robots
+
+    worlds, steps = args.worlds or 1024, 80
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    robots = [dc_replace(r, pos_noise=0.0, vel_noise=0.0) for r in training_robots(0, 64, draw=1)]
+    rng = np.random.default_rng(0)
+    tasks = [sample_task(rng) for _ in range(worlds)]
+    q0, goal = np.array([q for q, _ in tasks]), np.array([g for _, g in tasks])
+    actions = torch.from_numpy(rng.uniform(-1, 1, (steps, worlds, 2)).astype(np.float32))
+    runs = {}
+    for backend, dev in (("mujoco", torch.device("cpu")), ("warp", device)):
+        start = time.perf_counter()
+        with BatchedReachEnv(robots, worlds, seed=3, backend=backend, device=dev, max_steps=10**6) as env:
+            obs, ends = [env.reset(tasks=(q0, goal)).cpu().clone()], []
+            for a in actions:
+                out = env.step(a.to(dev))
+                obs.append(out["terminal_obs"].cpu().clone())
+                ends.append(out["terminated"].cpu().clone())
+        runs[backend] = (torch.stack(obs).double(), torch.stack(ends))
+        print(f"  {backend:6s} on {dev}: {worlds} worlds x {steps} steps in {time.perf_counter() - start:.1f} s "
+              "(warp: includes setup and any kernel compilation)", flush=True)
+    (om, em), (ow, ew) = runs["mujoco"], runs["warp"]
+    # Compare each world up to (and including) its first success on the CPU path.
+    before = torch.cat([torch.zeros(1, worlds, dtype=torch.bool), em.cumsum(0)[:-1] > 0])
+    live = torch.cat([torch.ones(1, worlds, dtype=torch.bool), ~before])[:, :, None]
+    dq = ((om[:, :, :2] - ow[:, :, :2]).abs() * live).max().item()
+    dv = ((om[:, :, 2:4] - ow[:, :, 2:4]).abs() * live).max().item()
+    same_ends = torch.equal(em & ~before, ew & ~before)
+    print(f"  max |obs q| diff {dq:.2e} rad (tolerance 1e-4), max |obs dq| diff {dv:.2e} rad/s (5e-3); "
+          f"first successes equal: {same_ends} ({int((em & ~before).sum())} worlds succeeded)")
+    print("  AGREE" if dq < 1e-4 and dv < 5e-3 and same_ends else "  DISAGREE")
 
 
 def time_to(curve: list[dict], target: float) -> float | None:
@@ -168,6 +226,12 @@ def time_to(curve: list[dict], target: float) -> float | None:
 
 
 def compare(sb3: dict, batched: dict) -> None:
+    if not sb3["curve"] or not batched["curve"]:
+        print(f"  nothing to compare: {len(sb3['curve'])} SB3 and {len(batched['curve'])} ppo_batched evaluations")
+        return
+    if sb3["curve"][-1]["timesteps"] < sb3["n_timesteps"]:
+        print(f"  NOTE: SB3 PPO stopped (time limit) at {sb3['curve'][-1]['timesteps']:,} of {sb3['n_timesteps']:,} "
+              "timesteps: the target is its success rate there")
     target = sb3["curve"][-1]["success"]
     a, b = time_to(sb3["curve"], target), time_to(batched["curve"], target)
     print(f"\n  {'trainer':12s} {'worlds':>7s} {'device':>7s} {'timesteps':>10s} {'wall s':>8s} {'success':>8s}")
@@ -176,6 +240,8 @@ def compare(sb3: dict, batched: dict) -> None:
         print(f"  {run['trainer']:12s} {run['n_envs']:>7d} {run['device']:>7s} {last['timesteps']:>10,d} "
               f"{last['wall_s']:>8.1f} {last['success']:>8.3f}")
     print(f"\n  target: SB3 PPO's final held-out success rate {target:.3f}")
+    if batched.get("warp_compile_s"):
+        print(f"  not counted: Warp's one-time kernel compilation, {batched['warp_compile_s']:.1f} s")
     print(f"  time to target: SB3 PPO {a:.1f} s" + (f", ppo_batched {b:.1f} s" if b is not None else
                                                      ", ppo_batched: not reached"))
     if b is not None:
@@ -184,7 +250,8 @@ def compare(sb3: dict, batched: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--which", choices=("both", "sb3", "batched"), default="both")
+    parser.add_argument("--which", choices=("both", "sb3", "batched", "agree"), default="both",
+                        help="agree: the batched env on Warp (--device) vs the CPU MuJoCo env, same actions")
     parser.add_argument("--worlds", type=int, default=0, help="ppo_batched worlds (default: the config's n_envs)")
     parser.add_argument("--device", default="auto", help="ppo_batched policy device: auto | cpu | cuda")
     parser.add_argument("--batched-overrides", default="", help="hyperparameters, e.g. n_steps=32,batch_size=512")
@@ -193,12 +260,19 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=None, help="stop ppo_batched at this held-out success")
     parser.add_argument("--eval-every", type=int, default=1, help="ppo_batched updates between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=256)
+    parser.add_argument("--eval-threads", type=int, default=0, help="CPU evaluator threads (default: all cores)")
     parser.add_argument("--json", default="", help="write this run's curve(s) here")
     parser.add_argument("--compare", nargs=2, metavar=("SB3_JSON", "BATCHED_JSON"))
     args = parser.parse_args()
     if args.compare:
-        compare(*(json.loads(Path(p).read_text()) for p in args.compare))
+        sb3, batched = (json.loads(Path(p).read_text()) for p in args.compare)
+        compare(sb3["sb3"], batched["batched"])
         return
+    if args.which == "agree":
+        agreement(args)
+        return
+    EVAL_THREADS[0] = args.eval_threads or None
+    JSON_PATH[0] = args.json
     scenarios = held_out(args.eval_episodes)
     print(f"RL: {len(scenarios)} held-out scenarios; torch {torch.__version__}"
           + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no CUDA device"), flush=True)
@@ -208,8 +282,7 @@ def main() -> None:
     if args.which in ("both", "batched"):
         target = runs["sb3"]["curve"][-1]["success"] if "sb3" in runs else args.target
         runs["batched"] = run_batched(args, scenarios, target)
-    if args.json:
-        Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
+    save()
     if len(runs) == 2:
         compare(runs["sb3"], runs["batched"])
 

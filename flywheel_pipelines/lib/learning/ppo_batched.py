@@ -346,7 +346,7 @@ class Trainer:
         return {"fingerprint": self.fingerprint, "algo": ALGO, "config": self.config.to_dict(),
                 "timesteps": self.timesteps, "updates": self.updates, "history": self.history,
                 "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(), "norm": self.norm.state(),
+                "optimizer": _on_cpu(self.optimizer.state_dict()), "norm": self.norm.state(),
                 "action_gen": self.action_gen.get_state(), "perm_gen": self.perm_gen.get_state(),
                 "rng": capture_rng()}
 
@@ -422,6 +422,17 @@ class Trainer:
             policy.act_mean.copy_(torch.as_tensor(self.offset, dtype=torch.float32))
             policy.act_std.copy_(torch.as_tensor(self.scale, dtype=torch.float32))
         return policy.eval()
+
+
+def _on_cpu(tree):
+    """A state tree with its tensors on the CPU (checkpoints are written from there)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _on_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_on_cpu(v) for v in tree)
+    return tree
 
 
 def train_ppo_batched(config, *, interface, offset, scale, checkpoint_dir: Path | None, fingerprint: str,
