@@ -246,6 +246,12 @@ def compare(sb3: dict, batched: dict) -> None:
                                                      ", ppo_batched: not reached"))
     if b is not None:
         print(f"  ratio ppo_batched / SB3 = {b / a:.3f} ({a / b:.1f}x faster; goal on one H200: <= 0.10)")
+    print(f"\n  time to a held-out success rate:\n  {'success':>9s} {'SB3 s':>8s} {'batched s':>10s} {'ratio':>7s}")
+    for threshold in (0.5, 0.8, 0.9, target):
+        ta, tb = time_to(sb3["curve"], threshold), time_to(batched["curve"], threshold)
+        cells = [f"{t:.1f}" if t is not None else "-" for t in (ta, tb)]
+        ratio = f"{tb / ta:.3f}" if ta and tb is not None else "-"
+        print(f"  {threshold:>9.3f} {cells[0]:>8s} {cells[1]:>10s} {ratio:>7s}")
 
 
 def main() -> None:
