@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -341,3 +342,39 @@ def test_the_main_assets_metadata_reads_well_in_the_ui(demo):
     assert {"policy_candidate.final_train_loss", "eval_report.success_rate", "release_bundle.bundle_mb"} <= set(floats)
     assert all(v != v or v == float(f"{v:.4g}") for v in floats.values()), floats  # 4 significant digits (NaN aside)
     assert 0 < rel["bundle_mb"] < 100
+
+
+def test_ppo_batched_candidate_through_the_asset(demo, tmp_path):
+    """``trainer: ppo_batched`` is selectable in the asset's config like the SB3 trainers: a policy
+    artifact with its ONNX export, an MLflow run with the config's params, the file as an artifact
+    and per-update metrics, a registered version; ``bc_init`` is refused with a reason."""
+    from flywheel_pipelines.lib.learning.rl import config_path
+
+    home, _ = demo
+    body = config_path("ppo_batched_reach.yaml").read_text()
+    for key, value in (("n_timesteps", "256"), ("n_envs", "8"), ("n_steps", "16"), ("batch_size", "64"),
+                       ("net_arch", "[32, 32]"), ("robots", "4"), ("threads", "1"), ("checkpoint_freq", "128")):
+        body, count = re.subn(rf"^(\s+{key}:) [^#\n]*", rf"\g<1> {value}  ", body, flags=re.M)
+        assert count == 1, key
+    (tmp_path / "tiny_batched.yaml").write_text(body)
+    train = {"trainer": "ppo_batched", "rl_config": str(tmp_path / "tiny_batched.yaml"),
+             "policy_name": "reach-ppo-batched", "device": "cpu"}
+    run = _run(home, "nightly_retrain", assets=["policy_candidate"],
+               config={"ops": {"policy_candidate": {"config": train}}})
+    assert run.success
+    pol = _materialized(run)["policy_candidate"]
+    assert pol["trainer"] == "ppo_batched" and pol["timesteps"] == 256
+    folder = Path(pol["uri"])
+    assert (folder / "policy.onnx").is_file()
+    assert json.loads((folder / "config.json").read_text())["training"]["trainer"] == "ppo_batched"
+    client = _registry(home)
+    mlrun = client.get_run(pol["mlflow_run_id"])
+    assert mlrun.data.params["trainer"] == "ppo_batched" and mlrun.data.params["rl.algo"] == "ppo_batched"
+    assert mlrun.data.params["rl.hyperparams.sim_backend"] == "auto"
+    assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "train.value_loss")] == [128, 256]
+    assert {a.path for a in client.list_artifacts(mlrun.info.run_id, "config")} == {"config/tiny_batched.yaml"}
+    assert client.get_model_version("reach-ppo-batched", pol["registered_version"]).run_id == mlrun.info.run_id
+
+    refused = _run(home, "nightly_retrain", assets=["policy_candidate"],
+                   config={"ops": {"policy_candidate": {"config": {**train, "bc_init": True}}}})
+    assert not refused.success and "ppo_batched does not fine-tune a BC policy" in _failure(refused)

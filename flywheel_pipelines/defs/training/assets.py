@@ -36,19 +36,20 @@ from flywheel_pipelines.lib.versioning import code_version
 
 POLICY_ONNX = "policy.onnx"
 METRICS = "metrics.json"
-TRAINERS = ("bc", "ppo", "sac")
+TRAINERS = ("bc", "ppo", "sac", "ppo_batched")
 
 
 class TrainConfig(dg.Config):
     """Which trainer and its hyperparameters; the same values go to MLflow params.
 
     ``bc`` (the default) uses the fields below; ``ppo``/``sac`` read a versioned YAML from
-    ``lib/learning/configs`` and, with ``bc_init``, fine-tune a BC policy trained first (same step).
+    ``lib/learning/configs`` and, with ``bc_init``, fine-tune a BC policy trained first (same step);
+    ``ppo_batched`` is PPO over thousands of batched worlds on the device (MuJoCo Warp on a GPU).
     """
 
     policy_name: str = Field(default="reach-bc", description="policies/<name>/<version>/ and the registry name.")
-    trainer: str = Field(default="bc", description="bc | ppo | sac")
-    rl_config: str = Field(default="", description="ppo/sac: config file in lib/learning/configs, or a path to one "
+    trainer: str = Field(default="bc", description="bc | ppo | sac | ppo_batched")
+    rl_config: str = Field(default="", description="ppo/sac/ppo_batched: config file in lib/learning/configs, or a path to one "
                                                    "(default <trainer>_reach.yaml).")
     bc_init: bool = Field(default=False, description="ppo/sac: start from a BC policy trained on the curated dataset.")
     timesteps: int = Field(default=0, description="ppo/sac: overrides the config's n_timesteps when > 0.")
@@ -111,6 +112,8 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
     name = ids.name(config.policy_name, what="policy name")
     if config.trainer not in TRAINERS:
         raise dg.Failure(f"trainer must be one of {TRAINERS}, got {config.trainer!r}")
+    if config.trainer == "ppo_batched" and config.bc_init:
+        raise dg.Failure("bc_init: ppo_batched does not fine-tune a BC policy; use trainer ppo or sac for that")
     store = lake.lake()
     ds = upstream_metadata(context, "curated_dataset")
     with store.local_dir(ds["prefix"]) as root:

@@ -1,4 +1,5 @@
-"""Reinforcement learning on the reach task: stable-baselines3 PPO and SAC through ``ReachEnv``.
+"""Reinforcement learning on the reach task: stable-baselines3 PPO and SAC through ``ReachEnv``, and
+PPO over thousands of batched worlds on the device (``algo: ppo_batched``, :mod:`ppo_batched`).
 
 The trainer produces the same artifact as behaviour cloning, a :class:`Policy`, so evaluation and
 release cannot tell the two apart. That works because the SB3 actor is built to the Policy's
@@ -67,10 +68,10 @@ from flywheel_pipelines.lib.sim.scenario import Scenario
 
 log = logging.getLogger(__name__)
 
-ALGOS = ("ppo", "sac")
+ALGOS = ("ppo", "sac", "ppo_batched")  # ppo_batched: on-device PPO over batched worlds (ppo_batched.py)
 ENV_ID = "FlywheelReach-v0"  # the rl_zoo3-style top-level key of a config file
 CONFIG_DIR = "configs"
-SQUASH = {"ppo": "clip", "sac": "tanh"}
+SQUASH = {"ppo": "clip", "sac": "tanh", "ppo_batched": "clip"}
 SAC_REPORT_EVERY = 1000  # timesteps between progress reports (PPO reports every rollout)
 # Keys of a config block that are ours, not SB3 constructor arguments.
 _OWN_KEYS = ("algo", "policy", "n_timesteps", "n_envs", "policy_kwargs", "env_kwargs", "checkpoint_freq",
@@ -145,6 +146,10 @@ def load_rl_config(name: str, *, timesteps: int | None = None, seed: int = 0, de
     if bad := sorted(set(env_kwargs) - {"action_scale"}):
         raise ValueError(f"{path}: unknown env_kwargs {bad}")
     hyper = {k: v for k, v in block.items() if k not in _OWN_KEYS}
+    if algo == "ppo_batched":
+        from flywheel_pipelines.lib.learning import ppo_batched
+
+        ppo_batched.validate(path, hyper, pkw)
     for key in _SCHEDULED:
         if isinstance(hyper.get(key), str):
             _schedule(hyper[key])  # validates "lin_<float>"
@@ -399,6 +404,15 @@ def _train(config, bc, checkpoint_dir, on_progress):
     config = resolve_config(config, bc)
     offset, scale = bc_action_mapping(bc, config) if bc is not None else (np.zeros(2), np.asarray(config.action_scale))
     fingerprint = run_fingerprint(config, bc)
+    if config.algo == "ppo_batched":
+        if bc is not None:
+            raise ValueError("ppo_batched does not fine-tune a BC policy (bc_init); use ppo or sac for that")
+        from flywheel_pipelines.lib.learning.ppo_batched import train_ppo_batched
+
+        policy, history = train_ppo_batched(config, interface=interface, offset=offset, scale=scale,
+                                            checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
+                                            on_progress=on_progress)
+        return policy.cpu(), [RLMetrics(**h) for h in history]
     ckpt = latest_checkpoint(checkpoint_dir)
     if ckpt is not None and ckpt.state.get("fingerprint") != fingerprint:
         raise CheckpointError(f"{ckpt.path} is from another config or BC policy: use another checkpoint_dir")
