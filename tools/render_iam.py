@@ -12,18 +12,20 @@ import argparse
 import json
 from pathlib import Path
 
-from flywheel_pipelines.lib.access import ROLES, iam_policy
+from flywheel_pipelines.lib.access import COMPUTE_LOGS_PREFIX, ROLES, iam_policy
 
 PLACEHOLDER = "${LAKE_BUCKET}"
 
 
-def render(out: Path, *, bucket: str = PLACEHOLDER, lake_prefix: str = "") -> list[Path]:
+def render(out: Path, *, bucket: str = PLACEHOLDER, lake_prefix: str = "",
+           compute_logs_prefix: str = COMPUTE_LOGS_PREFIX) -> list[Path]:
     """Writes ``<out>/<role>.json`` for every role; returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for role in ROLES:
         path = out / f"{role}.json"
-        path.write_text(json.dumps(iam_policy(role, bucket=bucket, lake_prefix=lake_prefix), indent=2) + "\n")
+        path.write_text(json.dumps(iam_policy(role, bucket=bucket, lake_prefix=lake_prefix,
+                                                compute_logs_prefix=compute_logs_prefix or None), indent=2) + "\n")
         written.append(path)
     return written
 
@@ -33,8 +35,11 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--bucket", default=PLACEHOLDER)
     parser.add_argument("--prefix", default="", help="the lake's key prefix inside the bucket")
+    parser.add_argument("--compute-logs-prefix", default=COMPUTE_LOGS_PREFIX,
+                        help="DAGSTER_COMPUTE_LOGS_PREFIX, granted to pipeline and governance ('' for none)")
     args = parser.parse_args()
-    for path in render(args.out, bucket=args.bucket, lake_prefix=args.prefix):
+    for path in render(args.out, bucket=args.bucket, lake_prefix=args.prefix,
+                       compute_logs_prefix=args.compute_logs_prefix):
         print(path)
 
 

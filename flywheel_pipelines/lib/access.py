@@ -32,6 +32,8 @@ DERIVED_PREFIXES = (
     "governance/", "incidents/", "lineage/", "manifests/", "policies/", "promotions/", "quarantine/", "releases/",
 )
 READER_PREFIXES = ("datasets/", "evals/", "releases/")
+# Where deploy/dagster.yaml's S3ComputeLogManager keeps step stdout/stderr (docs/deploy.md).
+COMPUTE_LOGS_PREFIX = "dagster/compute-logs/"
 ROBOT_PREFIX = RAW_PREFIX + "robot={robot}/"
 ROLES = ("robot", "pipeline", "governance", "reader")
 # IAM policy variable: the robot's IAM user is named by its robot id.
@@ -90,11 +92,14 @@ def _one_or_list(resources: list[str]) -> str | list[str]:
     return resources[0] if len(resources) == 1 else resources
 
 
-def iam_policy(role: str, *, bucket: str, lake_prefix: str = "") -> dict:
+def iam_policy(role: str, *, bucket: str, lake_prefix: str = "",
+               compute_logs_prefix: str | None = COMPUTE_LOGS_PREFIX) -> dict:
     """The role as an IAM identity policy for a lake at ``s3://bucket/lake_prefix``.
 
     ``bucket`` may be a placeholder (``${LAKE_BUCKET}``) to fill in when applying; the robot
-    policy keeps ``${aws:username}``, which IAM itself substitutes per request.
+    policy keeps ``${aws:username}``, which IAM itself substitutes per request. The roles that run
+    as Dagster runs (pipeline, governance) also write step logs to ``compute_logs_prefix`` (bucket-relative, outside
+    the lake: ``DAGSTER_COMPUTE_LOGS_PREFIX``; None when they are kept elsewhere).
     """
     root = _root(lake_prefix)
     objects = f"arn:aws:s3:::{bucket}/{root}"
@@ -102,6 +107,11 @@ def iam_policy(role: str, *, bucket: str, lake_prefix: str = "") -> dict:
     for grant in grants(role):
         for right in sorted(grant.rights):
             by_right.setdefault(right, []).append(f"{objects}{grant.prefix}*")
+    runs_in_dagster = role in ("pipeline", "governance")
+    logs = compute_logs_prefix.strip("/") + "/" if runs_in_dagster and compute_logs_prefix else None
+    if logs:
+        for right in ("read", "write", "delete"):
+            by_right.setdefault(right, []).append(f"arn:aws:s3:::{bucket}/{logs}*")
     statements: list[dict] = [
         {"Sid": right.title(), "Effect": "Allow", "Action": actions, "Resource": _one_or_list(by_right[right])}
         for right, actions in _IAM_ACTIONS.items() if right in by_right
@@ -119,9 +129,9 @@ def iam_policy(role: str, *, bucket: str, lake_prefix: str = "") -> dict:
             {"Sid": "AbortOwnUploads", "Effect": "Allow", "Action": ["s3:AbortMultipartUpload"],
              "Resource": _one_or_list(created)},
         ]
-    if listed := [f"{root}{g.prefix}*" for g in grants(role) if "list" in g.rights]:
+    if listed := [f"{root}{g.prefix}*" for g in grants(role) if "list" in g.rights] + ([f"{logs}*"] if logs else []):
         statement = {"Sid": "List", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}"}
-        if listed != ["*"]:  # a listing without a prefix has no s3:prefix at all: no condition for the whole bucket
+        if "*" not in listed:  # a listing without a prefix has no s3:prefix at all: no condition for the whole bucket
             statement["Condition"] = {"StringLike": {"s3:prefix": listed}}
         statements.append(statement)
     if role in ("pipeline", "reader"):

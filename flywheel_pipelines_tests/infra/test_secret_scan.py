@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from flywheel_pipelines.lib import access
 from flywheel_pipelines_tests.conftest import missing
 from flywheel_pipelines_tests.infra.seaweed import SeaweedUnavailable, seaweed_s3, weed_binary
 
@@ -117,9 +118,13 @@ def test_no_credential_reaches_any_output_of_a_demo_on_an_s3_lake(tmp_path_facto
         # The demo really ran on the bucket, with its (recognizable) keys, encrypting every write.
         objects, bucket_hits = scan_bucket(admin, values)
         released = admin.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/releases/")
+        top = {p["Prefix"].split("/")[1] + "/" for p in
+               admin.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/", Delimiter="/").get("CommonPrefixes", [])}
         head = admin.head_object(Bucket=BUCKET, Key=f"{PREFIX}/catalog/episodes.parquet")
     assert objects > 50 and released.get("KeyCount", 0) > 0, "the demo published no release into the bucket"
     assert head["ServerSideEncryption"] == "AES256"
+    # Everything the demo wrote outside raw/ is under a prefix the pipeline role may write.
+    assert top - {"raw/"} <= set(access.DERIVED_PREFIXES), sorted(top - {"raw/"} - set(access.DERIVED_PREFIXES))
     # Everything on disk: the FLYWHEEL_HOME (Dagster storage and logs, MLflow), the demo's output and
     # the server's own files at rest, except its identities config (s3.json), which holds the key
     # pair by design.

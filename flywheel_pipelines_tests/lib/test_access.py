@@ -87,6 +87,18 @@ def test_robot_multipart_upload_steps_pass_only_when_completed_conditionally():
     assert not iam_allows(policy, "s3:PutObject", own.replace("robot=r1", "robot=r2"), steps, "r1")
 
 
+@pytest.mark.parametrize("role", access.ROLES)
+def test_dagster_step_logs_are_writable_by_the_roles_that_run_in_dagster(role):
+    policy = access.iam_policy(role, bucket=BUCKET, lake_prefix=LAKE)
+    log = f"arn:aws:s3:::{BUCKET}/dagster/compute-logs/run-1/step.out"
+    writes = iam_allows(policy, "s3:PutObject", log, {"s3:ObjectCreationOperation": "true"}, "r1")
+    assert writes is (role in ("pipeline", "governance"))
+    assert iam_allows(policy, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {"s3:prefix": "dagster/compute-logs/run-1/"},
+                      "r1") is writes
+    without = access.iam_policy(role, bucket=BUCKET, lake_prefix=LAKE, compute_logs_prefix=None)
+    assert not iam_allows(without, "s3:PutObject", log, {"s3:ObjectCreationOperation": "true"}, "r1")
+
+
 def test_pipeline_lists_a_lake_at_the_bucket_root_without_a_prefix():
     policy = access.iam_policy("pipeline", bucket=BUCKET)
     assert iam_allows(policy, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {}, "p")
@@ -139,3 +151,13 @@ def test_roles_refuse_bad_input():
         access.seaweed_actions("robot", bucket=BUCKET)
     with pytest.raises(ValueError):
         access.seaweed_actions("robot", bucket=BUCKET, robot="../r1")
+
+
+@pytest.mark.slow
+def test_every_prefix_of_a_drilled_lake_is_one_the_pipeline_may_write(drilled):
+    # The drill goes through ingest, training, release, promotion, quarantine and an incident: what
+    # it writes outside raw/ must be under a prefix the pipeline role grants, or production runs
+    # would be refused by the IAM policy and SeaweedFS alike.
+    top = {p.name + "/" for p in drilled.lake.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert "raw/" in top and len(top) > 8
+    assert top - {"raw/"} <= set(access.DERIVED_PREFIXES), sorted(top - {"raw/"} - set(access.DERIVED_PREFIXES))
