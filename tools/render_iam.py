@@ -10,22 +10,32 @@ per request. Roles are defined once in ``flywheel_pipelines/lib/access.py``.
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from flywheel_pipelines.lib.access import COMPUTE_LOGS_PREFIX, ROLES, iam_policy
+from flywheel_pipelines.lib.storage import parse_s3_uri
 
 PLACEHOLDER = "${LAKE_BUCKET}"
 
 
 def render(out: Path, *, bucket: str = PLACEHOLDER, lake_prefix: str = "",
            compute_logs_prefix: str = COMPUTE_LOGS_PREFIX) -> list[Path]:
-    """Writes ``<out>/<role>.json`` for every role; returns the paths."""
+    """Writes ``<out>/<role>.json`` for every role; returns the paths.
+
+    Raises:
+        LakeError: ``bucket`` (unless the placeholder) or ``lake_prefix`` is not a valid lake root.
+    """
+    if bucket != PLACEHOLDER or lake_prefix:
+        parse_s3_uri(f"s3://{'placeholder-bucket' if bucket == PLACEHOLDER else bucket}/{lake_prefix}")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for role in ROLES:
         path = out / f"{role}.json"
-        path.write_text(json.dumps(iam_policy(role, bucket=bucket, lake_prefix=lake_prefix,
-                                                compute_logs_prefix=compute_logs_prefix or None), indent=2) + "\n")
+        policy = iam_policy(role, bucket=bucket, lake_prefix=lake_prefix, compute_logs_prefix=compute_logs_prefix or None)
+        tmp = path.with_name(f".{path.name}.tmp")  # written aside and renamed: never a half-written policy
+        tmp.write_text(json.dumps(policy, indent=2) + "\n")
+        os.replace(tmp, path)
         written.append(path)
     return written
 

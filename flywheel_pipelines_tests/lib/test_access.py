@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from flywheel_pipelines.lib import access
+from flywheel_pipelines.lib.storage import LakeError
 from flywheel_pipelines_tests.access_cases import CASES, Case
 from tools.render_iam import PLACEHOLDER, render
 
@@ -142,6 +143,17 @@ def test_seaweed_identities_render_the_same_roles():
     pipeline = access.seaweed_actions("pipeline", bucket=BUCKET)
     assert f"Write:{BUCKET}/raw/*" not in pipeline and f"Read:{BUCKET}/*" in pipeline
     assert f"Write:{BUCKET}/raw/*" in access.seaweed_actions("governance", bucket=BUCKET)
+
+
+def test_renderer_writes_ready_policies_for_a_bucket_and_refuses_bad_names(tmp_path):
+    render(tmp_path, bucket="my-lake", lake_prefix="prod/lake")
+    pipeline = json.loads((tmp_path / "pipeline.json").read_text())
+    assert pipeline == access.iam_policy("pipeline", bucket="my-lake", lake_prefix="prod/lake")
+    assert "arn:aws:s3:::my-lake/prod/lake/*" in json.dumps(pipeline)
+    for bucket, prefix in [("My_Lake", ""), ("my-lake", "../x"), ("my-lake", "a//b")]:
+        with pytest.raises(LakeError, match="invalid S3 lake root"):
+            render(tmp_path / "bad", bucket=bucket, lake_prefix=prefix)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_roles_refuse_bad_input():
