@@ -90,7 +90,8 @@ def main() -> int:
         fill_s = fill(client, keys, args.workers)
         print(f"  filled in {fill_s:.1f} s ({len(keys) / fill_s:,.0f} PUT/s)")
         resource = LakeResource(root=f"s3://{BUCKET}/{PREFIX}", endpoint_url=server.endpoint_url, region_name=server.region,
-                                aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key)
+                                aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
+                                allow_http=True)  # SeaweedFS on 127.0.0.1
 
         (Path(tmp) / "dagster").mkdir()
         with dg.instance_for_test(temp_dir=str(Path(tmp) / "dagster")) as instance:

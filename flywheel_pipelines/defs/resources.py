@@ -15,7 +15,7 @@ from dagster_aws.s3.resources import ResourceWithS3Configuration
 from pydantic import Field
 
 from flywheel_pipelines.lib import settings
-from flywheel_pipelines.lib.storage import Lake, open_lake
+from flywheel_pipelines.lib.storage import Encryption, Lake, LakeError, open_lake
 
 # LakeResource field <- environment variable, bound as dg.EnvVar when the deployment sets it (the
 # value then never appears in the UI). Unset fields fall back to boto3's own chain: AWS_* variables,
@@ -27,7 +27,20 @@ LAKE_S3_ENV = {
     "aws_access_key_id": "FLYWHEEL_S3_ACCESS_KEY_ID",
     "aws_secret_access_key": "FLYWHEEL_S3_SECRET_ACCESS_KEY",
     "aws_session_token": "FLYWHEEL_S3_SESSION_TOKEN",
+    "sse": "FLYWHEEL_S3_SSE",
+    "sse_kms_key_id": "FLYWHEEL_S3_SSE_KMS_KEY_ID",
 }
+# Not a secret, and a bool (dg.EnvVar binds strings only): read when the definitions load.
+ALLOW_HTTP_ENV = "FLYWHEEL_S3_ALLOW_HTTP"
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
+
+
+def env_flag(name: str) -> bool:
+    """A yes/no environment variable; anything but the usual spellings is an error naming it."""
+    value = os.environ.get(name, "").strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ValueError(f"{name}={os.environ[name]!r}: expected true/false (1/0, yes/no, on/off)")
+    return value in _TRUE
 
 
 class LakeResource(ResourceWithS3Configuration):
@@ -41,12 +54,30 @@ class LakeResource(ResourceWithS3Configuration):
     root: str | None = Field(
         default=None, description="Lake root (folder or s3://bucket/prefix). Default: $FLYWHEEL_LAKE or <home>/lake."
     )
+    sse: str | None = Field(
+        default=None, description="Server-side encryption of every write to an S3 lake: AES256 (SSE-S3) or aws:kms "
+                                  "(SSE-KMS). Unset: the bucket's default. From FLYWHEEL_S3_SSE.")
+    sse_kms_key_id: str | None = Field(
+        default=None, description="KMS key id, ARN or alias for sse=aws:kms (unset: the account's aws/s3 key). "
+                                  "From FLYWHEEL_S3_SSE_KMS_KEY_ID.")
+    allow_http: bool = Field(
+        default=False, description="Accept a plain-http S3 endpoint (refused otherwise): only for a test server on "
+                                   "127.0.0.1 or a trusted network. From FLYWHEEL_S3_ALLOW_HTTP.")
 
     def lake(self) -> Lake:
         root = self.root or settings.default_lake_root()
         if root.startswith("s3://"):
-            return open_lake(root, s3_client=self.s3_client())
+            return open_lake(root, s3_client=self.s3_client(), allow_http=self.allow_http,
+                             encryption=self.encryption())
         return open_lake(root)
+
+    def encryption(self) -> Encryption | None:
+        """The configured server-side encryption (validated: a typo fails when the lake opens)."""
+        if not self.sse:
+            if self.sse_kms_key_id:
+                raise LakeError("FLYWHEEL_S3_SSE_KMS_KEY_ID is set but FLYWHEEL_S3_SSE is not: set it to aws:kms")
+            return None
+        return Encryption(self.sse, self.sse_kms_key_id or None)
 
     def s3_client(self):
         """A boto3 S3 client from this resource's dagster-aws configuration."""
@@ -57,7 +88,7 @@ def open_configured_lake(root: str | None = None) -> Lake:
     """The lake at ``root`` (default $FLYWHEEL_LAKE) outside a Dagster run (the CLI, the demo), with
     the same S3 settings a deployment gives the resource, read from the environment now."""
     values = {name: os.environ[var] for name, var in LAKE_S3_ENV.items() if os.environ.get(var)}
-    return LakeResource(root=root, **values).lake()
+    return LakeResource(root=root, allow_http=env_flag(ALLOW_HTTP_ENV), **values).lake()
 
 
 def lake_resource_from_env() -> LakeResource:
@@ -66,7 +97,8 @@ def lake_resource_from_env() -> LakeResource:
     An unset dg.EnvVar is an error when the resource starts, so only the variables present are bound
     and a local-folder lake needs none of them.
     """
-    return LakeResource(**{name: dg.EnvVar(var) for name, var in LAKE_S3_ENV.items() if os.environ.get(var)})
+    return LakeResource(allow_http=env_flag(ALLOW_HTTP_ENV),
+                        **{name: dg.EnvVar(var) for name, var in LAKE_S3_ENV.items() if os.environ.get(var)})
 
 
 class MlflowResource(dg.ConfigurableResource):

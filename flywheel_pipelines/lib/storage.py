@@ -428,6 +428,64 @@ class _AlreadyExists(Exception):
     """A conditional PUT (If-None-Match: *) found an object at the key."""
 
 
+# Server-side encryption S3 offers without the client holding the key: SSE-S3 (keys managed by the
+# store) and SSE-KMS (a KMS key the deployment names). SSE-C is left out on purpose: every reader
+# would need the key, which would put a secret in every process that reads the lake.
+SSE_ALGORITHMS = ("AES256", "aws:kms")
+
+
+@dataclass(frozen=True)
+class Encryption:
+    """Server-side encryption that every write to an S3 lake asks for.
+
+    Readers need nothing: S3 decrypts SSE-S3 and SSE-KMS objects for any principal allowed to read
+    them (and, for KMS, to use the key), so a bucket that requires encryption stays readable.
+
+    Args:
+        algorithm: ``AES256`` (SSE-S3) or ``aws:kms`` (SSE-KMS).
+        kms_key_id: the KMS key (id, ARN or alias) for ``aws:kms``; None uses the account's
+            default ``aws/s3`` key. Never set for ``AES256``.
+    """
+
+    algorithm: str
+    kms_key_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in SSE_ALGORITHMS:
+            raise LakeError(f"unknown S3 server-side encryption {self.algorithm!r}: expected one of "
+                            f"{', '.join(SSE_ALGORITHMS)}")
+        if self.kms_key_id is not None and self.algorithm != "aws:kms":
+            raise LakeError(f"a KMS key id is only used with aws:kms encryption, not {self.algorithm!r}")
+        if self.kms_key_id is not None and not self.kms_key_id.strip():
+            raise LakeError("empty KMS key id: leave it unset for the account's default aws/s3 key")
+
+    def write_args(self) -> dict[str, str]:
+        """The boto3 arguments of a PUT, CreateMultipartUpload or CopyObject that encrypt the object."""
+        args = {"ServerSideEncryption": self.algorithm}
+        if self.kms_key_id:
+            args["SSEKMSKeyId"] = self.kms_key_id
+        return args
+
+
+def check_endpoint(endpoint_url: str, *, allow_http: bool) -> None:
+    """Refuses a plain-http S3 endpoint unless explicitly allowed: requests (and, on writes, the
+    data and its signature) would cross the network in clear text.
+
+    Raises:
+        LakeError: ``endpoint_url`` is ``http://`` and ``allow_http`` is False, or not an http(s) URL.
+    """
+    parts = urlsplit(endpoint_url)
+    where = f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    if parts.scheme == "https":
+        return
+    if parts.scheme != "http":
+        raise LakeError(f"invalid S3 endpoint {where!r}: expected https:// (or http:// where allowed)")
+    if not allow_http:
+        raise LakeError(f"refusing plain-http S3 endpoint {where}: the lake's traffic would not be encrypted in "
+                        "transit. Use https, or set FLYWHEEL_S3_ALLOW_HTTP=true (LakeResource.allow_http) for a "
+                        "test server on 127.0.0.1 or a network you trust")
+
+
 class S3Lake(Lake):
     """The lake in an S3 bucket (AWS S3 or an S3-compatible store such as SeaweedFS) under a key prefix.
 
@@ -451,6 +509,9 @@ class S3Lake(Lake):
       keys (``_republish``). Single-key readers (``read_bytes`` on one file of the folder) see
       each file old or new, whole.
     - ``local_path`` and ``local_dir`` stream objects to a temporary folder, removed on exit.
+    - With ``encryption``, every request that creates an object (PUT, CreateMultipartUpload,
+      CopyObject) asks for server-side encryption, so a bucket policy that denies unencrypted
+      writes accepts all of the lake's; reads need nothing.
 
     Args:
         client: a boto3 S3 client (dagster-aws's ``S3Resource.get_client()`` in the code location).
@@ -459,10 +520,12 @@ class S3Lake(Lake):
         multipart_threshold: files above this size are uploaded in parts (S3 caps one PUT at 5 GiB).
         part_size: part size of multipart uploads (S3's minimum is 5 MiB); one part is held in memory.
         workers: parallel transfers for folder uploads and downloads.
+        encryption: server-side encryption asked for on every write (each PUT, multipart upload
+            and copy: ``_write_args``); None leaves it to the bucket's default.
     """
 
     def __init__(self, client: Any, bucket: str, prefix: str = "", *, multipart_threshold: int = 64 * _MiB,
-                 part_size: int = 16 * _MiB, workers: int = 8):
+                 part_size: int = 16 * _MiB, workers: int = 8, encryption: Encryption | None = None):
         if not _BUCKET_RE.fullmatch(bucket or ""):
             raise LakeError(f"invalid S3 bucket name {bucket!r}")
         if part_size < 5 * _MiB:
@@ -473,6 +536,10 @@ class S3Lake(Lake):
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.workers = workers
+        self.encryption = encryption
+        # Every request that creates an object carries these (PutObject, CreateMultipartUpload,
+        # CopyObject); UploadPart and CompleteMultipartUpload inherit the upload's encryption.
+        self._write_args: dict[str, str] = encryption.write_args() if encryption else {}
 
     @property
     def root_uri(self) -> str:
@@ -596,10 +663,7 @@ class S3Lake(Lake):
         rel = _check_key(key)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"{self.uri(rel)}: write_bytes needs bytes, got {type(data).__name__}")
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._full(rel), Body=bytes(data))
-        except Exception as exc:
-            raise self._fail(rel, "PUT", exc) from exc
+        self._put_small(rel, bytes(data))
 
     def _download(self, rel: str, dest: Path, *, if_match: str | None = None) -> None:
         """Stream one object to ``dest`` (1 MiB at a time; never the whole object in memory)."""
@@ -710,7 +774,8 @@ class S3Lake(Lake):
         for n in files:
             try:
                 self.client.copy_object(Bucket=self.bucket, Key=self._full(f"{rel}/{n}"),
-                                        CopySource={"Bucket": self.bucket, "Key": self._full(f"{rel}/{generation}/{n}")})
+                                        CopySource={"Bucket": self.bucket, "Key": self._full(f"{rel}/{generation}/{n}")},
+                                        **self._write_args)
             except Exception as exc:
                 raise self._fail(f"{rel}/{n}", "copy", exc) from exc
         keep = {f"{rel}/{n}" for n in files} | {f"{rel}/{generation}/{n}" for n in files} | {f"{rel}/{FOLDER_MANIFEST}"}
@@ -719,7 +784,7 @@ class S3Lake(Lake):
 
     def _put_small(self, rel: str, data: bytes) -> None:
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._full(rel), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=self._full(rel), Body=data, **self._write_args)
         except Exception as exc:
             raise self._fail(rel, "PUT", exc) from exc
 
@@ -732,7 +797,7 @@ class S3Lake(Lake):
             _AlreadyExists: ``if_none_match`` and an object already sits at ``rel``.
         """
         key = self._full(rel)
-        extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
+        extra: dict[str, Any] = {**({"Metadata": metadata} if metadata else {}), **self._write_args}
         condition = {"IfNoneMatch": "*"} if if_none_match else {}
         try:
             if path.stat().st_size <= self.multipart_threshold:
@@ -812,18 +877,21 @@ def parse_s3_uri(root: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def open_lake(root: str, *, s3_client: Any | None = None) -> Lake:
+def open_lake(root: str, *, s3_client: Any | None = None, allow_http: bool = False,
+              encryption: Encryption | None = None) -> Lake:
     """The lake for a root: a local folder, or ``s3://bucket/prefix`` with an S3 client.
 
     The client carries endpoint, region and credentials; this library never picks them itself
-    (the code location builds it from ``LakeResource``'s dagster-aws configuration).
+    (the code location builds it from ``LakeResource``'s dagster-aws configuration). Its endpoint
+    must be https unless ``allow_http`` (``check_endpoint``); ``encryption`` goes on every write.
     """
     if root.startswith("s3://"):
         if s3_client is None:
             raise LakeError(f"s3:// lakes are not supported without an S3 client ({root}): "
                             "configure LakeResource (endpoint_url, region_name, credentials) or pass s3_client")
         bucket, prefix = parse_s3_uri(root)
-        return S3Lake(s3_client, bucket, prefix)
+        check_endpoint(s3_client.meta.endpoint_url, allow_http=allow_http)
+        return S3Lake(s3_client, bucket, prefix, encryption=encryption)
     return LocalLake(root)
 
 

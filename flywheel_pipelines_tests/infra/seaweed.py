@@ -42,6 +42,9 @@ class SeaweedS3:
     access_key: str
     secret_key: str
     region: str = REGION
+    # Where the volume server keeps object bytes (one <collection>_<n>.dat per bucket volume), for
+    # tests that look at what is stored at rest.
+    data_dir: Path | None = None
 
     def client(self, *, max_pool_connections: int = 10):
         return boto3.client(
@@ -94,15 +97,17 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
-def _start_once(binary: Path, workdir: Path, timeout: float) -> tuple[subprocess.Popen, SeaweedS3]:
+def _start_once(binary: Path, workdir: Path, timeout: float,
+                identities: list[dict]) -> tuple[subprocess.Popen, SeaweedS3]:
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
-    server = SeaweedS3(f"http://127.0.0.1:{ports['s3.port']}", secrets.token_hex(10), secrets.token_hex(20))
+    server = SeaweedS3(f"http://127.0.0.1:{ports['s3.port']}", secrets.token_hex(10), secrets.token_hex(20),
+                       data_dir=workdir / "data")
     config = workdir / "s3.json"
     config.write_text(json.dumps({"identities": [{
         "name": "flywheel-test",
         "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}))
+    }, *identities]}))
     config.chmod(0o600)
     data = workdir / "data"
     data.mkdir(exist_ok=True)
@@ -133,8 +138,12 @@ def _start_once(binary: Path, workdir: Path, timeout: float) -> tuple[subprocess
 
 
 @contextlib.contextmanager
-def seaweed_s3(workdir: Path, *, timeout: float = 60.0, attempts: int = 3) -> Iterator[SeaweedS3]:
+def seaweed_s3(workdir: Path, *, timeout: float = 60.0, attempts: int = 3,
+               identities: list[dict] | None = None) -> Iterator[SeaweedS3]:
     """Run SeaweedFS in ``workdir`` until the block exits; yields where its S3 gateway answers.
+
+    The gateway always accepts the admin key pair it yields; ``identities`` (SeaweedFS ``-s3.config``
+    entries: name, credentials, actions) are added beside it, for tests of scoped keys.
 
     Ports are picked free and then handed to weed, so another process may take one in between:
     a start that fails is retried on fresh ports.
@@ -143,7 +152,7 @@ def seaweed_s3(workdir: Path, *, timeout: float = 60.0, attempts: int = 3) -> It
     workdir.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, attempts + 1):
         try:
-            proc, server = _start_once(binary, workdir, timeout)
+            proc, server = _start_once(binary, workdir, timeout, identities or [])
             break
         except RuntimeError:
             if attempt == attempts:

@@ -13,6 +13,7 @@ def test_fleet_simulate_writes_into_a_bucket_lake(seaweed, s3_prefix, monkeypatc
     monkeypatch.setenv("FLYWHEEL_S3_REGION", seaweed.region)
     monkeypatch.setenv("FLYWHEEL_S3_ACCESS_KEY_ID", seaweed.access_key)
     monkeypatch.setenv("FLYWHEEL_S3_SECRET_ACCESS_KEY", seaweed.secret_key)
+    monkeypatch.setenv("FLYWHEEL_S3_ALLOW_HTTP", "true")  # the test server is plain http on 127.0.0.1
     root = f"s3://{BUCKET}/{s3_prefix}"
     result = CliRunner().invoke(main, ["fleet", "simulate", "--robots", "1", "--days", "1", "--episodes", "2",
                                        "--start-date", "2026-11-01", "--lake", root])

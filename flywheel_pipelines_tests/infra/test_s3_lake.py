@@ -362,10 +362,10 @@ def test_local_path_temp_files_are_removed(s3_lake):
 
 
 def test_open_lake_s3(s3_client):
-    lake = open_lake("s3://flywheel-test-lake/prod/lake/", s3_client=s3_client)
+    lake = open_lake("s3://flywheel-test-lake/prod/lake/", s3_client=s3_client, allow_http=True)
     assert isinstance(lake, S3Lake) and (lake.bucket, lake.prefix) == ("flywheel-test-lake", "prod/lake")
     assert lake.uri("catalog/episodes.parquet") == "s3://flywheel-test-lake/prod/lake/catalog/episodes.parquet"
-    assert open_lake("s3://flywheel-test-lake", s3_client=s3_client).root_uri == "s3://flywheel-test-lake"
+    assert open_lake("s3://flywheel-test-lake", s3_client=s3_client, allow_http=True).root_uri == "s3://flywheel-test-lake"
     with pytest.raises(LakeError, match="not supported without an S3 client"):
         open_lake("s3://flywheel-test-lake/x")
     for bad in ["s3://Bad_Bucket/x", "s3://flywheel-test-lake/../x", "s3://flywheel-test-lake/a//b", "s3:///x"]:
@@ -383,6 +383,7 @@ def test_lake_resource_reaches_s3_through_env_vars(seaweed, s3_prefix, monkeypat
     monkeypatch.setenv("FLYWHEEL_S3_REGION", seaweed.region)
     monkeypatch.setenv("FLYWHEEL_S3_ACCESS_KEY_ID", seaweed.access_key)
     monkeypatch.setenv("FLYWHEEL_S3_SECRET_ACCESS_KEY", seaweed.secret_key)
+    monkeypatch.setenv("FLYWHEEL_S3_ALLOW_HTTP", "true")  # the test server is plain http on 127.0.0.1
     resource = lake_resource_from_env()
     # Bound as environment references (resolved when the resource starts), so no secret is in its config.
     assert isinstance(resource.aws_secret_access_key, dg.EnvVar) and isinstance(resource.endpoint_url, dg.EnvVar)

@@ -29,7 +29,8 @@ DAYS = {n: (TODAY - dt.timedelta(days=n)).isoformat() for n in range(40)}
 @pytest.fixture
 def resource(seaweed, s3_prefix) -> LakeResource:
     return LakeResource(root=f"s3://{BUCKET}/{s3_prefix}", endpoint_url=seaweed.endpoint_url, region_name=seaweed.region,
-                        aws_access_key_id=seaweed.access_key, aws_secret_access_key=seaweed.secret_key)
+                        aws_access_key_id=seaweed.access_key, aws_secret_access_key=seaweed.secret_key,
+                        allow_http=True)
 
 
 @pytest.fixture
