@@ -946,5 +946,15 @@ def inspect_document(m, *, decoded: bool) -> dict:
             "topics": topics}
 
 
+def _add_governance() -> None:
+    from flywheel_pipelines.cli_governance import erase, governance
+
+    main.add_command(governance)
+    main.add_command(erase)
+
+
+_add_governance()
+
+
 if __name__ == "__main__":
     entry()

@@ -28,6 +28,7 @@ are one or two row groups of a million-row table). Which MLflow model version ho
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -45,6 +46,7 @@ import pyarrow.parquet as pq
 
 from flywheel_pipelines.lib import ids
 from flywheel_pipelines.lib.evaluation import registry
+from flywheel_pipelines.lib.governance import deleter
 from flywheel_pipelines.lib.storage import Lake
 
 LINEAGE_PREFIX = "lineage"
@@ -331,6 +333,7 @@ class RawFile:
     robot: str
     date: str
     episodes: int
+    status: str | None = None  # expired | erased: the raw bytes were deleted (a tombstone says why)
 
 
 @dataclass(frozen=True)
@@ -615,13 +618,50 @@ def query(store: Lake, *, raw: str | None = None, robot: str | None = None, date
         warnings.append("no lineage index yet: answered from the edge records alone")
     index_info = {"built_at": (idx.meta or {}).get("built_at"), "build_id": (idx.meta or {}).get("build_id"),
                   "fresh_edge_files": len(idx.fresh)}
+    raw_files, upstream, downstream = _mark_deleted(idx, _raw_files(raw_t), upstream, downstream)
     episodes_t = episodes_t.sort_by([("robot", "ascending"), ("date", "ascending"), ("episode_id", "ascending")])
     episodes = tuple(zip(episodes_t["episode_id"].to_pylist(), episodes_t["robot"].to_pylist(),
                          episodes_t["date"].to_pylist(), strict=True))
-    return LineageResult(selector=selector, episodes=episodes, raw_files=_raw_files(raw_t),
+    return LineageResult(selector=selector, episodes=episodes, raw_files=raw_files,
                          upstream=tuple(upstream), downstream=tuple(downstream),
                          production=tuple(f"policy {n}/{v} ({how})" for (n, v), how in sorted(production.items())),
                          index=index_info, warnings=tuple(warnings))
+
+
+def _worst(statuses) -> str | None:
+    found = set(statuses) - {None}
+    return "erased" if "erased" in found else ("expired" if found else None)
+
+
+def _mark_deleted(idx: _Index, raw_files: tuple[RawFile, ...], upstream: list[ArtifactNode],
+                  downstream: list[ArtifactNode]):
+    """Marks what derives from deleted raw logs (governance tombstones): each raw file gets its
+    status, each dataset holding an episode of a deleted log ``source_status`` (erased over
+    expired), and everything built on that dataset inherits it."""
+    dataset_keys = {}
+    for n in [*upstream, *walk(downstream)]:
+        if n.kind == "dataset" and (n.name, n.version) not in dataset_keys:
+            d = idx.dataset_by_nv.get((n.name, n.version))
+            table = None if d is None else idx.fresh_datasets.get(d["id"])
+            if d is not None and table is None:
+                table = _read_dataset_edge(idx.store, d["key"])[1]
+            raw = _explode_raw(table, "raw_keys", "raw_sha256") if table is not None else _RAW_SCHEMA.empty_table()
+            dataset_keys[(n.name, n.version)] = set(raw["key"].drop_null().to_pylist())
+    status = deleter.statuses(idx.store, {f.key for f in raw_files}.union(*dataset_keys.values()))
+    if not status:
+        return raw_files, upstream, downstream
+    raw_files = tuple(dataclasses.replace(f, status=status.get(f.key)) for f in raw_files)
+
+    def mark(n: ArtifactNode, inherited: str | None) -> ArtifactNode:
+        own = _worst(status.get(k) for k in dataset_keys.get((n.name, n.version), ())) if n.kind == "dataset" else None
+        s = _worst([own, inherited])
+        detail = {**n.detail, "source_status": s} if s else n.detail
+        return dataclasses.replace(n, detail=detail, children=tuple(mark(c, s) for c in n.children))
+
+    # The upstream chain (release -> policy -> dataset) inherits from its dataset, the last link.
+    chain_status = _worst(status.get(k) for n in upstream if n.kind == "dataset"
+                          for k in dataset_keys.get((n.name, n.version), ()))
+    return raw_files, [mark(n, chain_status) for n in upstream], [mark(n, None) for n in downstream]
 
 
 def _distinct(table: pa.Table) -> pa.Table:
@@ -830,6 +870,8 @@ def _selector_text(selector: dict) -> str:
 
 def _node_line(n: ArtifactNode) -> str:
     mark = (" [PRODUCTION]" if n.production else "") + (" [WITHDRAWN]" if n.detail.get("withdrawn") else "")
+    if n.detail.get("source_status"):
+        mark += f" [{n.detail['source_status'].upper()} SOURCE]"
     d = n.detail
     if n.kind == "dataset":
         extra = (f"{d['matched_episodes']} of its {d['episodes']} episodes" if "matched_episodes" in d
@@ -865,7 +907,8 @@ def render_tree(result: LineageResult, *, max_robot_days: int = 12, max_raw_file
         if len(robots) > max_robot_days:
             lines.append(f"    ... and {len(robots) - max_robot_days} more robots (--json lists all)")
     for f in result.raw_files[:max_raw_files]:
-        lines.append(f"    raw {f.sha256[:16] if f.sha256 else '-':<16}  {f.key}  ({f.episodes} episodes)")
+        gone = f"  [{f.status.upper()}]" if f.status else ""
+        lines.append(f"    raw {f.sha256[:16] if f.sha256 else '-':<16}  {f.key}  ({f.episodes} episodes){gone}")
     if len(result.raw_files) > max_raw_files:
         lines.append(f"    ... and {len(result.raw_files) - max_raw_files} more raw files (--json lists all)")
     in_prod = sum(1 for n in walk(result.downstream) if n.production and n.kind in ("policy", "release"))
@@ -902,7 +945,8 @@ def to_json(result: LineageResult) -> dict:
         "episodes": {"count": len(result.episodes),
                      "robot_days": [{"robot": r, "date": d, "episodes": n} for r, d, n in result.robot_days],
                      "episode_ids": [e for e, _, _ in result.episodes]},
-        "raw_files": [{"key": f.key, "sha256": f.sha256, "robot": f.robot, "date": f.date, "episodes": f.episodes}
+        "raw_files": [{"key": f.key, "sha256": f.sha256, "robot": f.robot, "date": f.date, "episodes": f.episodes,
+                       "status": f.status}
                       for f in result.raw_files],
         "upstream": [n.to_json() for n in result.upstream],
         "downstream": [n.to_json() for n in result.downstream],

@@ -1,0 +1,186 @@
+"""The one code path in the project that deletes raw bytes, and the tombstone it leaves.
+
+Raw logs are immutable everywhere else (``Lake.write_bytes``/``publish_dir`` refuse ``raw/``).
+Retention and erasure call :func:`delete_raw_log`, which first writes a tombstone (key, sha256,
+size, topics, when, why: ids and hashes, never content) and only then deletes the bytes. A run
+killed between the two leaves a tombstone over bytes still present; the next call with the same
+log finishes the deletion (the tombstone is not rewritten), so a re-run is always safe.
+``flywheel_pipelines_tests/lib/test_governance_deleter.py`` fails if any other module deletes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flywheel_pipelines.lib import faults, ids
+from flywheel_pipelines.lib.governance import paths
+from flywheel_pipelines.lib.governance.policy import classify
+from flywheel_pipelines.lib.storage import RAW_PREFIX, Lake, LocalLake, S3Lake
+
+TOMBSTONE_SCHEMA = "flywheel-tombstone-v1"
+STATUSES = ("expired", "erased")
+
+
+class DeletionError(RuntimeError):
+    """A deletion that must not happen (bad key, content changed, unknown lake type)."""
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    key: str
+    sha256: str
+    size: int
+    status: str  # expired (retention) | erased (erasure request)
+    rule: str  # "camera: 30 days (policy v2)" | "erasure er-..."
+    deleted_at: str
+    topics: tuple[dict, ...]
+    record_key: str
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _objects(lake: Lake, key: str) -> list:
+    """The objects of one raw log: the file, or every file of a rosbag2 folder (key ending in /)."""
+    if key.endswith("/"):
+        return lake.list(key)
+    return [o for o in lake.list(key.rsplit("/", 1)[0] + "/") if o.key == key]
+
+
+def _content_sha256(lake: Lake, key: str, objects: list) -> str:
+    """sha256 of a file log, or for a folder the fingerprint of its (name, sha256) pairs."""
+    def one(k: str) -> str:
+        digest = hashlib.sha256()
+        with lake.local_path(k) as path, open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
+    if not key.endswith("/"):
+        return one(key)
+    # The manifest's folder hash (lib/rosbag/manifest.py): sha256 of a sorted sha256sum listing.
+    listing = "".join(f"{one(o.key)}  {rel}\n" for rel, o in sorted((o.key[len(key):], o) for o in objects))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _remove(lake: Lake, keys: list[str]) -> None:
+    if isinstance(lake, LocalLake):
+        for k in keys:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lake.path(k))
+    elif isinstance(lake, S3Lake):
+        lake._delete(keys)  # noqa: SLF001 - the lake's batched DeleteObjects, behind this audited path
+    else:
+        raise DeletionError(f"cannot delete from a {type(lake).__name__}")
+
+
+def read_tombstones(lake: Lake, robot: str) -> list[dict]:
+    """Every tombstone of one robot's raw logs."""
+    prefix = paths.tombstone_robot_prefix(robot)
+    return [lake.read_json(o.key) for o in sorted(lake.list(prefix), key=lambda o: o.key) if o.key.endswith(".json")]
+
+
+def statuses(lake: Lake, raw_keys) -> dict[str, str]:
+    """{raw key: expired | erased} for the keys given that have a tombstone: one listing of the
+    tombstones (their names carry robot, day and log), and a read only of those that match."""
+    wanted = set(raw_keys)
+    if not wanted:
+        return {}
+    out: dict[str, str] = {}
+    for o in lake.list(paths.TOMBSTONE_PREFIX + "/"):
+        parts = o.key[len(paths.TOMBSTONE_PREFIX) + 1:].split("/")
+        if len(parts) != 3 or not parts[2].endswith(".json"):
+            continue
+        base = f"{RAW_PREFIX}{parts[0]}/{parts[1]}/{parts[2][:-len('.json')].rsplit('.', 1)[0]}"
+        for key in (base, base + "/"):
+            if key in wanted:
+                out[key] = lake.read_json(o.key)["status"]
+    return out
+
+
+def tombstoned(lake: Lake, robots) -> dict[str, dict]:
+    """{raw key: its newest tombstone} for the robots given."""
+    out: dict[str, dict] = {}
+    for robot in sorted(set(robots)):
+        for t in read_tombstones(lake, robot):
+            out[t["key"]] = t
+    return out
+
+
+def delete_raw_log(lake: Lake, key: str, *, status: str, rule: str, topics: list[dict] | None = None,
+                   expected_sha256: str | None = None, now: Callable[[], dt.datetime] = _now) -> Tombstone:
+    """Delete one raw log (file or rosbag2 folder) behind a tombstone. Idempotent.
+
+    Args:
+        key: the raw log key (``raw/robot=<id>/date=<day>/<file>`` or ``.../<bag>/``), validated.
+        status: ``expired`` (retention) or ``erased`` (an erasure request).
+        rule: why, as people read it (the policy rule or the erasure id).
+        topics: the log's topics from its manifest ({topic, type}); each gets its class.
+        expected_sha256: the content the caller decided on (from the manifest); other bytes at the
+            key (a re-upload since) are refused, not deleted.
+
+    Raises:
+        DeletionError: an invalid key or status, changed content, or a log neither in the lake
+            nor tombstoned.
+    """
+    if status not in STATUSES:
+        raise DeletionError(f"unknown deletion status {status!r} (one of {', '.join(STATUSES)})")
+    try:
+        ids.parse_raw_key(key.rstrip("/"))
+    except ids.InvalidIdentifier as exc:
+        raise DeletionError(str(exc)) from None
+    if key.endswith("/") and ids.raw_log_key(key + "x") != key:
+        raise DeletionError(f"not a raw log folder key {key!r}")
+    objects = _objects(lake, key)
+    robot = ids.parse_raw_key(key.rstrip("/"))[0]
+    if not objects:
+        done = [t for t in read_tombstones(lake, robot) if t["key"] == key]
+        if done:
+            return _tombstone(done[-1], "")
+        raise DeletionError(f"raw log {key} is not in the lake and has no tombstone")
+    sha = _content_sha256(lake, key, objects)
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise DeletionError(f"raw log {key} holds other bytes (sha256 {sha[:16]}) than the ones decided on "
+                            f"({expected_sha256[:16]}): a re-upload since; not deleted")
+    record_key = paths.tombstone_key(key, sha)
+    if lake.exists(record_key):
+        doc = lake.read_json(record_key)
+    else:
+        doc = {"schema": TOMBSTONE_SCHEMA, "key": key, "sha256": sha, "size": sum(o.size for o in objects),
+               "files": len(objects), "status": status, "rule": rule,
+               "deleted_at": now().isoformat(timespec="seconds"),
+               "topics": [{"topic": t["topic"], "type": t.get("type"), "class": classify(t.get("type") or "")}
+                          for t in (topics or [])]}
+        lake.write_json(record_key, doc)
+    faults.point("governance.delete.tombstoned")
+    _remove(lake, [o.key for o in objects])
+    return _tombstone(doc, record_key)
+
+
+def _tombstone(doc: dict, record_key: str) -> Tombstone:
+    return Tombstone(doc["key"], doc["sha256"], doc["size"], doc["status"], doc["rule"], doc["deleted_at"],
+                     tuple(doc.get("topics") or ()), record_key or paths.tombstone_key(doc["key"], doc["sha256"]))
+
+
+def delete_derived(lake: Lake, prefix: str) -> int:
+    """Delete a derived artifact folder (a dataset version holding erased content); never raw/.
+    Returns the number of files removed."""
+    prefix = prefix.rstrip("/") + "/"
+    if prefix.startswith(RAW_PREFIX) or prefix.startswith(paths.GOVERNANCE_PREFIX + "/"):
+        raise DeletionError(f"refusing to delete {prefix!r}: raw logs and governance records go through their own paths")
+    keys = [o.key for o in lake.list(prefix)]
+    if isinstance(lake, LocalLake):
+        target = lake.path(prefix.rstrip("/"))
+        if target.is_symlink():
+            raise DeletionError(f"{lake.uri(prefix)}: a symbolic link; not deleted")
+        shutil.rmtree(target, ignore_errors=True)
+    elif keys:
+        hidden = [o.key for o in lake.list(prefix)]  # S3: listed keys; the folder manifest goes with them
+        _remove(lake, hidden + [prefix + ".lake-folder.json"])
+    return len(keys)
