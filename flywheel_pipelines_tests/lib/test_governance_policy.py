@@ -64,3 +64,36 @@ def test_a_tampered_version_in_the_lake_is_reported_with_its_location(tmp_path) 
     lake.write_bytes(paths.policy_key(2), b"schema: flywheel-governance-policy-v1\nretention_days: {camera: -1}\n")
     with pytest.raises(policy.PolicyError, match=r"governance/policy/v2.yaml"):
         policy.current(lake)
+
+
+def test_cli_policy_set_show_and_retention_plan(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from flywheel_pipelines.cli import main
+    from flywheel_pipelines.lib.sim.fleet import simulate_fleet
+
+    lake = LocalLake(tmp_path / "lake")
+    simulate_fleet(lake, robots=1, days=["2026-01-05"], episodes_per_day=2, seed=0)
+    run = CliRunner().invoke
+    root = ["--lake", str(lake.root)]
+    assert "no retention policy set" in run(main, ["governance", "policy", "show", *root]).output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("audio: 7, ", ""))
+    out = run(main, ["governance", "policy", "set", "--file", str(bad), "--reason", "r", "--by", "ana", *root])
+    assert out.exit_code != 0 and str(bad) in out.output and "has no audio" in out.output
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD.replace("other: null", "other: 30"))
+    out = run(main, ["governance", "policy", "set", "--file", str(good), "--reason", "privacy review", "--by", "ana",
+                     *root])
+    assert out.exit_code == 0 and "v1 in force" in out.output
+    shown = run(main, ["governance", "policy", "show", "--json", *root]).output
+    assert '"other": 30' in shown and '"set_by": "ana"' in shown
+    # No manifest yet: nothing is classified, so nothing expires (and the CLI says why).
+    plan = run(main, ["governance", "retention", "--today", "2026-03-01", *root]).output
+    assert "0 raw logs expired" in plan and "1 not described by a manifest yet (kept)" in plan
+    from flywheel_pipelines.defs.ingest.assets import write_manifest
+
+    write_manifest(lake, "r101", "2026-01-05")
+    plan = run(main, ["governance", "retention", "--today", "2026-03-01", *root]).output
+    assert "1 raw logs expired" in plan and "other: 30 days (policy v1)" in plan
+    assert lake.list("raw/")  # the plan deletes nothing

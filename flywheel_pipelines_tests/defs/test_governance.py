@@ -1,0 +1,90 @@
+"""Governance through Dagster on the drilled flywheel lake: the erase job (dry run by default, then
+for real), the rebuild sensor and the curated_dataset run it launches, and the retention sweep."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+
+import dagster as dg
+import pytest
+
+from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.lib import lineage_index
+from flywheel_pipelines.lib.catalog import CATALOG_KEY
+from flywheel_pipelines.lib.governance import deleter, erasure, paths, policy, rebuilds
+from flywheel_pipelines.lib.storage import LocalLake
+
+pytestmark = pytest.mark.slow
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@pytest.fixture
+def home(drilled, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    shutil.copytree(drilled.home, home, symlinks=True)
+    monkeypatch.setenv("FLYWHEEL_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    for var in ("FLYWHEEL_LAKE", "FLYWHEEL_MLFLOW_URI", "FLYWHEEL_MLFLOW_ARTIFACTS"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+def _erase_config(key: str, **extra) -> dict:
+    return {**QUIET, "ops": {"erase_data": {"config": {"raw": key, "reason": "subject request 4", "requested_by": "dpo",
+                                                       **extra}}}}
+
+
+def test_erase_job_rebuild_sensor_and_retention(home, drilled) -> None:
+    from flywheel_pipelines.definitions import defs as load_defs
+
+    defs = load_defs()
+    lake = LocalLake(home / "lake")
+    robot, day = drilled.result["found"][0]
+    key = sorted(o.key for o in lake.list(f"raw/robot={robot}/date={day}/"))[0]
+    radius = erasure.blast_radius(lake, raw=key)
+    assert radius.datasets and radius.policies and radius.releases
+    gone = {e["episode_id"] for e in radius.episodes}
+    before = {o.key for o in lake.list("")}
+    with dg.DagsterInstance.get() as instance:
+        job = defs.resolve_job_def("erase")
+        assert job.execute_in_process(instance=instance, run_config=_erase_config(key)).success
+        assert {o.key for o in lake.list("")} == before  # dry run by default
+        assert job.execute_in_process(instance=instance, run_config=_erase_config(key, dry_run=False)).success
+        assert not lake.exists(key) and deleter.statuses(lake, [key]) == {key: "erased"}
+        assert not gone & set(lake.read_parquet(CATALOG_KEY)["episode_id"].to_pylist())
+        (eid,) = erasure.list_erasures(lake)
+        assert [s["step"] for s in erasure.read_record(lake, eid)] == ["requested", "completed"]
+
+        # The sensor launches one curated_dataset run per deleted dataset version, with its spec.
+        sensor = defs.resolve_sensor_def("governance_rebuild_sensor")
+        resources = {"lake": LakeResource()}
+        result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        requests = result.run_requests
+        assert sorted(r.run_key for r in requests) == sorted(r["id"] for _, r in rebuilds.read_requests(lake))
+        assert len(requests) == len(radius.datasets)
+        again = sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
+        assert isinstance(again, dg.SkipReason)
+        request = requests[0]
+        run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            asset_selection=[dg.AssetKey("curated_dataset")], instance=instance,
+            run_config={**QUIET, **request.run_config}, tags=request.tags)
+        assert run.success
+        meta = instance.get_latest_materialization_event(dg.AssetKey("curated_dataset")).asset_materialization.metadata
+        version = meta["dataset_version"].value
+        assert version not in {d["version"] for d in radius.datasets}
+        manifest = lake.read_json(f"{paths.dataset_prefix('reach', version)}/manifest.json")
+        assert manifest["episodes"] and not gone & {e["episode_id"] for e in manifest["episodes"]}
+
+        # Retention: keep plain logs 2 days; the drill's older days expire behind tombstones.
+        policy.set_policy(lake, "schema: flywheel-governance-policy-v1\nretention_days: {camera: 1, audio: 1, "
+                          "other: 2}\n", source="test", by="dpo", reason="test")
+        sweep = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            asset_selection=[dg.AssetKey("retention_sweep")], instance=instance, run_config=QUIET)
+        assert sweep.success
+        meta = instance.get_latest_materialization_event(dg.AssetKey("retention_sweep")).asset_materialization.metadata
+        cutoff = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=2)).isoformat()
+        old = [o.key for o in lake.list("raw/") if o.key.split("date=")[1][:10] < cutoff]
+        assert meta["expired"].value > 0 and old == [] and meta["policy_version"].value == 1
+        expired_key = next(iter(t["key"] for t in deleter.read_tombstones(lake, "r101") if t["status"] == "expired"))
+        assert [f.status for f in lineage_index.query(lake, raw=expired_key).raw_files] == ["expired"]
