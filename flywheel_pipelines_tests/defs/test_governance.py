@@ -53,6 +53,13 @@ def test_erase_job_rebuild_sensor_and_retention(home, drilled) -> None:
         assert job.execute_in_process(instance=instance, run_config=_erase_config(key, dry_run=False)).success
         assert not lake.exists(key) and deleter.statuses(lake, [key]) == {key: "erased"}
         assert not gone & set(lake.read_parquet(CATALOG_KEY)["episode_id"].to_pylist())
+        # Golden scenarios derived from the log are gone (not retired): the current set lacks them,
+        # and every golden version that held them is deleted.
+        current = lake.read_json(paths.GOLDEN_POINTER)["prefix"]
+        scenarios = lake.read_json(f"{current}/{paths.GOLDEN_FILE}")["scenarios"]
+        assert scenarios and not [e for e in scenarios
+                                  if key in {f["key"] for f in e["scenario"]["source"]["raw_files"]}]
+        assert all(not lake.list(g["prefix"] + "/") for g in radius.golden)
         (eid,) = erasure.list_erasures(lake)
         assert [s["step"] for s in erasure.read_record(lake, eid)] == ["requested", "completed"]
 

@@ -8,7 +8,8 @@ dataset versions holding those episodes, and the policies and releases trained o
 1. records the request (``requested``: selector, reason, person, ids/hashes/counts only);
 2. deletes the raw bytes through :func:`deleter.delete_raw_log` (status ``erased``);
 3. rewrites each affected robot-day folder (episode table and frames), month archive and the
-   catalog without the erased episodes, atomically;
+   catalog without the erased episodes, atomically, and republishes the golden scenario set
+   without the scenarios derived from them (deleting the golden versions that held them);
 4. requests a rebuild of every affected dataset with its own spec, then deletes the old version;
 5. marks, without deleting, the policies and releases trained on them (they stay usable and are
    listed in the record; lineage shows them ``erased`` from the tombstones);
@@ -53,6 +54,7 @@ class BlastRadius:
     policies: list[dict] = field(default_factory=list)  # name, version, registered model/version
     releases: list[dict] = field(default_factory=list)  # name, version
     archives: list[str] = field(default_factory=list)   # month archive keys holding erased rows
+    golden: list[dict] = field(default_factory=list)    # golden set versions with scenarios derived from them
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -63,7 +65,8 @@ class BlastRadius:
         return {"raw_logs": len(self.raw_logs), "raw_bytes": sum(r["size"] or 0 for r in self.raw_logs),
                 "episodes": len(self.episodes), "robot_days": len({(e["robot"], e["date"]) for e in self.episodes}),
                 "datasets": len(self.datasets), "policies": len(self.policies), "releases": len(self.releases),
-                "archives": len(self.archives)}
+                "archives": len(self.archives),
+                "golden_scenarios": len({s for g in self.golden for s in g["scenarios"]})}
 
     def to_json(self) -> dict:
         return {"erasure_id": self.erasure_id, **asdict(self), "counts": self.counts()}
@@ -162,6 +165,19 @@ def _episode_rows(lake: Lake, raw_logs: list[dict]) -> tuple[list[dict], list[st
     return sorted(episodes.values(), key=lambda e: (e["robot"], e["date"], e["episode_id"])), archives
 
 
+def _golden(lake: Lake, keys: set[str]) -> list[dict]:
+    """Golden set versions holding scenarios derived from the raw logs (goal, start, fitted dynamics)."""
+    out = []
+    for o in sorted(lake.list(paths.GOLDEN_PREFIX), key=lambda o: o.key):
+        if not o.key.endswith("/" + paths.GOLDEN_FILE):
+            continue
+        hits = [e["scenario"]["scenario_id"] for e in lake.read_json(o.key)["scenarios"]
+                if {f["key"] for f in e["scenario"].get("source", {}).get("raw_files", [])} & keys]
+        if hits:
+            out.append({"prefix": o.key.rsplit("/", 1)[0], "scenarios": hits})
+    return out
+
+
 def _downstream(lake: Lake, selector: dict, radius: BlastRadius) -> None:
     try:
         if "raw" in selector:
@@ -204,6 +220,7 @@ def blast_radius(lake: Lake, *, raw: str | None = None, robot: str | None = None
         what = selector.get("raw") or f"robot {selector['robot']} {selector['from']} .. {selector['to']}"
         raise ErasureError(f"nothing to erase: no raw log of {what} in the lake, and none erased before")
     radius.episodes, radius.archives = _episode_rows(lake, radius.raw_logs)
+    radius.golden = _golden(lake, {r["key"] for r in radius.raw_logs})
     _downstream(lake, selector, radius)
     return radius
 
@@ -282,6 +299,32 @@ def _rewrite_table(lake: Lake, key: str, episode_ids: set[str]) -> int:
     return n
 
 
+def _rewrite_golden(lake: Lake, radius: BlastRadius, keys: set[str]) -> list[str]:
+    """Publish the current golden set without the scenarios derived from the erased logs, point
+    golden/current.json at it, then delete every golden version that held them. The scenarios
+    are gone, not retired: a retired scenario keeps its content."""
+    from flywheel_pipelines.lib.evaluation import golden as gold
+
+    if not radius.golden:
+        return []
+    removed: list[str] = []
+    if lake.exists(paths.GOLDEN_POINTER):
+        current = lake.read_json(paths.GOLDEN_POINTER)["prefix"]
+        entries = gold.read_document(lake.read_json(f"{current}/{paths.GOLDEN_FILE}"))
+        kept = [e for e in entries if not {f["key"] for f in e["scenario"].get("source", {}).get("raw_files", [])} & keys]
+        removed = sorted(e["scenario"]["scenario_id"] for e in entries if e not in kept)
+        if removed:
+            doc = gold.golden_document(kept)
+            prefix = f"{paths.GOLDEN_PREFIX}{doc['version']}"
+            with staging_dir() as tmp:
+                (tmp / paths.GOLDEN_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+                lake.publish_dir(prefix, tmp)
+            lake.write_json(paths.GOLDEN_POINTER, {"version": doc["version"], "prefix": prefix})
+    for g in radius.golden:
+        deleter.delete_derived(lake, g["prefix"])
+    return removed or sorted({s for g in radius.golden for s in g["scenarios"]})
+
+
 def erase(lake: Lake, radius: BlastRadius, *, reason: str, by: str,
           now: Callable[[], dt.datetime] = _now) -> dict:
     """Carry out an erasure planned by :func:`blast_radius`; returns the ``completed`` entry.
@@ -304,6 +347,7 @@ def erase(lake: Lake, radius: BlastRadius, *, reason: str, by: str,
                   for robot, day in sorted({(e["robot"], e["date"]) for e in radius.episodes}))
     archive_rows = sum(_rewrite_table(lake, key, episode_ids) for key in radius.archives)
     catalog_rows = _rewrite_table(lake, CATALOG_KEY, episode_ids)
+    golden_removed = _rewrite_golden(lake, radius, keys)
     faults.point("governance.erase.rows_rewritten")
     requests, deleted_files = [], 0
     for d in radius.datasets:
@@ -321,6 +365,8 @@ def erase(lake: Lake, radius: BlastRadius, *, reason: str, by: str,
             "deleted": {"raw_logs": [{"key": t.key, "sha256": t.sha256, "size": t.size} for t in tombstones],
                         "episode_rows": removed, "archive_rows": archive_rows, "catalog_rows": catalog_rows,
                         "dataset_versions": [f"{d['name']}/{d['version']}" for d in radius.datasets],
+                        "golden_scenarios": golden_removed,
+                        "golden_sets": [g["prefix"] for g in radius.golden],
                         "dataset_files": deleted_files},
             "marked": {"policies": [f"{p['name']}/{p['version']}" for p in radius.policies],
                        "releases": [f"{r['name']}/{r['version']}" for r in radius.releases]},
@@ -343,6 +389,9 @@ def render(radius: BlastRadius, *, limit: int = 20) -> str:
     lines += [f"    {e['episode_id']}" for e in radius.episodes[:limit]]
     if len(radius.episodes) > limit:
         lines.append(f"    ... and {len(radius.episodes) - limit} more (--json lists all)")
+    lines.append(f"  golden scenarios: {c['golden_scenarios']} in {len(radius.golden)} golden sets - removed "
+                 "(the current set republished without them, the sets holding them deleted)")
+    lines += [f"    {s}" for g in radius.golden for s in g["scenarios"][:limit]]
     lines.append(f"  dataset versions: {c['datasets']} - deleted, each rebuilt without them from its own spec")
     lines += [f"    datasets/{d['name']}/{d['version']} ({d['matched_episodes']} of its episodes)"
               + ("" if d["present"] else "  [already deleted]") for d in radius.datasets]

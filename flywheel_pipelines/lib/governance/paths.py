@@ -77,6 +77,11 @@ EPISODE_TABLE = "episodes.parquet"
 FRAME_TABLE = "frames.parquet"
 
 
+GOLDEN_PREFIX = "golden/"  # defs/evaluation/assets.py: GOLDEN_POINTER, golden_prefix, GOLDEN_FILE
+GOLDEN_POINTER = "golden/current.json"
+GOLDEN_FILE = "scenarios.json"
+
+
 def manifest_key(robot: str, day: str) -> str:
     return f"manifests/robot={ids.robot_id(robot)}/date={ids.day(day)}/manifest.json"
 
