@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from flywheel_pipelines.lib import faults, ids
 from flywheel_pipelines.lib.governance import paths
 from flywheel_pipelines.lib.governance.policy import classify
-from flywheel_pipelines.lib.storage import RAW_PREFIX, Lake, LocalLake, S3Lake
+from flywheel_pipelines.lib.storage import FOLDER_MANIFEST, RAW_PREFIX, Lake, LocalLake, S3Lake
 
 TOMBSTONE_SCHEMA = "flywheel-tombstone-v1"
 STATUSES = ("expired", "erased")
@@ -180,7 +180,13 @@ def delete_derived(lake: Lake, prefix: str) -> int:
         if target.is_symlink():
             raise DeletionError(f"{lake.uri(prefix)}: a symbolic link; not deleted")
         shutil.rmtree(target, ignore_errors=True)
-    elif keys:
-        hidden = [o.key for o in lake.list(prefix)]  # S3: listed keys; the folder manifest goes with them
-        _remove(lake, hidden + [prefix + ".lake-folder.json"])
+    elif isinstance(lake, S3Lake):
+        # Every object under the prefix, hidden ones too (the folder manifest, a republished
+        # folder's generation copies); the manifest first, so readers see the folder absent at once.
+        stored = [o.key for o in lake._iter_all(prefix)]  # noqa: SLF001 - hidden objects are content too
+        manifest = [k for k in stored if k.endswith("/" + FOLDER_MANIFEST)]
+        _remove(lake, manifest)
+        _remove(lake, [k for k in stored if k not in manifest])
+    else:
+        raise DeletionError(f"cannot delete from a {type(lake).__name__}")
     return len(keys)
