@@ -151,6 +151,10 @@ def _episode_rows(lake: Lake, raw_logs: list[dict]) -> tuple[list[dict], list[st
                 episodes[row["episode_id"]] = row
     if lake.exists(CATALOG_KEY):  # a run killed after the robot-day rewrite left catalog rows behind
         table = lake.read_parquet(CATALOG_KEY)
+        # Only the robot-days in question are looked at row by row (the catalog is the whole fleet).
+        robots = pa.array(sorted({r for r, _ in days}), pa.string())
+        dates = pa.array(sorted({d for _, d in days}), pa.string())
+        table = table.filter(pc.and_(pc.is_in(table["robot"], value_set=robots), pc.is_in(table["date"], value_set=dates)))
         for row in table.filter(_erased_rows(table, keys)).select(["episode_id", "robot", "date"]).to_pylist():
             episodes.setdefault(row["episode_id"], row)
     for month in sorted({d[:7] + "-01" for _, d in days}):

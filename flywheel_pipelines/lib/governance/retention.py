@@ -60,27 +60,53 @@ def _present_logs(lake: Lake) -> set[str]:
     return out
 
 
+def _manifest_day(key: str) -> tuple[str, str] | None:
+    """(robot, day) of a manifest key ``manifests/robot=<id>/date=<day>/manifest.json``, else None."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[3] != "manifest.json" or not parts[1].startswith("robot=") \
+            or not parts[2].startswith("date="):
+        return None
+    try:
+        return ids.robot_id(parts[1][6:]), ids.day(parts[2][5:])
+    except ids.InvalidIdentifier:
+        return None
+
+
 def plan(lake: Lake, policy: Policy | None, *, today: dt.date) -> RetentionPlan:
-    """Which raw logs the policy expires today (none when no policy was ever set)."""
+    """Which raw logs the policy expires today (none when no policy was ever set).
+
+    Only the manifests of robot-days that still hold raw logs and are older than the shortest
+    retention period are read: a younger day cannot expire, a swept one has nothing left.
+    """
     present = _present_logs(lake)
+    if policy is None:
+        return RetentionPlan(None, (), len(present), ())
+    periods = [d for d in policy.retention_days.values() if d is not None]
+    cutoff = (today - dt.timedelta(days=min(periods) + 1)).isoformat() if periods else None
+    held: dict[tuple[str, str], set[str]] = {}
+    for k in present:
+        held.setdefault(ids.parse_raw_key(k.rstrip("/"))[:2], set()).add(k)
     described: set[str] = set()
     expired: list[Expiry] = []
     for o in sorted(lake.list(paths.MANIFEST_PREFIX), key=lambda o: o.key):
-        if not o.key.endswith("/manifest.json"):
+        robot_day = _manifest_day(o.key)
+        if robot_day is None or robot_day not in held:
+            continue
+        if cutoff is None or robot_day[1] > cutoff:
+            described |= held[robot_day]
             continue
         for f in lake.read_json(o.key).get("files", []):
             key = f["key"]
             described.add(key)
-            if key not in present or policy is None:
+            if key not in present:
                 continue
             topics = tuple({"topic": t["topic"], "type": t.get("type")} for t in f.get("topics") or []
                            if (t.get("count") or 0) > 0)
             days, decided_by = policy.keep_days(classify(t["type"] or "") for t in topics)
-            day = ids.parse_raw_key(key.rstrip("/"))[1]
-            if days is not None and (today - dt.date.fromisoformat(day)).days > days:
-                expired.append(Expiry(key, f["sha256"], f["size"], day, topics,
+            if days is not None and (today - dt.date.fromisoformat(robot_day[1])).days > days:
+                expired.append(Expiry(key, f["sha256"], f["size"], robot_day[1], topics,
                                       f"{decided_by}: {days} days (policy v{policy.version})"))
-    return RetentionPlan(policy.version if policy else None, tuple(expired), len(present & described) - len(expired),
+    return RetentionPlan(policy.version, tuple(expired), len(present & described) - len(expired),
                          tuple(sorted(present - described)))
 
 
