@@ -8,7 +8,9 @@ import shutil
 
 import dagster as dg
 import pytest
+from click.testing import CliRunner
 
+from flywheel_pipelines.cli import main
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import lineage_index
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
@@ -62,6 +64,12 @@ def test_erase_job_rebuild_sensor_and_retention(home, drilled) -> None:
         assert all(not lake.list(g["prefix"] + "/") for g in radius.golden)
         (eid,) = erasure.list_erasures(lake)
         assert [s["step"] for s in erasure.read_record(lake, eid)] == ["requested", "completed"]
+        # The marked release: lineage and `flywheel incident` say its training data was erased.
+        release = radius.releases[0]
+        res = lineage_index.query(lake, release=f"{release['name']}/{release['version']}")
+        assert res.upstream[0].detail["source_status"] == "erased"
+        out = CliRunner().invoke(main, ["incident", f"{release['name']}/{release['version']}", "--lake", str(lake.root)])
+        assert out.exit_code != 0 and f"deleted by erasure {eid}" in out.output
 
         # The sensor launches one curated_dataset run per deleted dataset version, with its spec.
         sensor = defs.resolve_sensor_def("governance_rebuild_sensor")

@@ -407,3 +407,12 @@ def render(radius: BlastRadius, *, limit: int = 20) -> str:
     lines += [f"    release {r['name']}/{r['version']}" for r in radius.releases]
     lines += [f"  warning: {w}" for w in radius.warnings]
     return "\n".join(lines)
+
+
+def deleted_by(lake: Lake, dataset: str) -> str | None:
+    """The erasure that deleted dataset version ``name/version``, or None."""
+    for eid in list_erasures(lake):
+        for entry in read_record(lake, eid):
+            if entry["step"] == "completed" and dataset in entry["deleted"]["dataset_versions"]:
+                return eid
+    return None
