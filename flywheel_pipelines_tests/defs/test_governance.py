@@ -17,7 +17,6 @@ from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.governance import deleter, erasure, paths, policy, rebuilds
 from flywheel_pipelines.lib.storage import LocalLake
 
-pytestmark = pytest.mark.slow
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -37,6 +36,40 @@ def _erase_config(key: str, **extra) -> dict:
                                                        **extra}}}}
 
 
+def test_camera_pixels_reach_no_asset_metadata(tmp_path) -> None:
+    """log_manifest and episodes of a real camera log, with the camera allowlisted and not: no
+    image payload in any metadata value, any check's metadata or the lake outside raw/."""
+    from flywheel_pipelines.defs.episodes.assets import EpisodesConfig, episodes
+    from flywheel_pipelines.defs.ingest.assets import log_manifest, raw_fleet_logs
+    from flywheel_pipelines.defs.partitions import ROBOTS, robot_day_key
+    from flywheel_pipelines_tests.conftest import days_ago
+    from flywheel_pipelines_tests.lib import test_governance_camera as cam
+
+    day = days_ago(1)
+    log = tmp_path / "arm7.mcap"
+    cam.write_arm7_log(log, minutes=0.7)
+    samples = cam.payload_samples(log)
+    for mapping, text in (("allowlisted", cam.EMBODIMENT), ("not_listed", cam.WITHOUT_IMAGES)):
+        lake = LocalLake(tmp_path / mapping)
+        lake.put_raw(f"raw/robot=r201/date={day}/arm7.mcap", log)
+        (tmp_path / f"{mapping}.yaml").write_text(text)
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions(ROBOTS.name, ["r201"])
+            result = dg.materialize(
+                [raw_fleet_logs, log_manifest, episodes], selection=[log_manifest, episodes], instance=instance,
+                resources={"lake": LakeResource(root=str(lake.root))}, partition_key=robot_day_key("r201", day),
+                run_config=dg.RunConfig({"episodes": EpisodesConfig(embodiment=str(tmp_path / f"{mapping}.yaml"))}))
+        assert result.success
+        shown = [str(v.value) for m in result.get_asset_materialization_events()
+                 for v in m.materialization.metadata.values()]
+        shown += [str(v.value) for c in result.get_asset_check_evaluations() for v in c.metadata.values()]
+        assert len(shown) > 20 and cam.leaks("\n".join(shown), samples) == []
+        for o in lake.list(""):
+            if not o.key.startswith("raw/") and not o.key.endswith(".parquet"):
+                assert cam.leaks(lake.read_bytes(o.key), samples) == [], o.key
+
+
+@pytest.mark.slow
 def test_erase_job_rebuild_sensor_and_retention(home, drilled) -> None:
     from flywheel_pipelines.definitions import defs as load_defs
 

@@ -42,17 +42,22 @@ def camera_log(tmp_path_factory) -> tuple[LocalLake, Path, list[bytes]]:
     write_arm7_log(log, minutes=0.7)
     lake = LocalLake(root / "lake")
     lake.put_raw(KEY, log)
+    return lake, log, payload_samples(log)
+
+
+def payload_samples(log: Path, n: int = 40) -> list[bytes]:
+    """24 random bytes from each of the first ``n`` images: unique to that image."""
     samples = []
     with open(log, "rb") as fh:
         for _s, channel, _m, msg in make_reader(fh, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
-            if channel.topic == CAMERA and len(samples) < 40:
-                samples.append(bytes(msg.data[1000:1024]))  # 24 random bytes: unique to that image
-    assert len(samples) == 40
-    assert len(_leaks(log.read_bytes(), samples)) == 40  # the search finds payloads where they are
-    return lake, log, samples
+            if channel.topic == CAMERA and len(samples) < n:
+                samples.append(bytes(msg.data[1000:1024]))
+    assert len(samples) == n
+    assert len(leaks(log.read_bytes(), samples)) == n  # the search finds payloads where they are
+    return samples
 
 
-def _leaks(text_or_bytes, samples: list[bytes]) -> list[str]:
+def leaks(text_or_bytes, samples: list[bytes]) -> list[str]:
     """Forms a copied payload would take in a text artifact: raw, hex, base64, a Python bytes repr."""
     import base64
 
@@ -119,5 +124,5 @@ def test_no_pixels_leave_the_raw_log(camera_log, tmp_path, mapping: str) -> None
     for name, table in (("frames", result.frames), ("episodes", result.episodes), ("catalog", catalog)):
         assert _byte_columns(table) == [], f"{name} has byte columns"
         texts[name] = json.dumps(table.to_pylist(), default=str)
-    leaks = {name: found for name, text in texts.items() if (found := _leaks(text, samples))}
-    assert leaks == {}
+    leaked = {name: found for name, text in texts.items() if (found := leaks(text, samples))}
+    assert leaked == {}
