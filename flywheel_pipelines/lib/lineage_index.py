@@ -633,35 +633,55 @@ def _worst(statuses) -> str | None:
     return "erased" if "erased" in found else ("expired" if found else None)
 
 
+def _deleted_datasets(idx: _Index, stones: dict[str, str]) -> dict[tuple[str, str], str]:
+    """{(dataset name, version): worst status} of the datasets holding an episode of a deleted raw
+    log, found like a --robot question: the raw -> episode and membership tables read only for
+    the robot-days that have tombstones (row groups pruned), plus fresh dataset edge records."""
+    days = sorted({ids.parse_raw_key(k.rstrip("/"))[:2] for k in stones})
+    robots = sorted({r for r, _ in days})
+    filters = [("robot", "in", robots), ("date", ">=", days[0][1]), ("date", "<=", days[-1][1])]
+    fresh = _fresh_raw(idx)
+    edges = pa.concat_tables([idx.table(RAW_EPISODES, filters=filters), fresh]) if idx.meta is not None else fresh
+    episode_status: dict[str, str | None] = {}
+    for episode, key in zip(edges["episode_id"].to_pylist(), edges["key"].to_pylist(), strict=True):
+        if key in stones:
+            episode_status[episode] = _worst([episode_status.get(episode), stones[key]])
+    if not episode_status:
+        return {}
+    wanted = pa.array(sorted(episode_status), pa.string())
+    found: dict[int, str | None] = {}
+    if idx.meta is not None:
+        members = idx.table(DATASET_MEMBERS, filters=filters, columns=["episode_id", "dataset"])
+        members = _filter(members, pc.is_in(members["episode_id"], value_set=wanted))
+        for episode, number in zip(members["episode_id"].to_pylist(), members["dataset"].to_pylist(), strict=True):
+            if number not in idx.fresh_datasets:  # a rewritten record is read fresh below
+                found[number] = _worst([found.get(number), episode_status[episode]])
+    for number, table in idx.fresh_datasets.items():
+        hits = _filter(table, pc.is_in(table["episode_id"], value_set=wanted))["episode_id"].to_pylist()
+        if hits:
+            found[number] = _worst([found.get(number), *(episode_status[e] for e in hits)])
+    return {(idx.dataset_by_id[n]["name"], idx.dataset_by_id[n]["version"]): st for n, st in found.items()}
+
+
 def _mark_deleted(idx: _Index, raw_files: tuple[RawFile, ...], upstream: list[ArtifactNode],
                   downstream: list[ArtifactNode]):
-    """Marks what derives from deleted raw logs (governance tombstones): each raw file gets its
-    status, each dataset holding an episode of a deleted log ``source_status`` (erased over
-    expired), and everything built on that dataset inherits it."""
-    dataset_keys = {}
-    for n in [*upstream, *walk(downstream)]:
-        if n.kind == "dataset" and (n.name, n.version) not in dataset_keys:
-            d = idx.dataset_by_nv.get((n.name, n.version))
-            table = None if d is None else idx.fresh_datasets.get(d["id"])
-            if d is not None and table is None:
-                table = _read_dataset_edge(idx.store, d["key"])[1]
-            raw = _explode_raw(table, "raw_keys", "raw_sha256") if table is not None else _RAW_SCHEMA.empty_table()
-            dataset_keys[(n.name, n.version)] = set(raw["key"].drop_null().to_pylist())
-    status = deleter.statuses(idx.store, {f.key for f in raw_files}.union(*dataset_keys.values()))
-    if not status:
+    """Marks what derives from deleted raw logs (governance tombstones, one listing): each raw file
+    gets its status, each dataset holding an episode of a deleted log ``source_status`` (erased
+    over expired), and everything built on that dataset inherits it."""
+    stones = deleter.all_statuses(idx.store)
+    if not stones:
         return raw_files, upstream, downstream
-    raw_files = tuple(dataclasses.replace(f, status=status.get(f.key)) for f in raw_files)
+    raw_files = tuple(dataclasses.replace(f, status=stones.get(f.key)) for f in raw_files)
+    datasets = _deleted_datasets(idx, stones)
 
     def mark(n: ArtifactNode, inherited: str | None) -> ArtifactNode:
-        own = _worst(status.get(k) for k in dataset_keys.get((n.name, n.version), ())) if n.kind == "dataset" else None
-        s = _worst([own, inherited])
+        s = _worst([datasets.get((n.name, n.version)) if n.kind == "dataset" else None, inherited])
         detail = {**n.detail, "source_status": s} if s else n.detail
         return dataclasses.replace(n, detail=detail, children=tuple(mark(c, s) for c in n.children))
 
     # The upstream chain (release -> policy -> dataset) inherits from its dataset, the last link.
-    chain_status = _worst(status.get(k) for n in upstream if n.kind == "dataset"
-                          for k in dataset_keys.get((n.name, n.version), ()))
-    return raw_files, [mark(n, chain_status) for n in upstream], [mark(n, None) for n in downstream]
+    chain = _worst([datasets.get((n.name, n.version)) for n in upstream if n.kind == "dataset"])
+    return raw_files, [mark(n, chain) for n in upstream], [mark(n, None) for n in downstream]
 
 
 def _distinct(table: pa.Table) -> pa.Table:

@@ -24,7 +24,7 @@ from flywheel_pipelines.lib.governance.policy import classify
 from flywheel_pipelines.lib.storage import FOLDER_MANIFEST, RAW_PREFIX, Lake, LocalLake, S3Lake
 
 TOMBSTONE_SCHEMA = "flywheel-tombstone-v1"
-STATUSES = ("expired", "erased")
+STATUSES = paths.TOMBSTONE_STATUSES
 
 
 class DeletionError(RuntimeError):
@@ -86,22 +86,23 @@ def read_tombstones(lake: Lake, robot: str) -> list[dict]:
     return [lake.read_json(o.key) for o in sorted(lake.list(prefix), key=lambda o: o.key) if o.key.endswith(".json")]
 
 
-def statuses(lake: Lake, raw_keys) -> dict[str, str]:
-    """{raw key: expired | erased} for the keys given that have a tombstone: one listing of the
-    tombstones (their names carry robot, day and log), and a read only of those that match."""
-    wanted = set(raw_keys)
-    if not wanted:
-        return {}
+def all_statuses(lake: Lake) -> dict[str, str]:
+    """{raw log key: expired | erased} of every tombstone, from one listing (names carry both).
+    A rosbag2 folder's log is given twice, with and without its trailing /."""
     out: dict[str, str] = {}
     for o in lake.list(paths.TOMBSTONE_PREFIX + "/"):
-        parts = o.key[len(paths.TOMBSTONE_PREFIX) + 1:].split("/")
-        if len(parts) != 3 or not parts[2].endswith(".json"):
-            continue
-        base = f"{RAW_PREFIX}{parts[0]}/{parts[1]}/{parts[2][:-len('.json')].rsplit('.', 1)[0]}"
-        for key in (base, base + "/"):
-            if key in wanted:
-                out[key] = lake.read_json(o.key)["status"]
+        parsed = paths.parse_tombstone_key(o.key)
+        if parsed is not None:
+            key, status = parsed
+            for k in (key, key + "/"):
+                out[k] = "erased" if "erased" in (status, out.get(k)) else status
     return out
+
+
+def statuses(lake: Lake, raw_keys) -> dict[str, str]:
+    """{raw key: expired | erased} for the keys given that have a tombstone."""
+    wanted = set(raw_keys)
+    return {k: s for k, s in all_statuses(lake).items() if k in wanted} if wanted else {}
 
 
 def tombstoned(lake: Lake, robots) -> dict[str, dict]:
@@ -148,8 +149,10 @@ def delete_raw_log(lake: Lake, key: str, *, status: str, rule: str, topics: list
     if expected_sha256 is not None and sha != expected_sha256:
         raise DeletionError(f"raw log {key} holds other bytes (sha256 {sha[:16]}) than the ones decided on "
                             f"({expected_sha256[:16]}): a re-upload since; not deleted")
-    record_key = paths.tombstone_key(key, sha)
-    if lake.exists(record_key):
+    record_key = paths.tombstone_key(key, sha, status)
+    existing = [k for k in (paths.tombstone_key(key, sha, s) for s in STATUSES) if lake.exists(k)]
+    if existing:  # a killed run's tombstone (or retention's, before an erasure): never rewritten
+        record_key = existing[0]
         doc = lake.read_json(record_key)
     else:
         doc = {"schema": TOMBSTONE_SCHEMA, "key": key, "sha256": sha, "size": sum(o.size for o in objects),
@@ -165,7 +168,7 @@ def delete_raw_log(lake: Lake, key: str, *, status: str, rule: str, topics: list
 
 def _tombstone(doc: dict, record_key: str) -> Tombstone:
     return Tombstone(doc["key"], doc["sha256"], doc["size"], doc["status"], doc["rule"], doc["deleted_at"],
-                     tuple(doc.get("topics") or ()), record_key or paths.tombstone_key(doc["key"], doc["sha256"]))
+                     tuple(doc.get("topics") or ()), record_key or paths.tombstone_key(doc["key"], doc["sha256"], doc["status"]))
 
 
 def delete_derived(lake: Lake, prefix: str) -> int:

@@ -3,7 +3,7 @@
 ::
 
     governance/policy/v<N>.yaml                          the retention policy, one file per version (append-only)
-    governance/tombstones/robot=<id>/date=<day>/<log>.<sha16>.json   what replaced a deleted raw log
+    governance/tombstones/robot=<id>/date=<day>/<log>.<sha16>.<status>.json   what replaced a deleted raw log
     governance/erasures/<erasure id>/<time>-<step>.json  an erasure's audit trail (append-only entries)
     governance/rebuilds/<time>-<request id>.json         a dataset to rebuild without deleted content
 """
@@ -41,13 +41,30 @@ def tombstone_robot_prefix(robot: str) -> str:
     return f"{TOMBSTONE_PREFIX}/robot={ids.robot_id(robot)}/"
 
 
-def tombstone_key(raw_key: str, sha256: str) -> str:
-    """One tombstone per (raw log, content): a re-run finds it, a re-upload of other bytes gets its own."""
+TOMBSTONE_STATUSES = ("expired", "erased")
+
+
+def tombstone_key(raw_key: str, sha256: str, status: str) -> str:
+    """One tombstone per (raw log, content): a re-run finds it, a re-upload of other bytes gets its
+    own. The name carries robot, day, log and status, so lineage reads marks from a listing alone."""
     robot, day, file = ids.parse_raw_key(raw_key.rstrip("/"))
     log = file.split("/", 1)[0]
     if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
         raise ValueError(f"invalid sha256 {sha256!r} for {raw_key}")
-    return f"{TOMBSTONE_PREFIX}/robot={robot}/date={day}/{log}.{sha256[:16]}.json"
+    if status not in TOMBSTONE_STATUSES:
+        raise ValueError(f"invalid tombstone status {status!r}")
+    return f"{TOMBSTONE_PREFIX}/robot={robot}/date={day}/{log}.{sha256[:16]}.{status}.json"
+
+
+def parse_tombstone_key(key: str) -> tuple[str, str] | None:
+    """(raw log key without a folder's trailing /, status) named by a tombstone key, else None."""
+    parts = key[len(TOMBSTONE_PREFIX) + 1:].split("/") if key.startswith(TOMBSTONE_PREFIX + "/") else []
+    if len(parts) != 3 or not parts[2].endswith(".json"):
+        return None
+    bits = parts[2][:-len(".json")].rsplit(".", 2)
+    if len(bits) != 3 or bits[2] not in TOMBSTONE_STATUSES:
+        return None
+    return f"raw/{parts[0]}/{parts[1]}/{bits[0]}", bits[2]
 
 
 def erasure_prefix(erasure_id: str) -> str:
