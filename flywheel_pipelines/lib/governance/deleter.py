@@ -105,12 +105,16 @@ def statuses(lake: Lake, raw_keys) -> dict[str, str]:
     return {k: s for k, s in all_statuses(lake).items() if k in wanted} if wanted else {}
 
 
-def tombstoned(lake: Lake, robots) -> dict[str, dict]:
-    """{raw key: its newest tombstone} for the robots given."""
+def tombstoned(lake: Lake, robots, *, covers: Callable[[str], bool] = lambda key: True) -> dict[str, dict]:
+    """{raw key: its tombstone} for the robots given, reading only the tombstones whose log
+    ``covers`` accepts (their names say which log they are)."""
     out: dict[str, dict] = {}
     for robot in sorted(set(robots)):
-        for t in read_tombstones(lake, robot):
-            out[t["key"]] = t
+        for o in sorted(lake.list(paths.tombstone_robot_prefix(robot)), key=lambda o: o.key):
+            parsed = paths.parse_tombstone_key(o.key)
+            if parsed is not None and (covers(parsed[0]) or covers(parsed[0] + "/")):
+                t = lake.read_json(o.key)
+                out[t["key"]] = t
     return out
 
 
@@ -141,9 +145,9 @@ def delete_raw_log(lake: Lake, key: str, *, status: str, rule: str, topics: list
     objects = _objects(lake, key)
     robot = ids.parse_raw_key(key.rstrip("/"))[0]
     if not objects:
-        done = [t for t in read_tombstones(lake, robot) if t["key"] == key]
-        if done:
-            return _tombstone(done[-1], "")
+        done = tombstoned(lake, [robot], covers=lambda k: k == key)
+        if key in done:
+            return _tombstone(done[key], "")
         raise DeletionError(f"raw log {key} is not in the lake and has no tombstone")
     sha = _content_sha256(lake, key, objects)
     if expected_sha256 is not None and sha != expected_sha256:

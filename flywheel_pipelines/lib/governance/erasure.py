@@ -118,7 +118,7 @@ def _raw_logs(lake: Lake, selector: dict) -> list[dict]:
         if _covers(selector, key):
             entry = found.setdefault(key, {"key": key, "sha256": None, "size": 0, "present": True})
             entry["size"] += o.size
-    for key, t in deleter.tombstoned(lake, [robot]).items():
+    for key, t in deleter.tombstoned(lake, [robot], covers=lambda k: _covers(selector, k)).items():
         if _covers(selector, key) and key not in found:
             found[key] = {"key": key, "sha256": t["sha256"], "size": t["size"], "present": False}
     for day in sorted({ids.parse_raw_key(k.rstrip("/"))[1] for k in found}):
