@@ -699,15 +699,26 @@ def incident(release: str, top_features: int, limit: int, as_json: bool, lake: s
     deviates from the rest of the fleet, with each one's share of the training frames, quality-check
     history and golden failures. Then: `flywheel quarantine add --robot ... --from ... --to ...`."""
     from flywheel_pipelines.lib import incident as inc
+    from flywheel_pipelines.lib.storage import LakeError
 
     store = _lake(lake)
     prefix = _release_prefix(release, store)
     if not store.exists(f"{prefix}/lineage.json"):
         raise click.ClickException(f"no release bundle at {store.uri(prefix)}")
+    source = _governance_mark(store, prefix)
     try:
         report = inc.load_incident_report(store, prefix, top_k=top_features)
     except inc.IncidentError as exc:
         raise click.ClickException(str(exc)) from None
+    except LakeError as exc:
+        if source and source.get("erased_by"):
+            raise click.ClickException(
+                f"{prefix} was trained on dataset {source['dataset']}, deleted by erasure {source['erased_by']} "
+                f"(see governance/erasures/{source['erased_by']}/): its training data no longer exists") from None
+        raise click.ClickException(str(exc)) from None
+    if source and source.get("status"):
+        click.echo(f"note: {prefix} is marked [{source['status'].upper()} SOURCE]: raw logs behind its training data "
+                   f"were {source['status']} (flywheel lineage --release {source['release']})", err=True)
     if as_json:
         click.echo(json.dumps(inc.to_dict(report), sort_keys=True))
         return
@@ -717,6 +728,25 @@ def incident(release: str, top_features: int, limit: int, as_json: bool, lake: s
         click.echo(f"{len(outliers)} outlier robot-day(s). To keep them out of the next dataset:")
         for r in outliers:
             click.echo(f"  flywheel quarantine add --robot {r.robot} --from {r.date} --to {r.date} --reason '...'")
+
+
+def _governance_mark(store, prefix: str) -> dict | None:
+    """A release's governance mark: erased/expired sources (from lineage), and the erasure that
+    deleted its dataset, if one did. None when lineage does not know the release."""
+    from flywheel_pipelines.lib import lineage_index
+    from flywheel_pipelines.lib.governance import erasure
+
+    ref = "/".join(prefix.rstrip("/").split("/")[-2:])
+    try:
+        result = lineage_index.query(store, release=ref)
+    except (lineage_index.LineageError, ValueError):
+        return None
+    dataset = next((n for n in result.upstream if n.kind == "dataset"), None)
+    if dataset is None:
+        return None
+    name = f"{dataset.name}/{dataset.version}"
+    return {"release": ref, "dataset": name, "status": result.upstream[0].detail.get("source_status"),
+            "erased_by": erasure.deleted_by(store, name)}
 
 
 @main.command()
@@ -944,6 +974,16 @@ def inspect_document(m, *, decoded: bool) -> dict:
             "size": m.size, "sha256": m.sha256, "start_ns": m.start_ns, "end_ns": m.end_ns,
             "lost_messages": m.lost_messages, "lost_ranges": [list(r) for r in m.lost_ranges], "decoded": decoded,
             "topics": topics}
+
+
+def _add_governance() -> None:
+    from flywheel_pipelines.cli_governance import erase, governance
+
+    main.add_command(governance)
+    main.add_command(erase)
+
+
+_add_governance()
 
 
 if __name__ == "__main__":

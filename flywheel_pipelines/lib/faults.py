@@ -21,6 +21,9 @@ POINTS = (
     "s3.publish_dir.uploaded",            # every file uploaded, folder manifest not written
     "s3.publish_dir.published",           # folder manifest written, pending marker not removed
     "mlflow.registered",                  # model version registered, policy folder not published
+    "governance.delete.tombstoned",       # tombstone written, raw bytes not yet deleted
+    "governance.erase.raw_deleted",       # erasure: raw bytes deleted, derived rows not yet rewritten
+    "governance.erase.rows_rewritten",    # erasure: rows rewritten, datasets not yet deleted / rebuilt
 )
 
 

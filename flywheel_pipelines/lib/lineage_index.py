@@ -28,6 +28,7 @@ are one or two row groups of a million-row table). Which MLflow model version ho
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -45,6 +46,7 @@ import pyarrow.parquet as pq
 
 from flywheel_pipelines.lib import ids
 from flywheel_pipelines.lib.evaluation import registry
+from flywheel_pipelines.lib.governance import deleter
 from flywheel_pipelines.lib.storage import Lake
 
 LINEAGE_PREFIX = "lineage"
@@ -331,6 +333,7 @@ class RawFile:
     robot: str
     date: str
     episodes: int
+    status: str | None = None  # expired | erased: the raw bytes were deleted (a tombstone says why)
 
 
 @dataclass(frozen=True)
@@ -615,13 +618,70 @@ def query(store: Lake, *, raw: str | None = None, robot: str | None = None, date
         warnings.append("no lineage index yet: answered from the edge records alone")
     index_info = {"built_at": (idx.meta or {}).get("built_at"), "build_id": (idx.meta or {}).get("build_id"),
                   "fresh_edge_files": len(idx.fresh)}
+    raw_files, upstream, downstream = _mark_deleted(idx, _raw_files(raw_t), upstream, downstream)
     episodes_t = episodes_t.sort_by([("robot", "ascending"), ("date", "ascending"), ("episode_id", "ascending")])
     episodes = tuple(zip(episodes_t["episode_id"].to_pylist(), episodes_t["robot"].to_pylist(),
                          episodes_t["date"].to_pylist(), strict=True))
-    return LineageResult(selector=selector, episodes=episodes, raw_files=_raw_files(raw_t),
+    return LineageResult(selector=selector, episodes=episodes, raw_files=raw_files,
                          upstream=tuple(upstream), downstream=tuple(downstream),
                          production=tuple(f"policy {n}/{v} ({how})" for (n, v), how in sorted(production.items())),
                          index=index_info, warnings=tuple(warnings))
+
+
+def _worst(statuses) -> str | None:
+    found = set(statuses) - {None}
+    return "erased" if "erased" in found else ("expired" if found else None)
+
+
+def _deleted_datasets(idx: _Index, stones: dict[str, str]) -> dict[tuple[str, str], str]:
+    """{(dataset name, version): worst status} of the datasets holding an episode of a deleted raw
+    log, found like a --robot question: the raw -> episode and membership tables read only for
+    the robot-days that have tombstones (row groups pruned), plus fresh dataset edge records."""
+    days = sorted({ids.parse_raw_key(k.rstrip("/"))[:2] for k in stones})
+    robots = sorted({r for r, _ in days})
+    filters = [("robot", "in", robots), ("date", ">=", days[0][1]), ("date", "<=", days[-1][1])]
+    fresh = _fresh_raw(idx)
+    edges = pa.concat_tables([idx.table(RAW_EPISODES, filters=filters), fresh]) if idx.meta is not None else fresh
+    episode_status: dict[str, str | None] = {}
+    for episode, key in zip(edges["episode_id"].to_pylist(), edges["key"].to_pylist(), strict=True):
+        if key in stones:
+            episode_status[episode] = _worst([episode_status.get(episode), stones[key]])
+    if not episode_status:
+        return {}
+    wanted = pa.array(sorted(episode_status), pa.string())
+    found: dict[int, str | None] = {}
+    if idx.meta is not None:
+        members = idx.table(DATASET_MEMBERS, filters=filters, columns=["episode_id", "dataset"])
+        members = _filter(members, pc.is_in(members["episode_id"], value_set=wanted))
+        for episode, number in zip(members["episode_id"].to_pylist(), members["dataset"].to_pylist(), strict=True):
+            if number not in idx.fresh_datasets:  # a rewritten record is read fresh below
+                found[number] = _worst([found.get(number), episode_status[episode]])
+    for number, table in idx.fresh_datasets.items():
+        hits = _filter(table, pc.is_in(table["episode_id"], value_set=wanted))["episode_id"].to_pylist()
+        if hits:
+            found[number] = _worst([found.get(number), *(episode_status[e] for e in hits)])
+    return {(idx.dataset_by_id[n]["name"], idx.dataset_by_id[n]["version"]): st for n, st in found.items()}
+
+
+def _mark_deleted(idx: _Index, raw_files: tuple[RawFile, ...], upstream: list[ArtifactNode],
+                  downstream: list[ArtifactNode]):
+    """Marks what derives from deleted raw logs (governance tombstones, one listing): each raw file
+    gets its status, each dataset holding an episode of a deleted log ``source_status`` (erased
+    over expired), and everything built on that dataset inherits it."""
+    stones = deleter.all_statuses(idx.store)
+    if not stones:
+        return raw_files, upstream, downstream
+    raw_files = tuple(dataclasses.replace(f, status=stones.get(f.key)) for f in raw_files)
+    datasets = _deleted_datasets(idx, stones)
+
+    def mark(n: ArtifactNode, inherited: str | None) -> ArtifactNode:
+        s = _worst([datasets.get((n.name, n.version)) if n.kind == "dataset" else None, inherited])
+        detail = {**n.detail, "source_status": s} if s else n.detail
+        return dataclasses.replace(n, detail=detail, children=tuple(mark(c, s) for c in n.children))
+
+    # The upstream chain (release -> policy -> dataset) inherits from its dataset, the last link.
+    chain = _worst([datasets.get((n.name, n.version)) for n in upstream if n.kind == "dataset"])
+    return raw_files, [mark(n, chain) for n in upstream], [mark(n, None) for n in downstream]
 
 
 def _distinct(table: pa.Table) -> pa.Table:
@@ -830,6 +890,8 @@ def _selector_text(selector: dict) -> str:
 
 def _node_line(n: ArtifactNode) -> str:
     mark = (" [PRODUCTION]" if n.production else "") + (" [WITHDRAWN]" if n.detail.get("withdrawn") else "")
+    if n.detail.get("source_status"):
+        mark += f" [{n.detail['source_status'].upper()} SOURCE]"
     d = n.detail
     if n.kind == "dataset":
         extra = (f"{d['matched_episodes']} of its {d['episodes']} episodes" if "matched_episodes" in d
@@ -865,7 +927,8 @@ def render_tree(result: LineageResult, *, max_robot_days: int = 12, max_raw_file
         if len(robots) > max_robot_days:
             lines.append(f"    ... and {len(robots) - max_robot_days} more robots (--json lists all)")
     for f in result.raw_files[:max_raw_files]:
-        lines.append(f"    raw {f.sha256[:16] if f.sha256 else '-':<16}  {f.key}  ({f.episodes} episodes)")
+        gone = f"  [{f.status.upper()}]" if f.status else ""
+        lines.append(f"    raw {f.sha256[:16] if f.sha256 else '-':<16}  {f.key}  ({f.episodes} episodes){gone}")
     if len(result.raw_files) > max_raw_files:
         lines.append(f"    ... and {len(result.raw_files) - max_raw_files} more raw files (--json lists all)")
     in_prod = sum(1 for n in walk(result.downstream) if n.production and n.kind in ("policy", "release"))
@@ -902,7 +965,8 @@ def to_json(result: LineageResult) -> dict:
         "episodes": {"count": len(result.episodes),
                      "robot_days": [{"robot": r, "date": d, "episodes": n} for r, d, n in result.robot_days],
                      "episode_ids": [e for e, _, _ in result.episodes]},
-        "raw_files": [{"key": f.key, "sha256": f.sha256, "robot": f.robot, "date": f.date, "episodes": f.episodes}
+        "raw_files": [{"key": f.key, "sha256": f.sha256, "robot": f.robot, "date": f.date, "episodes": f.episodes,
+                       "status": f.status}
                       for f in result.raw_files],
         "upstream": [n.to_json() for n in result.upstream],
         "downstream": [n.to_json() for n in result.downstream],

@@ -38,6 +38,8 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "lineage/index/": ("lineage_index",),
     "incidents/reports/": ("incident_report",),
     "field/": ("field_kpis",),
+    "governance/policy/": ("retention_policy",),
+    "governance/": ("retention_sweep",),
 }
 
 
