@@ -4,7 +4,7 @@
 - SeaweedFS's own S3 identities (``seaweed_identities``: ``-s3.config`` entries), which the tests
   start a real SeaweedFS with, so each role's allowances and denials are checked on a server.
 
-The roles (docs/governance-security.md):
+The roles (docs/governance.md):
 
 - ``robot``: uploads its own logs only (``raw/robot=<id>/``), never overwrites one (IAM: every
   PUT must carry ``If-None-Match: *``), reads back only its own (a retried upload checks whether

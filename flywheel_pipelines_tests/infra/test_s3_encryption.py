@@ -1,7 +1,7 @@
 """Encryption of an S3 lake: server-side encryption on every write, checked on the wire and on a
 real SeaweedFS, a bucket that requires it, and plain-http endpoints refused unless allowed.
 
-What SeaweedFS 4.48 does (asserted below, documented in docs/governance-security.md): it accepts
+What SeaweedFS 4.48 does (asserted below, documented in docs/governance.md): it accepts
 SSE-S3 (``AES256``), returns it on HEAD and keeps the bytes encrypted in its volume files; it
 evaluates a bucket policy that denies unencrypted PUTs; it refuses SSE-KMS (HTTP 500) when no KMS
 provider is configured, as in ``weed mini``.
@@ -173,7 +173,7 @@ def test_seaweedfs_gap_its_bucket_policy_refuses_multipart_completion_under_an_s
     # SeaweedFS 4.48 evaluates CompleteMultipartUpload as an s3:PutObject without the encryption
     # header (S3 has no such header on that call), so a deny-unencrypted bucket policy refuses every
     # multipart upload even though CreateMultipartUpload asked for AES256. On SeaweedFS, require
-    # encryption with the bucket default instead (next test); docs/governance-security.md.
+    # encryption with the bucket default instead (next test); docs/governance.md.
     lake, wire = _lake(seaweed, "gap", Encryption("AES256"), bucket=sse_required_bucket)
     (tmp_path / "big.mcap").write_bytes(b"\0" * (7 * MiB))
     with pytest.raises(LakeError, match=rf"s3://{sse_required_bucket}/gap/{RAW_KEY}: upload failed: AccessDenied"):

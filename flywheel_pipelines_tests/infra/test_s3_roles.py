@@ -1,7 +1,7 @@
 """The access roles enforced by a real SeaweedFS: a server of its own, started with identities
 rendered from ``lib.access`` (the source of the shipped IAM policies), runs the table of
 ``access_cases.py``: every allowance and every denial, and the gaps where SeaweedFS cannot
-express a rule (it allows what IAM denies: asserted, and documented in docs/governance-security.md).
+express a rule (it allows what IAM denies: asserted, and documented in docs/governance.md).
 Then the lake itself, through each role's key: a robot's conditional upload, the pipeline's
 folder publish, a reader's dataset download."""
 
