@@ -8,7 +8,8 @@ from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import layout, markdown
 from flywheel_pipelines.lib.ingest import IngestError
-from flywheel_pipelines.lib.ingest.manifest import write_manifest
+from flywheel_pipelines.lib.ingest.manifest import ingest_manifest
+from flywheel_pipelines.lib.ingest.uploads import stat_fingerprint
 from flywheel_pipelines.lib.layout import manifest_key
 from flywheel_pipelines.lib.rosbag.manifest import DAY_VERDICTS, DUPLICATE
 
@@ -50,11 +51,14 @@ def _lost(entry: dict) -> str:
 )
 def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """Per raw file of a robot-day: sha256, size, topics with types, counts, rates, time range
-    and an integrity verdict (ok / recovered / empty / rejected)."""
+    and an integrity verdict (ok / recovered / empty / rejected). Records the robot's join day."""
     robot, day = robot_day(context)
     store = lake.lake()
+    # Listed before the files are hashed: a file that changes after this listing shows a new stat
+    # to the sensor, which then compares content again (never a change taken for an ingested one).
+    stat = stat_fingerprint(store.list(layout.raw_prefix(robot, day)))
     try:
-        manifest = write_manifest(store, robot, day)
+        manifest = ingest_manifest(store, robot, day)
     except IngestError as exc:
         raise dg.Failure(str(exc)) from None
     files = manifest["files"]
@@ -70,6 +74,7 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
         metadata={
             "uri": dg.MetadataValue.path(store.uri(manifest_key(robot, day))),
             "raw_fingerprint": manifest["raw_fingerprint"],
+            "raw_stat_fingerprint": stat,
             "files": len(files),
             "bytes": sum(f["size"] for f in files),
             "messages": sum(f["message_count"] for f in files),

@@ -106,12 +106,14 @@ def plan_s3_runs(lake: S3Lake, cursor: dict, *, known_robots: set[str],
 INGESTED_BATCH = 200
 
 
-def _ingested_fingerprint(instance: dg.DagsterInstance, store: Lake):
-    """[(robot, day)] -> {(robot, day): the raw fingerprint its last log_manifest recorded, or None}.
+def _ingested_fingerprint(instance: dg.DagsterInstance, store: Lake, field: str = "raw_fingerprint"):
+    """[(robot, day)] -> {(robot, day): the ``field`` (raw fingerprint, or with "raw_stat_fingerprint"
+    the stat of the files it hashed) its last log_manifest recorded, or None}.
 
     Hot robot-days: from the instance, one paged query per INGESTED_BATCH partitions (not one
     per robot-day: at 1,000 new robot-days in a tick, single queries cost ~65 s on PostgreSQL).
-    Cold days have no partition: their manifest in the lake says what was ingested.
+    Cold days have no partition: their manifest in the lake says what was ingested (its raw
+    fingerprint; it records no stat, so a touched cold day is hashed).
     """
 
     def lookup(robot_days: list[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
@@ -120,7 +122,8 @@ def _ingested_fingerprint(instance: dg.DagsterInstance, store: Lake):
         for robot, day in robot_days:
             if day < HOT_FIRST_DAY:
                 key = layout.manifest_key(robot, day)
-                found[(robot, day)] = store.read_json(key).get("raw_fingerprint") if store.exists(key) else None
+                cold = field == "raw_fingerprint" and store.exists(key)
+                found[(robot, day)] = store.read_json(key).get(field) if cold else None
             else:
                 hot.append((robot, day))
         for start in range(0, len(hot), INGESTED_BATCH):
@@ -133,7 +136,7 @@ def _ingested_fingerprint(instance: dg.DagsterInstance, store: Lake):
                     rd = wanted.get(record.partition_key)
                     if rd is not None and rd not in found:
                         meta = record.asset_materialization.metadata
-                        found[rd] = meta["raw_fingerprint"].value if "raw_fingerprint" in meta else None
+                        found[rd] = meta[field].value if field in meta else None
                 if not page.has_more or all(rd in found for rd in wanted.values()):
                     break
                 cursor = page.cursor
@@ -173,10 +176,9 @@ def raw_log_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> d
                         today=_utc_today())
         context.log.info("S3 tick: " + ", ".join(f"{k}={v}" for k, v in plan.stats.items()))
     else:
-        plan = uploads.plan_local(store, cursor, known_robots=known,
-                                  already_ingested=_ingested_fingerprint(context.instance, store), window=_window())
-    for robot, day in uploads.joins(plan.runs, plan.new_robots, HOT_FIRST_DAY).items():
-        fleet.record_join(store, robot, day)
+        plan = uploads.plan_local(store, cursor, known_robots=known, window=_window(),
+                                  already_ingested=_ingested_fingerprint(context.instance, store),
+                                  ingested_stat=_ingested_fingerprint(context.instance, store, "raw_stat_fingerprint"))
     for reason in plan.warnings:
         context.log.warning(f"ignored upload: {reason}")
     return dg.SensorResult(

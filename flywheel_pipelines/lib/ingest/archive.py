@@ -15,7 +15,7 @@ from flywheel_pipelines.lib import fleet, ids, layout
 from flywheel_pipelines.lib.catalog import build_catalog, catalog_hash
 from flywheel_pipelines.lib.episodes.embodiment import Embodiment
 from flywheel_pipelines.lib.ingest.episodes import ingest_episodes
-from flywheel_pipelines.lib.ingest.manifest import build_manifest, write_manifest
+from flywheel_pipelines.lib.ingest.manifest import build_manifest, ingest_manifest
 from flywheel_pipelines.lib.storage import Lake
 
 
@@ -41,7 +41,7 @@ def reingest_robot_day(store: Lake, robot: str, day: str, emb: Embodiment, warn:
     files, so a re-run after a kill does only what is left.
 
     Raises:
-        IngestError: as ``write_manifest`` and ``ingest_episodes`` do.
+        IngestError: as ``ingest_manifest`` and ``ingest_episodes`` do.
     """
     key = layout.manifest_key(robot, day)
     old = store.read_json(key) if store.exists(key) else None
@@ -49,7 +49,7 @@ def reingest_robot_day(store: Lake, robot: str, day: str, emb: Embodiment, warn:
     if (old is not None and old["raw_fingerprint"] == manifest["raw_fingerprint"]
             and store.exists(layout.episode_table_key(robot, day))):
         return "up to date"
-    write_manifest(store, robot, day, manifest)
+    ingest_manifest(store, robot, day, manifest)
     rejected = sum(f["verdict"] == "rejected" for f in manifest["files"])
     if rejected == len(manifest["files"]):
         warn(f"robot {robot} on {day}: every raw file was rejected; no episodes")

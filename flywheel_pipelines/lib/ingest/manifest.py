@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flywheel_pipelines.lib import ids, layout
+from flywheel_pipelines.lib import fleet, ids, layout
 from flywheel_pipelines.lib.ingest import IngestError
 from flywheel_pipelines.lib.rosbag.manifest import inspect_log, mark_duplicates
 from flywheel_pipelines.lib.storage import Lake, raw_fingerprint
@@ -65,4 +65,17 @@ def write_manifest(lake: Lake, robot: str, day: str, manifest: dict | None = Non
         refused = "".join(f"; refused {r['key']}: {r['reason']}" for r in manifest.get("refused", []))
         raise IngestError(f"no raw logs under {lake.uri(layout.raw_prefix(robot, day).rstrip('/'))}/{refused}")
     lake.write_json(layout.manifest_key(robot, day), manifest)
+    return manifest
+
+
+def ingest_manifest(lake: Lake, robot: str, day: str, manifest: dict | None = None) -> dict:
+    """``write_manifest``, then record the robot's join day (``fleet.record_join`` keeps the earliest).
+
+    The join record is written here, by the run that ingests the robot-day, and not by the upload
+    sensor: a sensor tick only lists and stats (see ``uploads``), and every robot-day the sensor
+    requests passes through here (hot days via ``log_manifest``, cold ones via ``episode_archive``),
+    so the join day is the earliest day ingested for the robot, whichever order the runs finish in.
+    """
+    manifest = write_manifest(lake, robot, day, manifest)
+    fleet.record_join(lake, robot, day)
     return manifest

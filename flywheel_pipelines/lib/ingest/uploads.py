@@ -80,30 +80,48 @@ class Window:
         return None
 
 
-def joins(runs: Iterable[PlannedRun], new_robots: Iterable[str], hot_first_day: str) -> dict[str, str]:
-    """robot -> the earliest day it uploaded for, for new robots and cold (late) robot-days: the
-    join days to record (fleet.record_join keeps the earliest)."""
-    out: dict[str, str] = {}
-    new = set(new_robots)
-    for run in runs:
-        if run.robot in new or run.day < hot_first_day:
-            out[run.robot] = min(run.day, out.get(run.robot, run.day))
-    return out
-
-
 # --- local folder ---------------------------------------------------------------------------------
 
 
-def plan_local(lake: Lake, cursor: dict, *, known_robots: set[str], already_ingested, window: Window) -> UploadPlan:
+def stat_fingerprint(objects: Iterable[ObjectInfo]) -> str:
+    """A robot-day's raw files as their listing shows them: key, size, mtime and when they last
+    changed (a local file's ctime, which the kernel moves on every write, rename or utime).
+
+    ``log_manifest`` records it from a listing taken before it hashes the files; a tick that lists
+    the same stat needs no hash (nothing changed since), while any other stat (a new file, a rewrite,
+    a touch) sends the tick to the content fingerprint. Keys that are not raw log keys are left out,
+    as the planner leaves them out.
+    """
+    rows = []
+    for obj in objects:
+        try:
+            layout.parse_raw_key(obj.key)
+        except ids.InvalidIdentifier:
+            continue
+        rows.append((obj.key, f"{obj.size}:{obj.mtime_ns}:{obj.changed_ns}"))
+    return raw_fingerprint(rows)
+
+
+def plan_local(lake: Lake, cursor: dict, *, known_robots: set[str], already_ingested, window: Window,
+               ingested_stat=None) -> UploadPlan:
     """What one tick should do on a local lake.
+
+    A tick lists (one walk, one lstat per file) and reads a file's bytes only for a touched
+    robot-day whose listing differs from the one its last ``log_manifest`` recorded
+    (``ingested_stat``): a new, rewritten or touched file, whose content fingerprint then decides
+    (a touched file with the same bytes requests nothing). A restarted sensor, a lost cursor or the
+    grace window's second look at an ingested day reads no file.
 
     Args:
         lake: the lake to list.
         cursor: {"watermark_ns": int} from the last tick.
         known_robots: robots already registered as partitions.
         already_ingested: [(robot, day), ...] -> {(robot, day): raw fingerprint of its last
-            log_manifest, or None}; called once per tick with every touched robot-day.
+            log_manifest, or None}; called at most once per tick, with the robot-days to hash.
         window: the days that have partitions.
+        ingested_stat: [(robot, day), ...] -> {(robot, day): the ``stat_fingerprint`` its last
+            log_manifest recorded, or None}; called once per tick with every touched robot-day
+            (None: every touched robot-day is hashed).
     """
     watermark = int(cursor.get("watermark_ns", 0))
     # One walk of raw/: the files, and what is refused (symbolic links, special files).
@@ -148,14 +166,16 @@ def plan_local(lake: Lake, cursor: dict, *, known_robots: set[str], already_inge
     refused_digest = hashlib.sha256(json.dumps(refused).encode()).hexdigest()[:16] if refused else ""
     if refused_digest != cursor.get("refused", ""):
         skipped.extend(f"{key}: {why}" for key, why in refused)
+    stats = ingested_stat(sorted(touched)) if touched and ingested_stat is not None else {}
+    unchanged = {rd for rd in touched if stats.get(rd) is not None and stats[rd] == stat_fingerprint(by_partition[rd])}
     fingerprints = {}
-    for robot, day in sorted(touched):
+    for robot, day in sorted(touched - unchanged):
         with_sha = []
         for obj in by_partition[(robot, day)]:
             with lake.local_path(obj.key) as path:
                 with_sha.append((obj.key, sha256_file(path)))
         fingerprints[(robot, day)] = raw_fingerprint(with_sha)
-    ingested = already_ingested(sorted(touched)) if touched else {}
+    ingested = already_ingested(sorted(fingerprints)) if fingerprints else {}
     runs, new_robots = [], set()
     for (robot, day), fingerprint in fingerprints.items():
         if ingested.get((robot, day)) == fingerprint:
