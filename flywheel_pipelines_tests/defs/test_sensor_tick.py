@@ -10,7 +10,7 @@ import os
 import dagster as dg
 import pytest
 
-import flywheel_pipelines.lib.ingest.uploads as uploads
+import flywheel_pipelines.defs.ingest.sensors as sensors
 from flywheel_pipelines.defs.episodes.assets import episodes
 from flywheel_pipelines.defs.ingest.assets import log_manifest, raw_fleet_logs
 from flywheel_pipelines.defs.ingest.sensors import raw_log_sensor
@@ -85,7 +85,7 @@ def test_a_tick_over_ingested_days_opens_no_file(lake, monkeypatch):
 
         monkeypatch.setattr(builtins, "open", spy)
         monkeypatch.setattr(io, "open", spy)  # pathlib's read_bytes/read_text open through io.open
-        monkeypatch.setattr(uploads, "sha256_file", no_hash)
+        monkeypatch.setattr(sensors, "sha256_file", no_hash)
         # A lost cursor looks at every file again, and a second tick within the grace window at the
         # same ones: both find the listing log_manifest recorded and read nothing.
         assert tick(instance, lake).run_requests == []
@@ -95,7 +95,7 @@ def test_a_tick_over_ingested_days_opens_no_file(lake, monkeypatch):
         monkeypatch.undo()
         os.utime(lake.path(sim.keys[0]))
         hashed = []
-        real_hash = uploads.sha256_file
-        monkeypatch.setattr(uploads, "sha256_file", lambda path: hashed.append(path) or real_hash(path))
+        real_hash = sensors.sha256_file
+        monkeypatch.setattr(sensors, "sha256_file", lambda path: hashed.append(path) or real_hash(path))
         assert tick(instance, lake).run_requests == []
         assert len(hashed) == len(sim.keys)

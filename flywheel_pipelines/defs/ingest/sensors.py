@@ -20,7 +20,7 @@ from flywheel_pipelines.defs.partitions import FLEET_START, HOT_START, ROBOTS, r
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import fleet, layout
 from flywheel_pipelines.lib.ingest import uploads
-from flywheel_pipelines.lib.storage import Lake, S3Lake
+from flywheel_pipelines.lib.storage import Lake, S3Lake, sha256_file
 
 SENSOR_NAME = "raw_log_sensor"
 # Dagster's own tags (dagster._core.storage.tags) on every run a sensor launches.
@@ -34,6 +34,8 @@ SWEEP_MAX_DAYS = uploads.S3Limits.sweep_max_days
 LIST_WORKERS = uploads.S3Limits.list_workers
 NEW_ROBOTS_PER_TICK = uploads.S3Limits.new_robots_per_tick
 MAX_IGNORED = uploads.S3Limits.max_ignored
+# Local folder: files changed this close before the watermark are looked at again (uploads.GRACE_NS).
+GRACE_NS = uploads.GRACE_NS
 FIRST_DAY = FLEET_START.isoformat()
 HOT_FIRST_DAY = HOT_START.isoformat()
 
@@ -63,12 +65,20 @@ def _run_request(run: uploads.PlannedRun) -> dg.RunRequest:
     )
 
 
+def _plan_local(lake: Lake, cursor: dict, *, known_robots: set[str], already_ingested, ingested_stat=None,
+                today: dt.date | None = None) -> uploads.UploadPlan:
+    # The grace window and the hash are read when a tick runs, so that they can be tuned (and a
+    # test can watch what a tick reads) on this module.
+    return uploads.plan_local(lake, cursor, known_robots=known_robots, already_ingested=already_ingested,
+                              window=_window(today), ingested_stat=ingested_stat, grace_ns=GRACE_NS,
+                              hash_file=sha256_file)
+
+
 def plan_runs(lake: Lake, cursor: dict, *, known_robots: set[str], already_ingested,
               today: dt.date | None = None) -> tuple[list[dg.RunRequest], list[str], dict, list[str]]:
     """One local-lake tick as (run requests, new robots, next cursor, skipped keys with reasons);
     see ``uploads.plan_local``."""
-    plan = uploads.plan_local(lake, cursor, known_robots=known_robots, already_ingested=already_ingested,
-                              window=_window(today))
+    plan = _plan_local(lake, cursor, known_robots=known_robots, already_ingested=already_ingested, today=today)
     return [_run_request(r) for r in plan.runs], plan.new_robots, plan.cursor, plan.warnings
 
 
@@ -176,9 +186,9 @@ def raw_log_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> d
                         today=_utc_today())
         context.log.info("S3 tick: " + ", ".join(f"{k}={v}" for k, v in plan.stats.items()))
     else:
-        plan = uploads.plan_local(store, cursor, known_robots=known, window=_window(),
-                                  already_ingested=_ingested_fingerprint(context.instance, store),
-                                  ingested_stat=_ingested_fingerprint(context.instance, store, "raw_stat_fingerprint"))
+        plan = _plan_local(store, cursor, known_robots=known,
+                           already_ingested=_ingested_fingerprint(context.instance, store),
+                           ingested_stat=_ingested_fingerprint(context.instance, store, "raw_stat_fingerprint"))
     for reason in plan.warnings:
         context.log.warning(f"ignored upload: {reason}")
     return dg.SensorResult(

@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flywheel_pipelines.lib import ids, layout
 from flywheel_pipelines.lib.storage import Lake, LocalLake, ObjectInfo, S3Lake, raw_fingerprint, sha256_file
@@ -103,7 +104,8 @@ def stat_fingerprint(objects: Iterable[ObjectInfo]) -> str:
 
 
 def plan_local(lake: Lake, cursor: dict, *, known_robots: set[str], already_ingested, window: Window,
-               ingested_stat=None) -> UploadPlan:
+               ingested_stat=None, grace_ns: int = GRACE_NS,
+               hash_file: Callable[[Path], str] = sha256_file) -> UploadPlan:
     """What one tick should do on a local lake.
 
     A tick lists (one walk, one lstat per file) and reads a file's bytes only for a touched
@@ -122,6 +124,8 @@ def plan_local(lake: Lake, cursor: dict, *, known_robots: set[str], already_inge
         ingested_stat: [(robot, day), ...] -> {(robot, day): the ``stat_fingerprint`` its last
             log_manifest recorded, or None}; called once per tick with every touched robot-day
             (None: every touched robot-day is hashed).
+        grace_ns: files changed this close before the watermark are looked at again.
+        hash_file: a local file's path -> its sha256 (the only place a tick reads file bytes).
     """
     watermark = int(cursor.get("watermark_ns", 0))
     # One walk of raw/: the files, and what is refused (symbolic links, special files).
@@ -147,7 +151,7 @@ def plan_local(lake: Lake, cursor: dict, *, known_robots: set[str], already_inge
     for obj in objects:
         at = changed(obj)
         latest = max(latest, at)
-        fresh = at >= watermark - GRACE_NS
+        fresh = at >= watermark - grace_ns
         try:
             robot, day, _ = layout.parse_raw_key(obj.key)
         except ids.InvalidIdentifier as exc:
@@ -173,7 +177,7 @@ def plan_local(lake: Lake, cursor: dict, *, known_robots: set[str], already_inge
         with_sha = []
         for obj in by_partition[(robot, day)]:
             with lake.local_path(obj.key) as path:
-                with_sha.append((obj.key, sha256_file(path)))
+                with_sha.append((obj.key, hash_file(path)))
         fingerprints[(robot, day)] = raw_fingerprint(with_sha)
     ingested = already_ingested(sorted(fingerprints)) if fingerprints else {}
     runs, new_robots = [], set()
