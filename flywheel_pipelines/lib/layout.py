@@ -48,7 +48,6 @@ EVAL_SUMMARY = "summary.json"
 EVAL_RESULTS = "episodes.parquet"  # every evaluation episode of every policy
 FIELD_KPIS = "kpis.parquet"
 FIELD_SUMMARY = "summary.json"
-SHA256SUMS = "SHA256SUMS"
 
 # --- top-level prefixes ---------------------------------------------------------------------------
 RAW = "raw/"
