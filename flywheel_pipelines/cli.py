@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from flywheel_pipelines.lib import settings
+from flywheel_pipelines.lib import layout, settings
 
 
 def _lake(root: str | None):
@@ -38,7 +38,7 @@ def fleet() -> None:
 @click.option("--start-date", default=None, help="First day, YYYY-MM-DD (default: DAYS days ago).")
 @click.option("--lake", default=None, help="Target lake root (default: $FLYWHEEL_LAKE or .flywheel/lake).")
 @click.option("--deployment", default=None,
-              help="A deployments manifest (a local file, or a lake key such as deployments/reach-bc/current.json): "
+              help=f"A deployments manifest (a local file, or a lake key such as {layout.deployments_current_key('reach-bc')}): "
                    "each robot it lists runs its release's policy.onnx; the others are teleoperated.")
 def fleet_simulate(robots: int, days: int, episodes_per_day: int, seed: int, start_date: str | None,
                    lake: str | None, deployment: str | None) -> None:
@@ -70,7 +70,8 @@ def fleet_simulate(robots: int, days: int, episodes_per_day: int, seed: int, sta
         out = simulate_fleet(store, robots=robots, days=day_list, episodes_per_day=episodes_per_day, seed=seed,
                              progress=lambda _d: bar.update(1), releases=releases)
     for d in out:
-        click.echo(f"raw/robot={d.robot}/date={d.day}: {len(d.keys)} files, {d.episodes} episodes, {d.messages} messages")
+        folder = layout.raw_prefix(d.robot, d.day).rstrip("/")
+        click.echo(f"{folder}: {len(d.keys)} files, {d.episodes} episodes, {d.messages} messages")
     click.echo(f"lake: {store.root_uri}")
 
 
@@ -292,7 +293,7 @@ def policy_status(name: str, limit: int, as_json: bool, mlflow_uri: str | None, 
     else:
         click.echo(f"{name}: production is version {mv.version} (policy {mv.tags.get('flywheel.policy_version', '?')}, "
                    f"gate {mv.tags.get('flywheel.gate', 'unknown')})")
-    click.echo(f"promotion log ({_plural(len(log), 'entry', 'entries')}, {store.uri(f'promotions/{name}')}):")
+    click.echo(f"promotion log ({_plural(len(log), 'entry', 'entries')}, {store.uri(layout.promotions_prefix(name))}):")
     for e in log[-limit:]:
         forced = " FORCED" if e.get("forced") else ""
         move = (f"{e['version']} (production stays {e.get('from_version') or 'none'})" if e["action"] == "withdraw"
@@ -404,14 +405,14 @@ def _bundle_dir(ref: str, lake: str | None) -> Path:
         return path
     store = _lake(lake)
     candidate = getattr(store, "path", None)
-    if candidate is not None and ref.startswith("releases/"):
+    if candidate is not None and ref.startswith(f"{layout.RELEASES}/"):
         return candidate(ref)
-    raise click.ClickException(f"{ref}: not a release bundle folder (give its path, or releases/<name>/<version>)")
+    raise click.ClickException(f"{ref}: not a release bundle folder (give its path, or {layout.RELEASE_FORMAT})")
 
 
 @main.command()
 @click.argument("bundle", required=False)
-@click.option("--raw", default=None, help="A raw object key (raw/robot=<id>/date=<day>/<file>) or its sha256 "
+@click.option("--raw", default=None, help=f"A raw object key ({layout.RAW_LOG_FORMAT}) or its sha256 "
                                           "(or a unique prefix of >= 12 hex digits).")
 @click.option("--robot", default=None, help="A robot id; with --from/--to, a range of its days (inclusive).")
 @click.option("--from", "date_from", default=None, help="First day (YYYY-MM-DD), with --robot.")
@@ -576,7 +577,7 @@ def _report_quarantine_event(record, key: str, store) -> None:
 @click.option("--robot", default=None, help="Robot id.")
 @click.option("--from", "date_from", default=None, help="First day, YYYY-MM-DD (with --robot).")
 @click.option("--to", "date_to", default=None, help="Last day, YYYY-MM-DD (with --robot).")
-@click.option("--raw", default=None, help="A raw log key: raw/robot=<id>/date=<day>/<file> (a bag folder ends in /).")
+@click.option("--raw", default=None, help=f"A raw log key: {layout.RAW_LOG_FORMAT} (a bag folder ends in /).")
 @click.option("--episode", default=None, help="An episode id.")
 @click.option("--reason", required=True, help="Why (recorded in the log and every dataset manifest honouring it).")
 @click.option("--incident", default=None, help="The incident this belongs to.")
@@ -679,11 +680,11 @@ def _release_prefix(ref: str, store) -> str:
             ref = Path(ref).resolve().relative_to(Path(root).resolve()).as_posix()
         except ValueError:
             raise click.ClickException(f"{ref}: not inside the lake {store.root_uri}") from None
-    parts = ref.removeprefix("releases/").split("/")
+    parts = ref.removeprefix(f"{layout.RELEASES}/").split("/")
     if len(parts) != 2:
         raise click.ClickException(f"{ref}: expected NAME/VERSION (e.g. reach-bc/05a9684cfeec) or a release folder")
     try:
-        return f"releases/{ids.name(parts[0], what='release name')}/{ids.name(parts[1], what='release version')}"
+        return layout.release_prefix(parts[0], parts[1])
     except ids.InvalidIdentifier as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -825,7 +826,7 @@ def rollout_start(release, model, stages, margin, effective_from, reason, by, ml
     except (plan.RolloutError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     _echo_state(s)
-    click.echo(f"deployments manifest: {store.uri(f'deployments/{model}/current.json')}")
+    click.echo(f"deployments manifest: {store.uri(layout.deployments_current_key(model))}")
 
 
 @rollout.command("status")

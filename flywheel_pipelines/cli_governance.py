@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from flywheel_pipelines.lib import layout
+
 
 def _lake(root: str | None):
     from flywheel_pipelines.cli import _lake as open_lake
@@ -93,7 +95,7 @@ def retention_plan(today: str | None, lake: str | None) -> None:
 
 
 @click.command("erase")
-@click.option("--raw", default=None, help="A raw log key raw/robot=<id>/date=<day>/<file> (a bag folder ends in /).")
+@click.option("--raw", default=None, help=f"A raw log key {layout.RAW_KEY_FORMAT} (a bag folder ends in /).")
 @click.option("--robot", default=None, help="Robot id (with --from and --to).")
 @click.option("--from", "date_from", default=None, help="First day, YYYY-MM-DD.")
 @click.option("--to", "date_to", default=None, help="Last day, YYYY-MM-DD.")
@@ -109,7 +111,8 @@ def erase(raw, robot, date_from, date_to, reason, by, dry_run, as_json, lake) ->
     launches curated_dataset); policies and releases are marked, not deleted. Re-running the same
     erasure (e.g. after a kill) finishes it.
     """
-    from flywheel_pipelines.lib.governance import deleter, erasure, paths
+    from flywheel_pipelines.lib import layout
+    from flywheel_pipelines.lib.governance import deleter, erasure
 
     store = _lake(lake)
     try:
@@ -131,4 +134,4 @@ def erase(raw, robot, date_from, date_to, reason, by, dry_run, as_json, lake) ->
                f"rebuild requested: {', '.join(done['rebuild_requests']) or 'none'}")
     marked = [f"policy {p}" for p in done["marked"]["policies"]] + [f"release {r}" for r in done["marked"]["releases"]]
     click.echo(f"  marked (kept): {', '.join(marked) or 'nothing'}")
-    click.echo(f"  audit trail: {store.uri(paths.erasure_prefix(done['erasure']))}")
+    click.echo(f"  audit trail: {store.uri(layout.erasure_prefix(done['erasure']))}")

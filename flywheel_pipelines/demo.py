@@ -14,12 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flywheel_pipelines.defs.resources import open_configured_lake
-from flywheel_pipelines.lib import settings
+from flywheel_pipelines.lib import layout, settings
 from flywheel_pipelines.lib.sim.fleet import SimulatedDay, day_range, simulate_fleet
 
 # The demo prints its own progress; Dagster's per-event debug log would drown it.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 TEMPLATE = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+def _uploaded(lake) -> set[tuple[str, str]]:
+    """(robot, day) of every robot-day folder under raw/."""
+    return {rd for rd in (layout.parse_raw_day_folder(o.key) for o in lake.list(layout.RAW)) if rd is not None}
 
 
 def prepare_dagster_home() -> Path:
@@ -67,15 +72,15 @@ def run_demo(
     log(f"simulating {robots} robots x {days} days x {episodes_per_day} episodes into {lake_root}/raw")
     # A day an earlier run already uploaded is kept as it is: it may be an earlier run's field day,
     # whose canary ran a release, and raw logs are immutable.
-    present = {(parts[1].removeprefix("robot="), parts[2].removeprefix("date="))
-               for parts in (o.key.split("/") for o in lake.list("raw/")) if len(parts) >= 4}
+    present = _uploaded(lake)
     uploaded = {d for _, d in present}
     for d in sorted(set(day_list) & uploaded):
         log(f"  {d}: uploaded by an earlier run, kept")
     sim = simulate_fleet(
         lake, robots=robots, days=[d for d in day_list if d not in uploaded], episodes_per_day=episodes_per_day,
         seed=seed,
-        progress=lambda d: log(f"  raw/robot={d.robot}/date={d.day}: {len(d.keys)} MCAP files, {d.messages} messages"),
+        progress=lambda d: log(f"  {layout.raw_prefix(d.robot, d.day).rstrip('/')}: {len(d.keys)} MCAP files, "
+                               f"{d.messages} messages"),
     )
     sim += [SimulatedDay(r, d, (), episodes_per_day, 0) for r, d in sorted(present) if d in day_list]
     from flywheel_pipelines.definitions import defs as load_defs
@@ -89,7 +94,7 @@ def run_demo(
         instance.add_dynamic_partitions(ROBOTS.name, new)
     ingest = defs.resolve_job_def("ingest_robot_day")
     for i, d in enumerate(sim, 1):
-        log(f"[{i}/{len(sim)}] ingest robot={d.robot} date={d.day}")
+        log(f"[{i}/{len(sim)}] ingest robot {d.robot} day {d.day}")
         result = ingest.execute_in_process(partition_key=robot_day_key(d.robot, d.day), instance=instance,
                                            run_config=QUIET, raise_on_error=True)
         assert result.success
@@ -142,7 +147,7 @@ def run_field_day(defs, instance, lake, *, release: str, day: str, robots: int, 
         if any(plan.load(lake, model, rid).release == release for rid in plan.rollout_ids(lake, model)):
             log(f"field: {release} was rolled out by an earlier demo run (flywheel rollout status)")
             return {"release": release, "skipped": True}
-        log(f"field: rollout_start {release} ({DEMO_STAGES}, margin {DEMO_MARGIN:.0%}) -> deployments/{model}/")
+        log(f"field: rollout_start {release} ({DEMO_STAGES}, margin {DEMO_MARGIN:.0%}) -> {layout.deployments_prefix(model)}/")
         defs.resolve_job_def("rollout_start").execute_in_process(instance=instance, run_config={**QUIET, "ops": {
             "start_rollout": {"config": {"model": model, "release": release, "stages": DEMO_STAGES,
                                          "margin": DEMO_MARGIN, "effective_from": day, "requested_by": DEMO_USER,
@@ -151,7 +156,7 @@ def run_field_day(defs, instance, lake, *, release: str, day: str, robots: int, 
     manifest = deployments.latest(lake, model)
     log(f"  manifest #{manifest['sequence']} (sha256 {manifest['sha256'][:12]}): "
         + ", ".join(f"{r} runs {ref}" for r, ref in manifest["assignments"].items()) + "; the others teleoperate")
-    if any(f"/date={day}/" in o.key for o in lake.list("raw/")):  # an earlier run's field day
+    if any(d == day for _, d in _uploaded(lake)):  # an earlier run's field day
         log(f"  {day} was simulated by an earlier demo run; kept")
     else:
         sim = simulate_fleet(lake, robots=robots, days=[day], episodes_per_day=episodes_per_day, seed=seed,

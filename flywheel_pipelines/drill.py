@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from flywheel_pipelines.lib import layout
+
 DRILL_USER = "oncall-drill"
 # The fleet seed. With seed 0 the replacement release fails one golden scenario that the bad release
 # solves (r102's, unrelated to the fault), and the gate blocks it by its own rule ("any golden
@@ -279,7 +281,7 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
 
     # What the drill proves (the test asserts these; the CLI prints them).
     def robot_days(meta: dict) -> list[tuple[str, str]]:
-        manifest = store.read_json(f"{meta['prefix']}/manifest.json")
+        manifest = store.read_json(f"{meta['prefix']}/{layout.MANIFEST}")
         return sorted({(e["robot"], e["date"]) for e in manifest["episodes"]})
 
     probe_robot, probe_day = outliers[0]
@@ -311,7 +313,7 @@ def summary_lines(r: DrillResult) -> list[str]:
     return [
         f"injected: {r.faulty_robot} elbow encoder offset on {', '.join(r.fault_days)}",
         f"found:    {', '.join(f'{a} {b}' for a, b in r.found)} (ranked first in the incident report of {r.bad_release})",
-        f"incident: {r.incident_id} (incidents/log/{r.incident_id}/ in the lake)",
+        f"incident: {r.incident_id} ({layout.incident_log_prefix(r.incident_id)}/ in the lake)",
         f"production: {r.bad_release} -> {r.new_release}; {r.bad_release} withdrawn (no rollback returns to it)",
         f"quarantine: {', '.join(r.quarantine_ids)}",
         f"datasets: old {r.old_dataset} holds {len(old_hit)}/{len(q)} quarantined robot-days, "

@@ -10,6 +10,10 @@ from collections.abc import Mapping
 import dagster as dg
 import pyarrow as pa
 
+from flywheel_pipelines.lib import markdown
+from flywheel_pipelines.lib.ingest import IngestError
+from flywheel_pipelines.lib.ingest.episodes import accounting_totals
+
 SIGNIFICANT_DIGITS = 4
 
 
@@ -52,3 +56,20 @@ def lerobot_table_metadata(features: Mapping[str, Mapping], rows: int) -> dict[s
                for name, spec in features.items()]
     return {"dagster/row_count": dg.MetadataValue.int(rows),
             "dagster/column_schema": dg.MetadataValue.table_schema(dg.TableSchema(columns))}
+
+
+def ingest_failure(exc: IngestError) -> dg.Failure:
+    """An ingest error as the step's failure, with the accounting (when there is one) as its metadata."""
+    metadata = accounting_metadata(exc.accounting) if exc.accounting is not None else None
+    return dg.Failure(description=str(exc), metadata=metadata)
+
+
+def accounting_metadata(accounting: list[dict]) -> dict:
+    """The accounting as asset metadata: totals and a per file and topic table."""
+    totals = accounting_totals(accounting)
+    rows = [(r["file"].rsplit("/", 1)[-1] or r["file"], r["topic"], r["encoding"], r["read"], r["in_episodes"],
+             r["outside_episodes"], r["events"], ", ".join(f"{k}: {v}" for k, v in r["dropped"].items()),
+             r["undecodable"], r["reason"] or "") for r in accounting]
+    table = markdown.table(["file", "topic", "encoding", "read", "in episodes", "outside", "events", "dropped",
+                            "undecodable", "reason"], rows)
+    return {**{f"messages_{k}": v for k, v in totals.items()}, "accounting": dg.MetadataValue.md(table)}

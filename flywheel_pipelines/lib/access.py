@@ -22,26 +22,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import ids, layout
 from flywheel_pipelines.lib.storage import RAW_PREFIX
 
-# Every top-level prefix the pipeline writes (docs/architecture.md, "Storage layout"). The pipeline
-# role may write only these, so a new prefix must be added here (tests check a drilled lake).
-DERIVED_PREFIXES = (
-    "archive/", "catalog/", "datasets/", "deployments/", "episodes/", "evals/", "field/", "fleet/", "golden/",
-    "governance/", "incidents/", "lineage/", "manifests/", "policies/", "promotions/", "quarantine/", "releases/",
-)
-READER_PREFIXES = ("datasets/", "evals/", "releases/")
-# Where deploy/dagster.yaml's S3ComputeLogManager keeps step stdout/stderr (docs/deploy.md).
-COMPUTE_LOGS_PREFIX = "dagster/compute-logs/"
-ROBOT_PREFIX = RAW_PREFIX + "robot={robot}/"
+DERIVED_PREFIXES = layout.DERIVED_PREFIXES
+READER_PREFIXES = layout.READER_PREFIXES
+COMPUTE_LOGS_PREFIX = layout.COMPUTE_LOGS_PREFIX
+ROBOT_PREFIX = layout.RAW_ROBOT_TEMPLATE
 ROLES = ("robot", "pipeline", "governance", "reader")
 # IAM policy variable: the robot's IAM user is named by its robot id.
 IAM_ROBOT = "${aws:username}"
 SEAWEED_GAPS = {
     "robot": "Write lets a robot key overwrite and delete its own raw logs (no If-None-Match condition, "
              "and Write includes DeleteObject)",
-    "governance": "Write on raw/ (needed to delete) also lets the retention key write raw logs",
+    "governance": "Write on the raw logs' prefix (needed to delete) also lets the retention key write raw logs",
 }
 
 
@@ -151,7 +145,7 @@ def seaweed_actions(role: str, *, bucket: str, lake_prefix: str = "", robot: str
     ``delete`` both become Write (the losses are ``SEAWEED_GAPS``).
     """
     if role == "robot" and robot is None:
-        raise ValueError("a SeaweedFS robot identity is per robot: pass robot=<id>")
+        raise ValueError("a SeaweedFS robot identity is per robot: pass the robot id")
     root = _root(lake_prefix)
     actions = []
     for grant in grants(role, robot=robot or IAM_ROBOT):

@@ -10,9 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flywheel_pipelines.lib import layout
 from flywheel_pipelines.lib.episodes.standardize import EPISODE_SCHEMA
 
-CATALOG_KEY = "catalog/episodes.parquet"
+CATALOG_KEY = layout.CATALOG_KEY
 # The outcomes an episode_end event gives (lib/sim/fleet.py) and the one standardization falls back
 # to; a real log's events may carry others, which the catalog then holds too.
 KNOWN_OUTCOMES = ("success", "failure", "unknown")

@@ -23,17 +23,18 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
+from flywheel_pipelines.lib import layout
 from flywheel_pipelines.lib.episodes.control import AUTONOMOUS_MODES, TELEOPERATED, UNKNOWN
 from flywheel_pipelines.lib.evaluation.stats import wilson_interval
 from flywheel_pipelines.lib.rollout import sequential
 
-FIELD_PREFIX = "field"
-KPIS_FILE = "kpis.parquet"
-SUMMARY_FILE = "summary.json"
+FIELD_PREFIX = layout.FIELD
+KPIS_FILE = layout.FIELD_KPIS
+SUMMARY_FILE = layout.FIELD_SUMMARY
 
 
 def kpis_prefix(version: str) -> str:
-    return f"{FIELD_PREFIX}/kpis/{version}"
+    return layout.field_kpis_prefix(version)
 
 
 KPI_SCHEMA = pa.schema([

@@ -21,16 +21,16 @@ from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import ids, layout
 
 HOT_DAYS_ENV = "FLYWHEEL_HOT_DAYS"
 DEFAULT_HOT_DAYS = 28
 FLEET_START_ENV = "FLYWHEEL_FLEET_START"
 DEFAULT_FLEET_START = "2025-01-01"
-ROBOTS_PREFIX = "fleet/robots/"
-ARCHIVE_PREFIX = "archive/"
-EPISODES_PREFIX = "episodes/"
-EPISODE_TABLE = "episodes.parquet"
+ROBOTS_PREFIX = layout.FLEET_ROBOTS
+ARCHIVE_PREFIX = layout.ARCHIVE
+EPISODES_PREFIX = layout.EPISODES
+EPISODE_TABLE = layout.EPISODE_TABLE
 
 
 class FleetConfigError(ValueError):
@@ -84,16 +84,9 @@ def month_days(month: str) -> list[str]:
     return [(first + dt.timedelta(days=i)).isoformat() for i in range((nxt - first).days)]
 
 
-def archive_key(month: str) -> str:
-    return f"{ARCHIVE_PREFIX}month={ids.day(month)[:7]}/{EPISODE_TABLE}"
-
-
-def archive_info_key(month: str) -> str:
-    return f"{ARCHIVE_PREFIX}month={ids.day(month)[:7]}/archive.json"
-
-
-def robot_key(robot: str) -> str:
-    return f"{ROBOTS_PREFIX}robot={ids.robot_id(robot)}.json"
+archive_key = layout.archive_key
+archive_info_key = layout.archive_info_key
+robot_key = layout.robot_join_key
 
 
 def record_join(store, robot: str, first_day: str) -> dict:
@@ -116,12 +109,8 @@ def joined_robots(store) -> dict[str, str]:
     """robot -> join day, for every robot the sensor has seen."""
     out = {}
     for obj in store.list(ROBOTS_PREFIX):
-        name = obj.key.rsplit("/", 1)[-1]
-        if not (name.startswith("robot=") and name.endswith(".json")):
-            continue
-        try:
-            robot = ids.robot_id(name[len("robot="):-len(".json")])
-        except ids.InvalidIdentifier:
+        robot = layout.robot_of_join_name(obj.key.rsplit("/", 1)[-1])
+        if robot is None:
             continue
         out[robot] = store.read_json(obj.key)["joined"]
     return out
@@ -141,14 +130,14 @@ def robot_day_tables(store, robot: str, since: str, until: str | None = None) ->
     so reading a month or the hot window costs what it returns, not the robot's whole history; on
     a local folder, one directory listing.
     """
-    prefix = f"{EPISODES_PREFIX}robot={ids.robot_id(robot)}/"
+    prefix = layout.episodes_robot_prefix(robot)
     if hasattr(store, "iter_objects"):
-        objects = store.iter_objects(prefix, start_after=f"{prefix}date={since}"[:-1])
+        objects = store.iter_objects(prefix, start_after=f"{prefix}{layout.date_folder(since)}"[:-1])
         for obj in objects:
             parts = obj.key.split("/")
-            if len(parts) != 4 or not parts[2].startswith("date="):
+            day = layout.day_of_folder(parts[2]) if len(parts) == 4 else None
+            if day is None:
                 continue
-            day = parts[2][len("date="):]
             if until is not None and day > until:
                 break
             if parts[3] == EPISODE_TABLE and day >= since:
@@ -158,8 +147,8 @@ def robot_day_tables(store, robot: str, since: str, until: str | None = None) ->
     if not base.is_dir():
         return
     for name in sorted(p.name for p in base.iterdir()):
-        day = name[len("date="):]
-        if (name.startswith("date=") and day >= since and (until is None or day <= until)
+        day = layout.day_of_folder(name)
+        if (day is not None and day >= since and (until is None or day <= until)
                 and (base / name / EPISODE_TABLE).is_file()):
             yield day, f"{prefix}{name}/{EPISODE_TABLE}"
 
@@ -174,9 +163,10 @@ def episode_robots(store) -> list[str]:
         base = store.path(EPISODES_PREFIX.rstrip("/"))
         names = [p.name for p in base.iterdir()] if base.is_dir() else []
     for name in names:
-        if name.startswith("robot="):
+        robot = layout.robot_of_folder(name)
+        if robot is not None:
             try:
-                robots.add(ids.robot_id(name[len("robot="):]))
+                robots.add(ids.robot_id(robot))
             except ids.InvalidIdentifier:
                 continue
     return sorted(robots)
@@ -226,7 +216,7 @@ def read_archives(store) -> dict[str, dict]:
     """month -> archive.json of every month archive in the lake."""
     out = {}
     for obj in store.list(ARCHIVE_PREFIX):
-        if obj.key.endswith("/archive.json"):
+        if layout.is_archive_info(obj.key):
             info = store.read_json(obj.key)
             out[info["month"]] = info
     return out

@@ -7,7 +7,6 @@ import re
 
 _ROBOT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_RAW_KEY_RE = re.compile(r"^raw/robot=([^/]+)/date=([^/]+)/([^/]+)(?:/([^/]+))?$")
 
 
 class InvalidIdentifier(ValueError):
@@ -40,25 +39,14 @@ def name(value: str, *, what: str = "name") -> str:
 
 
 def parse_raw_key(key: str) -> tuple[str, str, str]:
-    """Split a raw object key into validated (robot, day, file).
+    """Split a raw object key into validated (robot, day, file); see ``layout.parse_raw_key``."""
+    from flywheel_pipelines.lib import layout  # layout builds on this module's validators
 
-    A log is a file (``raw/robot=<id>/date=<day>/<file>``: an .mcap or a ROS 1 .bag) or a rosbag2
-    folder (``raw/robot=<id>/date=<day>/<bag>/<file>``: metadata.yaml and its .mcap / .db3
-    parts); for a file inside a bag folder, ``file`` is ``<bag>/<file>``.
-    """
-    match = _RAW_KEY_RE.fullmatch(key)
-    if not match:
-        raise InvalidIdentifier(
-            f"not a raw log key {key!r}: expected raw/robot=<id>/date=<YYYY-MM-DD>/<file> or .../<bag folder>/<file>")
-    robot, d, first, second = match.groups()
-    file = name(first, what="file name")
-    if second is not None:
-        file = f"{file}/{name(second, what='file name')}"
-    return robot_id(robot), day(d), file
+    return layout.parse_raw_key(key)
 
 
 def raw_log_key(key: str) -> str:
-    """The log a raw object belongs to: the file's own key, or its bag folder's prefix (ending in /)."""
-    robot, d, file = parse_raw_key(key)
-    bag, sep, _ = file.partition("/")
-    return f"raw/robot={robot}/date={d}/{bag}/" if sep else key
+    """The log a raw object belongs to; see ``layout.raw_log_key``."""
+    from flywheel_pipelines.lib import layout
+
+    return layout.raw_log_key(key)

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from flywheel_pipelines.lib import ids, markdown
+from flywheel_pipelines.lib import layout, markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.datasets.curation import MANIFEST, fixed_list_to_numpy
 from flywheel_pipelines.lib.datasets.lerobot.reader import read_lerobot_v3
@@ -60,18 +60,16 @@ OUTLIER_SCORE = 6.0
 RIDGE = 1e-3
 WEIGHTS = {"residual": 1.0, "residual_std": 1.0, "offset": 1.0, "mean": 0.5, "std": 0.5,
            "failure_rate": 0.5, "quality_fail_rate": 0.5}
-# Lake keys this module reads; the writers are in defs/ (policy config, golden pointer), which
-# lib/ cannot import.
-POLICY_CONFIG = "config.json"
-GOLDEN_POINTER = "golden/current.json"
-GOLDEN_FILE = "scenarios.json"
-INCIDENT_REPORTS = "incidents/reports"
+# Lake keys this module reads (lib/layout.py names them all).
+POLICY_CONFIG = layout.POLICY_CONFIG
+GOLDEN_POINTER = layout.GOLDEN_POINTER
+GOLDEN_FILE = layout.GOLDEN_FILE
+INCIDENT_REPORTS = layout.INCIDENT_REPORTS
 
 
 def report_key(release_name: str, release_version: str) -> str:
     """Where the incident report of a release is kept: incidents/reports/<name>/<version>.json."""
-    return (f"{INCIDENT_REPORTS}/{ids.name(release_name, what='release name')}/"
-            f"{ids.name(release_version, what='release version')}.json")
+    return layout.incident_report_key(release_name, release_version)
 
 
 class IncidentError(ValueError):
@@ -416,7 +414,7 @@ def incident_report(
 
 
 def _dataset_prefix(dataset: Mapping) -> str:
-    return f"datasets/{dataset['name']}/{dataset['version']}"
+    return layout.dataset_prefix(dataset["name"], dataset["version"])
 
 
 def resolve_subject(store: Lake, prefix: str) -> tuple[dict, str]:

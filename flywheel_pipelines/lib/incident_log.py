@@ -14,10 +14,10 @@ import json
 import uuid
 from collections.abc import Callable
 
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import layout
 from flywheel_pipelines.lib.storage import Lake
 
-INCIDENT_LOG_PREFIX = "incidents/log"
+INCIDENT_LOG_PREFIX = layout.INCIDENT_LOG
 ENTRY_SCHEMA = "flywheel-incident-v1"
 ACTIONS = ("opened", "quarantined", "rolled_back", "replaced", "note", "resolved")
 
@@ -33,7 +33,7 @@ def _now() -> dt.datetime:
 def incident_prefix(incident_id: str) -> str:
     if not isinstance(incident_id, str) or not incident_id.startswith("inc-"):
         raise IncidentLogError(f"invalid incident id {incident_id!r}")
-    return f"{INCIDENT_LOG_PREFIX}/{ids.name(incident_id, what='incident id')}"
+    return layout.incident_log_prefix(incident_id)
 
 
 def _write(lake: Lake, incident_id: str, action: str, by: str, body: dict, when: dt.datetime) -> str:

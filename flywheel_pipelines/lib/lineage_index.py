@@ -44,18 +44,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import ids, layout
 from flywheel_pipelines.lib.evaluation import registry
 from flywheel_pipelines.lib.governance import deleter
 from flywheel_pipelines.lib.storage import Lake
 
-LINEAGE_PREFIX = "lineage"
-EDGES_PREFIX = f"{LINEAGE_PREFIX}/edges"
-DATASET_EDGES = f"{EDGES_PREFIX}/datasets"
-POLICY_EDGES = f"{EDGES_PREFIX}/policies"
-EVAL_EDGES = f"{EDGES_PREFIX}/evals"
-RELEASE_EDGES = f"{EDGES_PREFIX}/releases"
-INDEX_PREFIX = f"{LINEAGE_PREFIX}/index"
+LINEAGE_PREFIX = layout.LINEAGE
+EDGES_PREFIX = layout.LINEAGE_EDGES
+DATASET_EDGES = layout.DATASET_EDGES
+POLICY_EDGES = layout.POLICY_EDGES
+EVAL_EDGES = layout.EVAL_EDGES
+RELEASE_EDGES = layout.RELEASE_EDGES
+INDEX_PREFIX = layout.LINEAGE_INDEX
 INDEX_META = "meta.json"
 INDEX_ARTIFACTS = "artifacts.json"
 RAW_EPISODES = "raw_episodes.parquet"
@@ -582,13 +582,13 @@ def query(store: Lake, *, raw: str | None = None, robot: str | None = None, date
             raise LineageError(f"--from {date_from} is after --to {date_to}")
     raw_key = raw_sha = None
     if raw is not None:
-        if raw.startswith("raw/"):
+        if raw.startswith(layout.RAW):
             raw_key = raw
             ids.parse_raw_key(raw.rstrip("/"))
         elif _SHA_RE.fullmatch(raw.lower()):
             raw_sha = raw.lower()
         else:
-            raise LineageError(f"--raw {raw!r} is neither a raw object key (raw/robot=<id>/date=<day>/<file>) "
+            raise LineageError(f"--raw {raw!r} is neither a raw object key ({layout.RAW_LOG_FORMAT}) "
                                "nor a sha256 (at least 12 hex digits)")
     if episode is not None:
         _episode_id(episode)

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import ids, layout
 from flywheel_pipelines.lib.storage import Lake
 
-QUARANTINE_PREFIX = "quarantine/records"
+QUARANTINE_PREFIX = layout.QUARANTINE_RECORDS
 RECORD_SCHEMA = "flywheel-quarantine-v1"
 MAX_REASON = 2000
 _EPISODE_ID_MAX = 200
@@ -256,7 +256,7 @@ def known_target(lake: Lake, catalog: pa.Table | None) -> Callable[[Scope], str 
     def check(scope: Scope) -> str | None:
         if scope.kind == "robot":
             in_catalog = catalog is not None and scope.robot in set(catalog["robot"].to_pylist())
-            if in_catalog or lake.list(f"raw/robot={scope.robot}/"):
+            if in_catalog or lake.list(layout.raw_robot_prefix(scope.robot)):
                 return None
             return f"unknown robot {scope.robot!r}: no episodes in the catalog and no raw logs in the lake"
         if scope.kind == "raw":

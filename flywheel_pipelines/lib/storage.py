@@ -36,9 +36,9 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flywheel_pipelines.lib import faults
+from flywheel_pipelines.lib import faults, layout
 
-RAW_PREFIX = "raw/"
+RAW_PREFIX = layout.RAW
 _HIDDEN_PREFIXES = (".", "_tmp")
 SYMLINK_REFUSED = "a symbolic link (refused: the lake reads only regular files inside its root, never a link's target)"
 

@@ -111,7 +111,7 @@ def test_months_to_archive_are_the_wholly_cold_ones_not_yet_complete():
 # --- the sensor ------------------------------------------------------------------------------------
 
 
-def test_a_late_upload_to_a_cold_day_requests_its_month_archive_and_records_the_join(lake):
+def test_a_late_upload_to_a_cold_day_requests_its_month_archive_and_its_run_records_the_join(lake):
     upload(lake, "r301", COLD_DAY)
     upload(lake, "r302", HOT_DAY)
     with dg.instance_for_test() as instance:
@@ -123,11 +123,12 @@ def test_a_late_upload_to_a_cold_day_requests_its_month_archive_and_records_the_
         assert (hot.job_name, hot.partition_key) == ("ingest_robot_day", robot_day_key("r302", HOT_DAY))
         assert cold.run_key.startswith(f"r301|{COLD_DAY}|")
         assert sorted(result.dynamic_partitions_requests[0].partition_keys) == ["r301", "r302"]
-        assert fleet.joined_robots(lake) == {"r301": COLD_DAY, "r302": HOT_DAY}
+        assert fleet.joined_robots(lake) == {}  # a tick writes nothing: the runs record the join days
         # The same files again: nothing new, also for the cold day once it has been archived.
         archive(instance, lake, COLD_MONTH, [f"r301/{COLD_DAY}"])
         instance.add_dynamic_partitions(ROBOTS.name, ["r301", "r302"])
         ingest_hot(instance, lake, "r302", HOT_DAY)
+        assert fleet.joined_robots(lake) == {"r301": COLD_DAY, "r302": HOT_DAY}
         assert tick(instance, lake).run_requests == []
 
 

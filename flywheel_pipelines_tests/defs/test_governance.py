@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from flywheel_pipelines.cli import main
 from flywheel_pipelines.defs.resources import LakeResource
-from flywheel_pipelines.lib import lineage_index
+from flywheel_pipelines.lib import layout, lineage_index
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
-from flywheel_pipelines.lib.governance import deleter, erasure, paths, policy, rebuilds
+from flywheel_pipelines.lib.governance import deleter, erasure, policy, rebuilds
 from flywheel_pipelines.lib.storage import LocalLake
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -90,8 +90,8 @@ def test_erase_job_rebuild_sensor_and_retention(home, drilled) -> None:
         assert not gone & set(lake.read_parquet(CATALOG_KEY)["episode_id"].to_pylist())
         # Golden scenarios derived from the log are gone (not retired): the current set lacks them,
         # and every golden version that held them is deleted.
-        current = lake.read_json(paths.GOLDEN_POINTER)["prefix"]
-        scenarios = lake.read_json(f"{current}/{paths.GOLDEN_FILE}")["scenarios"]
+        current = lake.read_json(layout.GOLDEN_POINTER)["prefix"]
+        scenarios = lake.read_json(f"{current}/{layout.GOLDEN_FILE}")["scenarios"]
         assert scenarios and not [e for e in scenarios
                                   if key in {f["key"] for f in e["scenario"]["source"]["raw_files"]}]
         assert all(not lake.list(g["prefix"] + "/") for g in radius.golden)
@@ -121,7 +121,7 @@ def test_erase_job_rebuild_sensor_and_retention(home, drilled) -> None:
         meta = instance.get_latest_materialization_event(dg.AssetKey("curated_dataset")).asset_materialization.metadata
         version = meta["dataset_version"].value
         assert version not in {d["version"] for d in radius.datasets}
-        manifest = lake.read_json(f"{paths.dataset_prefix('reach', version)}/manifest.json")
+        manifest = lake.read_json(f"{layout.dataset_prefix('reach', version)}/manifest.json")
         assert manifest["episodes"] and not gone & {e["episode_id"] for e in manifest["episodes"]}
 
         # Retention: keep plain logs 2 days; the drill's older days expire behind tombstones.

@@ -14,11 +14,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
-from flywheel_pipelines.defs.episodes.assets import ACCOUNTING, EpisodesConfig, episodes, episodes_prefix
+from flywheel_pipelines.defs.episodes.assets import EpisodesConfig, episodes, episodes_prefix
 from flywheel_pipelines.defs.ingest.assets import log_manifest, manifest_key, raw_fleet_logs
 from flywheel_pipelines.defs.partitions import ROBOTS, robot_day_key
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib.episodes.embodiment import load_embodiment
+from flywheel_pipelines.lib.layout import ACCOUNTING
 from flywheel_pipelines.lib.storage import LocalLake
 from flywheel_pipelines_tests.conftest import days_ago
 

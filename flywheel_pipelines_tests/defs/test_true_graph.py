@@ -24,6 +24,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "manifests/": ("log_manifest", "episode_archive"),
     "episodes/": ("episodes", "episode_archive"),
     "archive/": ("episode_archive",),
+    "fleet/robots/": ("log_manifest", "episode_archive"),  # join days, recorded by the runs that ingest
     "catalog/": ("episode_catalog",),
     "golden/": ("golden_scenarios",),
     "datasets/": ("curated_dataset",),

@@ -11,8 +11,10 @@ import os
 import dagster as dg
 import pytest
 
-from flywheel_pipelines.defs.ingest.assets import build_manifest, manifest_key, write_manifest
 from flywheel_pipelines.defs.partitions import robot_day_key
+from flywheel_pipelines.lib.ingest import IngestError
+from flywheel_pipelines.lib.ingest.manifest import build_manifest, write_manifest
+from flywheel_pipelines.lib.layout import manifest_key
 from flywheel_pipelines.lib.rosbag.manifest import inspect_log
 from flywheel_pipelines.lib.storage import SYMLINK_REFUSED, LakeError, LocalLake
 from flywheel_pipelines_tests.defs.test_ingest import DAY, tick, upload
@@ -91,7 +93,7 @@ def test_the_sensor_and_log_manifest_refuse_symlinks_without_reading_them(lake, 
         assert json.loads(second.cursor)["refused"] == json.loads(first.cursor)["refused"]
         manifest = build_manifest(lake, "r301", DAY)
         assert [f["verdict"] for f in manifest["files"]] == ["ok"]
-        with pytest.raises(dg.Failure) as failure:
+        with pytest.raises(IngestError) as failure:
             write_manifest(lake, "r302", DAY)
         text = str(failure.value)
         assert "refused" in text and "secret.mcap" in text and SECRET.decode() not in text

@@ -3,7 +3,8 @@ republished derived folder leave nothing behind, hidden objects included; tombst
 
 import hashlib
 
-from flywheel_pipelines.lib.governance import deleter, paths
+from flywheel_pipelines.lib import layout
+from flywheel_pipelines.lib.governance import deleter
 from flywheel_pipelines.lib.storage import FOLDER_MANIFEST
 from flywheel_pipelines_tests.infra.conftest import BUCKET
 
@@ -36,7 +37,7 @@ def test_raw_file_and_bag_folder_are_deleted_behind_tombstones(s3_client, s3_lak
                       for n in sorted(["metadata.yaml", "bag_0.mcap"]))
     assert folder.sha256 == hashlib.sha256(listing.encode()).hexdigest()  # the manifest's folder hash
     assert [o.key for o in s3_lake.list("raw/")] == [f"{DAY}/b.mcap"]
-    assert s3_lake.exists(paths.tombstone_key(f"{DAY}/a.mcap", sha, "expired")) and t.size == 11000
+    assert s3_lake.exists(layout.tombstone_key(f"{DAY}/a.mcap", sha, "expired")) and t.size == 11000
     assert deleter.statuses(s3_lake, [f"{DAY}/a.mcap", f"{DAY}/bag/", f"{DAY}/b.mcap"]) == {
         f"{DAY}/a.mcap": "expired", f"{DAY}/bag/": "erased"}
     assert deleter.all_statuses(s3_lake)[f"{DAY}/bag"] == "erased"

@@ -15,12 +15,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from flywheel_pipelines.defs.ingest.assets import write_manifest
-from flywheel_pipelines.lib import lineage_index
+from flywheel_pipelines.lib import layout, lineage_index
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, build_catalog
 from flywheel_pipelines.lib.datasets.curation import CurationSpec, build_dataset, select_episodes
 from flywheel_pipelines.lib.episodes.embodiment import Embodiment, load_embodiment, parse_embodiment
 from flywheel_pipelines.lib.episodes.standardize import SourceFile, standardize
-from flywheel_pipelines.lib.governance import paths
 from flywheel_pipelines.lib.sim.fleet import simulate_fleet
 from flywheel_pipelines.lib.storage import LocalLake, staging_dir
 
@@ -44,20 +43,20 @@ def ingest_day(lake: LocalLake, robot: str, day: str, emb: Embodiment) -> pa.Tab
     manifest = write_manifest(lake, robot, day)
     files = [SourceFile(f["key"], lake.path(f["key"]), f["sha256"]) for f in manifest["files"]]
     result = standardize(files, emb, robot=robot, day=day)
-    prefix = paths.episodes_prefix(robot, day)
-    lake.write_parquet(f"{prefix}/{paths.EPISODE_TABLE}", result.episodes)
-    lake.write_parquet(f"{prefix}/{paths.FRAME_TABLE}", result.frames)
+    prefix = layout.episodes_prefix(robot, day)
+    lake.write_parquet(f"{prefix}/{layout.EPISODE_TABLE}", result.episodes)
+    lake.write_parquet(f"{prefix}/{layout.FRAMES}", result.frames)
     return result.episodes
 
 
 def publish_dataset(lake: LocalLake, catalog: pa.Table, spec: CurationSpec, emb: Embodiment) -> str:
     """What curated_dataset does: build, publish, write the episode -> dataset edges."""
     def load(robot: str, day: str) -> pa.Table:
-        return lake.read_parquet(f"{paths.episodes_prefix(robot, day)}/{paths.FRAME_TABLE}")
+        return lake.read_parquet(f"{layout.episodes_prefix(robot, day)}/{layout.FRAMES}")
 
     with staging_dir() as tmp:
         built = build_dataset(tmp / "ds", selected=select_episodes(catalog, spec), load_frames=load, spec=spec, emb=emb)
-        lake.publish_dir(paths.dataset_prefix(spec.name, built.version), tmp / "ds")
+        lake.publish_dir(layout.dataset_prefix(spec.name, built.version), tmp / "ds")
     lineage_index.write_dataset_edges(lake, name=spec.name, version=built.version, manifest=built.manifest,
                                       at=lineage_index.now_iso())
     return built.version

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flywheel_pipelines.lib import faults
-from flywheel_pipelines.lib.governance import deleter, paths
+from flywheel_pipelines.lib import faults, layout
+from flywheel_pipelines.lib.governance import deleter
 from flywheel_pipelines.lib.storage import LakeError, LocalLake
 
 PACKAGE = Path(__file__).resolve().parents[2] / "flywheel_pipelines"
@@ -89,12 +89,12 @@ def test_delete_writes_the_tombstone_then_deletes_and_is_idempotent(tmp_path) ->
     t = deleter.delete_raw_log(lake, KEY, status="expired", rule="camera: 30 days (policy v1)", topics=topics,
                                expected_sha256=sha)
     assert not lake.exists(KEY)
-    doc = lake.read_json(paths.tombstone_key(KEY, sha, "expired"))
+    doc = lake.read_json(layout.tombstone_key(KEY, sha, "expired"))
     assert doc["key"] == KEY and doc["sha256"] == sha and doc["size"] == 1100 and doc["status"] == "expired"
     assert [x["class"] for x in doc["topics"]] == ["camera", "other"] and doc["rule"].startswith("camera")
-    assert t.record_key == paths.tombstone_key(KEY, sha, "expired")
+    assert t.record_key == layout.tombstone_key(KEY, sha, "expired")
     again = deleter.delete_raw_log(lake, KEY, status="expired", rule="camera: 30 days (policy v1)")
-    assert again.sha256 == sha and len(lake.list(paths.TOMBSTONE_PREFIX + "/")) == 1
+    assert again.sha256 == sha and len(lake.list(layout.TOMBSTONE_PREFIX + "/")) == 1
     assert deleter.statuses(lake, [KEY, KEY + ".other"]) == {KEY: "expired"}
 
 
@@ -102,7 +102,7 @@ def test_other_bytes_than_decided_are_not_deleted(tmp_path) -> None:
     lake, _ = _lake_with_log(tmp_path)
     with pytest.raises(deleter.DeletionError, match="re-upload since; not deleted"):
         deleter.delete_raw_log(lake, KEY, status="erased", rule="erasure er-x", expected_sha256="0" * 64)
-    assert lake.exists(KEY) and not lake.list(paths.TOMBSTONE_PREFIX + "/")
+    assert lake.exists(KEY) and not lake.list(layout.TOMBSTONE_PREFIX + "/")
 
 
 @pytest.mark.parametrize("key", ["raw/robot=../date=2026-03-02/x.mcap", "raw/robot=r1/date=2026-13-02/x.mcap",
@@ -130,6 +130,6 @@ def test_a_kill_between_tombstone_and_delete_is_finished_by_the_next_run(tmp_pat
     env = {**os.environ, faults.ENV: "governance.delete.tombstoned"}
     proc = subprocess.run([sys.executable, "-c", code, str(lake.root)], env=env, capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-    assert lake.exists(KEY) and lake.exists(paths.tombstone_key(KEY, sha, "erased"))  # killed between the two
+    assert lake.exists(KEY) and lake.exists(layout.tombstone_key(KEY, sha, "erased"))  # killed between the two
     deleter.delete_raw_log(lake, KEY, status="erased", rule="erasure er-1")
-    assert not lake.exists(KEY) and len(lake.list(paths.TOMBSTONE_PREFIX + "/")) == 1
+    assert not lake.exists(KEY) and len(lake.list(layout.TOMBSTONE_PREFIX + "/")) == 1

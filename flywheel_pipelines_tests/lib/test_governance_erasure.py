@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from flywheel_pipelines.cli import main
-from flywheel_pipelines.lib import faults, lineage_index
+from flywheel_pipelines.lib import faults, layout, lineage_index
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.datasets.curation import CurationSpec, build_dataset, select_episodes
 from flywheel_pipelines.lib.episodes.embodiment import load_embodiment
-from flywheel_pipelines.lib.governance import deleter, erasure, paths, rebuilds
+from flywheel_pipelines.lib.governance import deleter, erasure, rebuilds
 from flywheel_pipelines_tests.lib import governance_lake
 
 DAYS = ["2026-02-02", "2026-02-03"]
@@ -34,7 +34,7 @@ def _erase(*args: str) -> dict | str:
 
 
 def _episode_ids(lake, robot: str, day: str) -> set[str]:
-    return set(lake.read_parquet(f"{paths.episodes_prefix(robot, day)}/{paths.EPISODE_TABLE}")["episode_id"].to_pylist())
+    return set(lake.read_parquet(f"{layout.episodes_prefix(robot, day)}/{layout.EPISODE_TABLE}")["episode_id"].to_pylist())
 
 
 def test_erase_a_raw_log_end_to_end(tmp_path) -> None:
@@ -55,7 +55,7 @@ def test_erase_a_raw_log_end_to_end(tmp_path) -> None:
     gone = {e["episode_id"] for e in radius["episodes"]}
     assert gone and gone < day_episodes  # that log's episodes, not the day's other session
     assert _snapshot(lake) == before
-    frames = lake.read_parquet(f"{paths.episodes_prefix('r101', DAYS[0])}/{paths.FRAME_TABLE}")
+    frames = lake.read_parquet(f"{layout.episodes_prefix('r101', DAYS[0])}/{layout.FRAMES}")
     mine = frames.filter(pc.is_in(frames["episode_id"], value_set=pa.array(sorted(gone))))
     values = [repr(v) for row in mine["observation.state"].to_pylist()[:20] for v in row]
     assert len(values) == 80
@@ -66,12 +66,12 @@ def test_erase_a_raw_log_end_to_end(tmp_path) -> None:
     assert not lake.exists(key)
     assert deleter.statuses(lake, [key]) == {key: "erased"}
     assert not gone & _episode_ids(lake, "r101", DAYS[0])
-    frames_after = lake.read_parquet(f"{paths.episodes_prefix('r101', DAYS[0])}/{paths.FRAME_TABLE}")
+    frames_after = lake.read_parquet(f"{layout.episodes_prefix('r101', DAYS[0])}/{layout.FRAMES}")
     assert not gone & set(frames_after["episode_id"].to_pylist()) and frames_after.num_rows > 0
     assert not gone & set(lake.read_parquet(CATALOG_KEY)["episode_id"].to_pylist())
     assert done["deleted"]["episode_rows"] == len(gone) == done["deleted"]["catalog_rows"]
     # The dataset version holding them is deleted and its rebuild requested with its own spec.
-    assert not lake.list(paths.dataset_prefix("reach", reach) + "/")
+    assert not lake.list(layout.dataset_prefix("reach", reach) + "/")
     ((_, request),) = rebuilds.read_requests(lake)
     assert request["dataset"] == {"name": "reach", "version": reach} and request["spec"]["val_fraction"] == 0.3
     assert done["rebuild_requests"] == [request["id"]]
@@ -85,7 +85,7 @@ def test_erase_a_raw_log_end_to_end(tmp_path) -> None:
     # The rebuild (what the sensor's curated_dataset run does) gives a new version without them.
     spec = CurationSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in request["spec"].items()})
     built = build_dataset(tmp_path / "rebuilt", selected=select_episodes(lake.read_parquet(CATALOG_KEY), spec),
-                          load_frames=lambda r, d: lake.read_parquet(f"{paths.episodes_prefix(r, d)}/{paths.FRAME_TABLE}"),
+                          load_frames=lambda r, d: lake.read_parquet(f"{layout.episodes_prefix(r, d)}/{layout.FRAMES}"),
                           spec=spec, emb=load_embodiment())
     assert built.version != reach and built.episodes > 0
     assert not gone & {e["episode_id"] for e in built.manifest["episodes"]}
@@ -106,7 +106,7 @@ def test_erase_a_raw_log_end_to_end(tmp_path) -> None:
     again = _erase("--raw", key, "--reason", "data subject request 17", "--by", "dpo", "--json", "--lake", root)
     assert again["deleted"]["episode_rows"] == 0 and again["rebuild_requests"] == [request["id"]]
     changed = {k for k in set(after) | set(_snapshot(lake)) if after.get(k) != _snapshot(lake).get(k)}
-    assert changed and all(k.startswith(paths.erasure_prefix(eid)) for k in changed)
+    assert changed and all(k.startswith(layout.erasure_prefix(eid)) for k in changed)
 
 
 @pytest.mark.parametrize(("args", "problem"), [
@@ -137,7 +137,7 @@ def test_a_killed_erasure_is_finished_by_running_it_again(tmp_path) -> None:
     out = _erase(*args[1:], "--json")
     assert out["deleted"]["catalog_rows"] == 6 and out["deleted"]["raw_logs"]  # from the tombstones
     assert lake.read_parquet(CATALOG_KEY).num_rows == 0
-    assert not lake.list(paths.dataset_prefix("reach", g.datasets["reach"]) + "/")
+    assert not lake.list(layout.dataset_prefix("reach", g.datasets["reach"]) + "/")
     assert len(rebuilds.read_requests(lake)) == 1
     steps = [s["step"] for s in erasure.read_record(lake, out["erasure"])]
     assert steps == ["requested", "requested", "completed"]

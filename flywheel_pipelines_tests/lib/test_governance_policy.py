@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from flywheel_pipelines.lib.governance import paths, policy
+from flywheel_pipelines.lib import layout
+from flywheel_pipelines.lib.governance import policy
 from flywheel_pipelines.lib.storage import LocalLake
 
 GOOD = "schema: flywheel-governance-policy-v1\nretention_days: {camera: 30, audio: 7, other: null}\n"
@@ -34,7 +35,7 @@ def test_invalid_policies_are_refused_naming_the_file(tmp_path, text: str, probl
     with pytest.raises(policy.PolicyError, match=problem) as exc:
         policy.set_policy(lake, text, source="ops/retention.yaml", by="ana", reason="x")
     assert "ops/retention.yaml" in str(exc.value)
-    assert policy.current(lake) is None and not lake.list(paths.POLICY_PREFIX + "/")
+    assert policy.current(lake) is None and not lake.list(layout.POLICY_PREFIX + "/")
 
 
 def test_versions_are_append_only_and_the_newest_is_in_force(tmp_path) -> None:
@@ -45,7 +46,7 @@ def test_versions_are_append_only_and_the_newest_is_in_force(tmp_path) -> None:
     with pytest.raises(policy.PolicyError, match="same retention as v1"):
         policy.set_policy(lake, GOOD, source="a.yaml", by="ana", reason="again")
     p2, k2 = policy.set_policy(lake, GOOD.replace("camera: 30", "camera: 14"), source="b.yaml", by="ben", reason="DPO")
-    assert (p1.version, p2.version) == (1, 2) and k2 == paths.policy_key(2)
+    assert (p1.version, p2.version) == (1, 2) and k2 == layout.policy_key(2)
     assert lake.read_bytes(k1) == first  # v1 untouched
     assert [p.retention_days["camera"] for p in policy.history(lake)] == [30, 14]
     now = policy.current(lake)
@@ -61,7 +62,7 @@ def test_versions_are_append_only_and_the_newest_is_in_force(tmp_path) -> None:
 def test_a_tampered_version_in_the_lake_is_reported_with_its_location(tmp_path) -> None:
     lake = LocalLake(tmp_path)
     policy.set_policy(lake, GOOD, source="a.yaml", by="ana", reason="r")
-    lake.write_bytes(paths.policy_key(2), b"schema: flywheel-governance-policy-v1\nretention_days: {camera: -1}\n")
+    lake.write_bytes(layout.policy_key(2), b"schema: flywheel-governance-policy-v1\nretention_days: {camera: -1}\n")
     with pytest.raises(policy.PolicyError, match=r"governance/policy/v2.yaml"):
         policy.current(lake)
 

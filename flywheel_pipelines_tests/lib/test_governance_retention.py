@@ -5,8 +5,8 @@ import datetime as dt
 
 import pytest
 
-from flywheel_pipelines.lib import lineage_index
-from flywheel_pipelines.lib.governance import deleter, paths, policy, rebuilds, retention
+from flywheel_pipelines.lib import layout, lineage_index
+from flywheel_pipelines.lib.governance import deleter, policy, rebuilds, retention
 from flywheel_pipelines_tests.lib import governance_lake
 
 OLD, RECENT = "2026-01-05", "2026-02-20"
@@ -66,4 +66,4 @@ def test_a_camera_log_expires_behind_a_tombstone_and_lineage_marks_it(governed) 
     # Policy, episodes and datasets of the plain logs are kept: retention deletes raw bytes only.
     res = lineage_index.query(lake, dataset=f"reach/{governed.datasets['reach']}")
     assert res.upstream[0].detail["source_status"] == "expired"
-    assert lake.exists(f"{paths.dataset_prefix('reach', governed.datasets['reach'])}/manifest.json")
+    assert lake.exists(f"{layout.dataset_prefix('reach', governed.datasets['reach'])}/manifest.json")

@@ -5,10 +5,7 @@ import collections
 
 import dagster as dg
 
-from flywheel_pipelines.defs.archive.assets import episode_archive
 from flywheel_pipelines.defs.automation import FOLLOW_UPSTREAM
-from flywheel_pipelines.defs.episodes.assets import episodes
-from flywheel_pipelines.defs.oncall.quarantine import quarantine_log
 from flywheel_pipelines.defs.partitions import FLEET_START
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.defs.ui_metadata import rounded, table_metadata
@@ -17,7 +14,7 @@ from flywheel_pipelines.lib.catalog import CATALOG_KEY, build_catalog, catalog_h
 
 
 @dg.asset(
-    deps=[episodes, episode_archive, quarantine_log],
+    deps=["episodes", "episode_archive", "quarantine_log"],
     group_name="catalog",
     kinds={"python", "parquet"},
     owners=["team:robot-data"],

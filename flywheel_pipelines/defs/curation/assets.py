@@ -6,12 +6,9 @@ import json
 import dagster as dg
 from pydantic import Field
 
-from flywheel_pipelines.defs.catalog.assets import episode_catalog
-from flywheel_pipelines.defs.episodes.assets import FRAMES, episodes, episodes_prefix
-from flywheel_pipelines.defs.oncall.quarantine import quarantine_log
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.defs.ui_metadata import lerobot_table_metadata, rounded
-from flywheel_pipelines.lib import lineage_index, markdown, quarantine
+from flywheel_pipelines.lib import layout, lineage_index, markdown, quarantine
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 from flywheel_pipelines.lib.datasets.curation import CurationError, CurationSpec, build_dataset, select_episodes
 from flywheel_pipelines.lib.datasets.lerobot.format import INFO_PATH
@@ -22,7 +19,7 @@ from flywheel_pipelines.lib.storage import staging_dir
 class CurationConfig(dg.Config):
     """The curation spec (every field is part of the dataset version)."""
 
-    name: str = Field(default="reach", description="Dataset name (datasets/<name>/<version>/).")
+    name: str = Field(default="reach", description=f"Dataset name ({layout.DATASET_FORMAT}).")
     robots: list[str] = Field(default_factory=list, description="Only these robots (empty: all).")
     date_from: str | None = None
     date_to: str | None = None
@@ -70,13 +67,9 @@ def quality_preview(quality: dict, limit: int = 50) -> str:
     return text
 
 
-def dataset_prefix(name: str, version: str) -> str:
-    return f"datasets/{name}/{version}"
-
-
 # Frames are read from the robot-day episode tables (episodes), selection from the catalog, and the
 # quarantine log is honoured as of now (not as of the catalog's last refresh).
-@dg.asset(deps=[episode_catalog, dg.AssetDep(episodes, partition_mapping=dg.AllPartitionMapping()), quarantine_log],
+@dg.asset(deps=["episode_catalog", dg.AssetDep("episodes", partition_mapping=dg.AllPartitionMapping()), "quarantine_log"],
           group_name="curation", kinds={"python", "parquet"}, owners=["team:ml"])
 def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Selected episodes with a deterministic train/val split, as a LeRobot v3.0 dataset plus a
@@ -90,7 +83,7 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, l
     selected = select_episodes(store.read_parquet(CATALOG_KEY), spec)
 
     def load_frames(robot: str, day: str):
-        return store.read_parquet(f"{episodes_prefix(robot, day)}/{FRAMES}")
+        return store.read_parquet(layout.frames_key(robot, day))
 
     with staging_dir() as tmp:
         try:
@@ -98,7 +91,7 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, l
                                   quarantine_records=quarantine.read_records(store))
         except CurationError as exc:
             raise dg.Failure(str(exc)) from None
-        prefix = dataset_prefix(spec.name, built.version)
+        prefix = layout.dataset_prefix(spec.name, built.version)
         info = json.loads((tmp / "ds" / INFO_PATH).read_text())
         created = store.publish_dir(prefix, tmp / "ds")
     # The episode -> dataset edges, written by the asset that creates them (idempotent per version).

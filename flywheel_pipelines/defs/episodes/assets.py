@@ -1,29 +1,22 @@
 """Episodes: decoded, time-aligned, segmented, standardized frames of one robot-day."""
 
 
-import contextlib
-import json
-
 import dagster as dg
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from flywheel_pipelines.defs.ingest.assets import log_manifest, manifest_key, open_log, raw_fleet_logs
 from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
-from flywheel_pipelines.defs.ui_metadata import table_metadata
+from flywheel_pipelines.defs.ui_metadata import accounting_metadata, ingest_failure, table_metadata
 from flywheel_pipelines.lib import markdown
-from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, Embodiment, MappingError, load_embodiment
-from flywheel_pipelines.lib.episodes.standardize import SourceFile, standardize
-from flywheel_pipelines.lib.quality import CHECKS, QualityError, SuiteResult, validate_episodes
-from flywheel_pipelines.lib.storage import Lake, staging_dir
+from flywheel_pipelines.lib.episodes.embodiment import DEFAULT_EMBODIMENT, MappingError, load_embodiment
+from flywheel_pipelines.lib.ingest import IngestError
+from flywheel_pipelines.lib.ingest.episodes import accounting_totals, ingest_episodes
+from flywheel_pipelines.lib.layout import episodes_prefix
+from flywheel_pipelines.lib.quality import CHECKS, SuiteResult
 
 OWNERS = ["team:robot-data"]
-FRAMES = "frames.parquet"
-EPISODE_TABLE = "episodes.parquet"
-ACCOUNTING = "accounting.json"  # where every message of every mapped topic went (see standardize.account)
 ACCOUNTED = "every_message_accounted"
 ACCOUNTED_DESCRIPTION = (
     "Every message of every mapped topic is decoded and placed: in an episode, outside every episode, or "
@@ -38,88 +31,12 @@ CHECK_SEVERITY = dg.AssetCheckSeverity.ERROR
 CHECK_NOTE = " ERROR for any failing episode, not blocking: curation leaves failing episodes out."
 
 
-def episodes_prefix(robot: str, day: str) -> str:
-    return f"episodes/robot={robot}/date={day}"
-
-
 class EpisodesConfig(dg.Config):
     embodiment: str = Field(default=DEFAULT_EMBODIMENT, description="Embodiment mapping name or YAML path.")
 
 
-def ingest_episodes(store: Lake, robot: str, day: str, emb: Embodiment):
-    """Standardize, validate and publish one robot-day from its stored manifest; returns
-    (standardize result, GX verdict). Shared by ``episodes`` (hot days) and ``episode_archive``.
-
-    A robot-day that would silently yield nothing fails instead (``dg.Failure``), naming the
-    files, topics, encodings and the cause: mapped topics that hold messages but give no frame,
-    or logs whose messages are all on topics the mapping does not name.
-    """
-    manifest = store.read_json(manifest_key(robot, day))
-    usable = [f for f in manifest["files"] if f["verdict"] in ("ok", "recovered")]
-    rejected = [f["key"] for f in manifest["files"] if f["verdict"] == "rejected"]
-    if not usable and rejected:
-        others = "" if len(rejected) == len(manifest["files"]) else " (the others hold no messages)"
-        raise dg.Failure(f"robot {robot} on {day}: every raw file was rejected by log_manifest{others}: "
-                         + "; ".join(f.get("reason") or f["key"] for f in manifest["files"] if f["verdict"] == "rejected"))
-    with contextlib.ExitStack() as stack:
-        files = [SourceFile(f["key"], stack.enter_context(open_log(store, f["key"])), f["sha256"]) for f in usable]
-        try:
-            result = standardize(files, emb, robot=robot, day=day)
-        except MappingError as exc:  # the mapping does not fit these logs: fail before anything is replaced
-            raise dg.Failure(f"robot {robot} on {day}: mapping {emb.name} v{emb.version}: {exc}") from None
-    if result.empty_cause is not None:
-        raise dg.Failure(description=result.empty_cause, metadata=accounting_metadata(result.accounting))
-    unmapped = _unmapped_cause(usable, result.accounting, emb, robot, day)
-    if unmapped is not None:
-        raise dg.Failure(description=unmapped)
-    # Validated before publishing: a suite that cannot run must not leave an unrecorded table behind.
-    try:
-        verdict = validate_episodes(result.episodes, emb)
-    except QualityError as exc:
-        raise dg.Failure(f"{episodes_prefix(robot, day)}/{EPISODE_TABLE}: {exc}") from None
-    with staging_dir() as tmp:
-        pq.write_table(result.frames, tmp / FRAMES, compression="zstd")
-        pq.write_table(result.episodes, tmp / EPISODE_TABLE, compression="zstd")
-        (tmp / ACCOUNTING).write_text(json.dumps(
-            {"robot": robot, "date": day, "embodiment": f"{emb.name} v{emb.version} ({emb.content_hash})",
-             "totals": accounting_totals(result.accounting), "topics": result.accounting}, indent=1, sort_keys=True))
-        store.publish_dir(episodes_prefix(robot, day), tmp, replace=True)
-    return result, verdict
-
-
-def _unmapped_cause(usable: list[dict], accounting: list[dict], emb: Embodiment, robot: str, day: str) -> str | None:
-    """A day whose logs hold messages, none of them on a mapped topic: the mapping does not fit."""
-    if any(row["read"] for row in accounting) or not any(f["message_count"] for f in usable):
-        return None
-    mapped = sorted({f.topic for f in emb.features} | {i.topic for i in emb.images}
-                    | ({emb.events_topic} if emb.events_topic else set()))
-    held = "; ".join(f"{f['key']}: " + ", ".join(f"{t['topic']} ({t['encoding']}, {t['count']})"
-                                                 for t in f["topics"] if t["count"]) for f in usable if f["message_count"])
-    return (f"robot {robot} on {day}: none of the mapped topics ({', '.join(mapped)}; mapping {emb.name} "
-            f"v{emb.version}) has a message, but the logs hold messages on other topics: {held}")
-
-
-def accounting_totals(accounting: list[dict]) -> dict[str, int]:
-    """Messages of the mapped topics, summed over files and topics, by where they went."""
-    totals = {k: sum(row[k] for row in accounting) for k in ("read", "in_episodes", "outside_episodes", "events",
-                                                              "undecodable")}
-    totals["dropped"] = sum(sum(row["dropped"].values()) for row in accounting)
-    return totals
-
-
-def accounting_metadata(accounting: list[dict]) -> dict:
-    """The accounting as asset metadata: totals and a per file and topic table."""
-    totals = accounting_totals(accounting)
-    rows = [(r["file"].rsplit("/", 1)[-1] or r["file"], r["topic"], r["encoding"], r["read"], r["in_episodes"],
-             r["outside_episodes"], r["events"], ", ".join(f"{k}: {v}" for k, v in r["dropped"].items()),
-             r["undecodable"], r["reason"] or "") for r in accounting]
-    table = markdown.table(["file", "topic", "encoding", "read", "in episodes", "outside", "events", "dropped",
-                            "undecodable", "reason"], rows)
-    return {**{f"messages_{k}": v for k, v in totals.items()}, "accounting": dg.MetadataValue.md(table)}
-
-
 @dg.asset(
-    deps=[log_manifest, raw_fleet_logs],  # the manifest says which files are usable; frames come from the raw bytes
+    deps=["log_manifest", "raw_fleet_logs"],  # the manifest says which files are usable; frames come from the raw bytes
     partitions_def=ROBOT_DAY,
     group_name="episodes",
     kinds={"python", "parquet"},
@@ -139,7 +56,10 @@ def episodes(context: dg.AssetExecutionContext, config: EpisodesConfig, lake: La
         emb = load_embodiment(config.embodiment)
     except MappingError as exc:
         raise dg.Failure(str(exc)) from None
-    result, verdict = ingest_episodes(store, robot, day, emb)
+    try:
+        result, verdict = ingest_episodes(store, robot, day, emb)
+    except IngestError as exc:
+        raise ingest_failure(exc) from None
     table = result.episodes
 
     observed = {"sync_skew": {"max_skew_ms": float(pc.max(table["max_skew_ms"]).as_py() or 0.0),

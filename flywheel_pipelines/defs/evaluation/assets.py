@@ -10,17 +10,14 @@ import dagster as dg
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from flywheel_pipelines.defs.catalog.assets import episode_catalog
-from flywheel_pipelines.defs.episodes.assets import FRAMES, episodes, episodes_prefix
 from flywheel_pipelines.defs.k8s import EVALUATION_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
-from flywheel_pipelines.defs.training.assets import POLICY_ONNX, policy_candidate
 from flywheel_pipelines.defs.ui_metadata import round_floats
 from flywheel_pipelines.defs.upstream import upstream_metadata
-from flywheel_pipelines.lib import lineage_index, markdown
+from flywheel_pipelines.lib import layout, lineage_index, markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, catalog_hash
 from flywheel_pipelines.lib.evaluation import golden as gold
-from flywheel_pipelines.lib.evaluation import registry
+from flywheel_pipelines.lib.evaluation import registry, report
 from flywheel_pipelines.lib.evaluation.compare import ALL, CANDIDATE
 from flywheel_pipelines.lib.evaluation.evaluate import run_evaluation
 from flywheel_pipelines.lib.evaluation.policies import OnnxPolicy, check_interface
@@ -36,23 +33,15 @@ from flywheel_pipelines.lib.evaluation.suite import DEFAULT_SUITE, SuiteError, l
 from flywheel_pipelines.lib.learning.policy import CONFIG
 from flywheel_pipelines.lib.storage import staging_dir
 
-GOLDEN_FILE = "scenarios.json"
-GOLDEN_POINTER = "golden/current.json"  # the newest golden set: {"version", "prefix"}
+GOLDEN_FILE = layout.GOLDEN_FILE
+GOLDEN_POINTER = layout.GOLDEN_POINTER  # the newest golden set: {"version", "prefix"}
 OWNERS = ["team:ml"]
-
-
-def golden_prefix(version: str) -> str:
-    return f"golden/{version}"
-
-
-def eval_prefix(policy_version: str) -> str:
-    return f"evals/{policy_version}"
 
 
 class GoldenConfig(dg.Config):
     """Retirement is the only way a golden scenario leaves the evaluation; it is recorded in the set."""
 
-    retire: list[str] = Field(default_factory=list, description="Golden scenario ids to retire (golden/<episode id>).")
+    retire: list[str] = Field(default_factory=list, description=f"Golden scenario ids to retire ({layout.GOLDEN}/<episode id>).")
     retire_reason: str = Field(default="", description="Why (required with retire); stored with each retired scenario.")
     retired_by: str = Field(default="", description="Who retires them (required with retire).")
 
@@ -71,7 +60,7 @@ def _previous_golden(store) -> list[dict]:
 # catalog's automation deliberately requests nothing downstream (test_automation.py).
 # Field failures come from the catalog; their frames (to fit each robot's parameters) from the
 # robot-day episode tables.
-@dg.asset(deps=[episode_catalog, dg.AssetDep(episodes, partition_mapping=dg.AllPartitionMapping())],
+@dg.asset(deps=["episode_catalog", dg.AssetDep("episodes", partition_mapping=dg.AllPartitionMapping())],
           group_name="evaluation", kinds={"mujoco", "python"}, owners=OWNERS)
 def golden_scenarios(context: dg.AssetExecutionContext, config: GoldenConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Field failures and interventions from the catalog as simulator scenarios: start, goal and the
@@ -88,7 +77,7 @@ def golden_scenarios(context: dg.AssetExecutionContext, config: GoldenConfig, la
         by_day[(row["robot"], row["date"])].append(row)
     new, skipped = [], []
     for (robot, day), rows in sorted(by_day.items()):
-        frames_key = f"{episodes_prefix(robot, day)}/{FRAMES}"
+        frames_key = layout.frames_key(robot, day)
         frames = store.read_parquet(frames_key)
         for row in rows:
             try:
@@ -105,7 +94,7 @@ def golden_scenarios(context: dg.AssetExecutionContext, config: GoldenConfig, la
     except gold.GoldenError as exc:
         raise dg.Failure(str(exc)) from None
     doc = gold.golden_document(entries)
-    prefix = golden_prefix(doc["version"])
+    prefix = layout.golden_prefix(doc["version"])
     with staging_dir() as tmp:
         (tmp / GOLDEN_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         store.publish_dir(prefix, tmp)  # content-addressed: an identical set is already there
@@ -186,7 +175,7 @@ def _metrics(summary: dict) -> dict[str, float]:
     return out
 
 
-@dg.asset(deps=[policy_candidate, golden_scenarios], group_name="evaluation", kinds={"mujoco", "onnx"}, owners=OWNERS,
+@dg.asset(deps=["policy_candidate", golden_scenarios], group_name="evaluation", kinds={"mujoco", "onnx"}, owners=OWNERS,
           pool="evaluation", op_tags=EVALUATION_TAGS)
 def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: LakeResource,
                 mlflow: MlflowResource) -> dg.MaterializeResult:
@@ -217,9 +206,9 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
         except ValueError as exc:
             raise dg.Failure(str(exc)) from None
         device = resolve_device(config.sim_device) if backend == "warp" else "cpu"
-        candidate = OnnxPolicy((policy_dir / POLICY_ONNX).read_bytes(), device=device)
+        candidate = OnnxPolicy((policy_dir / layout.POLICY_ONNX).read_bytes(), device=device)
     context.log.info(f"simulation backend {backend} on {device}; candidate on {candidate.providers[0]}")
-    prefix = eval_prefix(version)
+    prefix = layout.eval_prefix(version)
     with mlflow.session() as mlf:
         production_id, production_onnx = _production(mlf, model, suite.production_alias) if model else (None, None)
         if production_id is not None and production_id["registered_version"] == pol["registered_version"]:
@@ -304,16 +293,15 @@ def read_gate(store, prefix: str) -> dict:
 
 
 def read_summary(store, meta: dict) -> dict:
-    """The evaluation summary eval_report recorded, checked against the hash it recorded.
+    """The evaluation summary eval_report recorded (its metadata ``meta``), checked against the hash it recorded.
 
     Raises:
         dagster.Failure: the summary in the lake is not the one that materialization wrote.
     """
-    data = store.read_bytes(f"{meta['prefix']}/{SUMMARY}")
-    if meta.get("summary_sha256") and hashlib.sha256(data).hexdigest() != meta["summary_sha256"]:
-        raise dg.Failure(f"{store.uri(meta['prefix'])}/{SUMMARY} is not the summary eval_report recorded "
-                         "(changed since): re-materialize eval_report")
-    return json.loads(data)
+    try:
+        return report.read_summary(store, meta["prefix"], meta.get("summary_sha256"))
+    except report.SummaryChanged as exc:
+        raise dg.Failure(str(exc)) from None
 
 
 @dg.asset_check(asset=eval_report, blocking=True,

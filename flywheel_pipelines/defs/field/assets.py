@@ -7,7 +7,6 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipelines.defs.automation import FOLLOW_UPSTREAM
-from flywheel_pipelines.defs.catalog.assets import episode_catalog
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.lib import field, ids, markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, catalog_hash
@@ -28,7 +27,7 @@ def _num(x, fmt="{:.1f}") -> str:
 
 
 @dg.asset(
-    deps=[episode_catalog],
+    deps=["episode_catalog"],
     group_name="field",
     kinds={"python", "parquet"},
     owners=["team:ml"],

@@ -4,9 +4,6 @@ import datetime as dt
 
 import dagster as dg
 
-from flywheel_pipelines.defs.curation.assets import curated_dataset
-from flywheel_pipelines.defs.ingest.assets import log_manifest, raw_fleet_logs
-from flywheel_pipelines.defs.oncall.assets import lineage_index
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import markdown
 from flywheel_pipelines.lib.governance import policy, retention
@@ -24,8 +21,8 @@ retention_policy = dg.AssetSpec(
 @dg.asset(
     # Reads the policy, every robot-day manifest (topics) and the raw listing; for an expired log,
     # the lineage index and the datasets built on it (does a dataset embed its pixels?).
-    deps=[retention_policy, dg.AssetDep(raw_fleet_logs, partition_mapping=dg.AllPartitionMapping()),
-          dg.AssetDep(log_manifest, partition_mapping=dg.AllPartitionMapping()), lineage_index, curated_dataset],
+    deps=[retention_policy, dg.AssetDep("raw_fleet_logs", partition_mapping=dg.AllPartitionMapping()),
+          dg.AssetDep("log_manifest", partition_mapping=dg.AllPartitionMapping()), "lineage_index", "curated_dataset"],
     group_name="governance",
     kinds={"python", "json"},
     owners=["team:oncall"],

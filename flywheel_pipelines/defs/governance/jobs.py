@@ -4,6 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipelines.defs.resources import LakeResource
+from flywheel_pipelines.lib import layout
 from flywheel_pipelines.lib.governance import deleter, erasure
 
 retention_job = dg.define_asset_job(
@@ -21,7 +22,7 @@ def retention_schedule(context: dg.ScheduleEvaluationContext):
 class EraseConfig(dg.Config):
     """Exactly one target: a raw log key, or a robot with a day range."""
 
-    raw: str | None = Field(default=None, description="A raw log key raw/robot=<id>/date=<day>/<file>.")
+    raw: str | None = Field(default=None, description=f"A raw log key {layout.RAW_KEY_FORMAT}.")
     robot: str | None = Field(default=None, description="Robot id (with date_from and date_to).")
     date_from: str | None = Field(default=None, description="First day (YYYY-MM-DD).")
     date_to: str | None = Field(default=None, description="Last day (YYYY-MM-DD).")

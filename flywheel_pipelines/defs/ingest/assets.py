@@ -6,28 +6,23 @@ import dagster as dg
 from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
-from flywheel_pipelines.lib import ids, markdown
-from flywheel_pipelines.lib.rosbag.manifest import DAY_VERDICTS, DUPLICATE, inspect_log, mark_duplicates
-from flywheel_pipelines.lib.storage import Lake, raw_fingerprint
+from flywheel_pipelines.lib import layout, markdown
+from flywheel_pipelines.lib.ingest import IngestError
+from flywheel_pipelines.lib.ingest.manifest import ingest_manifest
+from flywheel_pipelines.lib.ingest.uploads import stat_fingerprint
+from flywheel_pipelines.lib.layout import manifest_key
+from flywheel_pipelines.lib.rosbag.manifest import DAY_VERDICTS, DUPLICATE
 
 OWNERS = ["team:robot-data"]
 
 raw_fleet_logs = dg.AssetSpec(
     "raw_fleet_logs",
-    description="ROS2 MCAP logs exactly as robots uploaded them, under raw/robot=<id>/date=<day>/ (immutable).",
+    description=f"ROS2 MCAP logs exactly as robots uploaded them, under {layout.RAW_DAY_FORMAT} (immutable).",
     partitions_def=ROBOT_DAY,
     group_name="ingest",
     kinds={"mcap"},
     owners=OWNERS,
 )
-
-
-def manifest_key(robot: str, day: str) -> str:
-    return f"manifests/robot={robot}/date={day}/manifest.json"
-
-
-def raw_prefix(robot: str, day: str) -> str:
-    return f"raw/robot={robot}/date={day}/"
 
 
 def _log_name(key: str) -> str:
@@ -45,50 +40,6 @@ def _lost(entry: dict) -> str:
     return text + "".join(f" [{a}..{b}]" for a, b in ranges[:3]) + (f" +{len(ranges) - 3} ranges" if len(ranges) > 3 else "")
 
 
-def open_log(lake: Lake, key: str):
-    """A local path for one log: a file, or a rosbag2 folder (its key ends in /)."""
-    return lake.local_dir(key) if key.endswith("/") else lake.local_path(key)
-
-
-def build_manifest(lake: Lake, robot: str, day: str) -> dict:
-    """One entry per log: a file, or a rosbag2 folder (keyed by its prefix, ending in /)."""
-    logs: list[str] = []
-    for obj in lake.list(raw_prefix(robot, day)):
-        try:
-            log = ids.raw_log_key(obj.key)
-        except ids.InvalidIdentifier:
-            log = obj.key  # an odd name still gets inspected and a verdict, never silently dropped
-        if log not in logs:
-            logs.append(log)
-    files = []
-    for key in logs:
-        with open_log(lake, key) as path:
-            files.append(inspect_log(path, key=key).to_dict())
-    previous = lake.read_json(manifest_key(robot, day))["files"] if lake.exists(manifest_key(robot, day)) else None
-    files = mark_duplicates(files, previous=previous)
-    # The sensor fingerprints raw objects one by one: a bag folder contributes each of its parts.
-    objects = []
-    for f in files:
-        if f["key"].endswith("/"):
-            objects.extend((f["key"] + relative, sha256) for relative, sha256 in f["parts"])
-        else:
-            objects.append((f["key"], f["sha256"]))
-    refused = [{"key": key, "reason": why} for key, why in lake.refused(raw_prefix(robot, day))]
-    return {"robot": robot, "date": day, "files": files, "raw_fingerprint": raw_fingerprint(objects),
-            **({"refused": refused} if refused else {})}
-
-
-def write_manifest(lake: Lake, robot: str, day: str, manifest: dict | None = None) -> dict:
-    """Build (unless given) and store one robot-day's manifest; no raw logs is an error naming the folder.
-    Shared by ``log_manifest`` (hot days) and ``episode_archive`` (late uploads to cold days)."""
-    manifest = manifest if manifest is not None else build_manifest(lake, robot, day)
-    if not manifest["files"]:
-        refused = "".join(f"; refused {r['key']}: {r['reason']}" for r in manifest.get("refused", []))
-        raise dg.Failure(f"no raw logs under {lake.uri(raw_prefix(robot, day).rstrip('/'))}/{refused}")
-    lake.write_json(manifest_key(robot, day), manifest)
-    return manifest
-
-
 @dg.asset(
     deps=[raw_fleet_logs],
     partitions_def=ROBOT_DAY,
@@ -100,10 +51,16 @@ def write_manifest(lake: Lake, robot: str, day: str, manifest: dict | None = Non
 )
 def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """Per raw file of a robot-day: sha256, size, topics with types, counts, rates, time range
-    and an integrity verdict (ok / recovered / empty / rejected)."""
+    and an integrity verdict (ok / recovered / empty / rejected). Records the robot's join day."""
     robot, day = robot_day(context)
     store = lake.lake()
-    manifest = write_manifest(store, robot, day)
+    # Listed before the files are hashed: a file that changes after this listing shows a new stat
+    # to the sensor, which then compares content again (never a change taken for an ingested one).
+    stat = stat_fingerprint(store.list(layout.raw_prefix(robot, day)))
+    try:
+        manifest = ingest_manifest(store, robot, day)
+    except IngestError as exc:
+        raise dg.Failure(str(exc)) from None
     files = manifest["files"]
     verdicts = {v: sum(f["verdict"] == v for f in files) for v in DAY_VERDICTS}
     rows = [(_log_name(f["key"]), f["verdict"], f["message_count"], len(f["topics"]), f"{f['size'] / 1e6:.2f}",
@@ -117,6 +74,7 @@ def log_manifest(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
         metadata={
             "uri": dg.MetadataValue.path(store.uri(manifest_key(robot, day))),
             "raw_fingerprint": manifest["raw_fingerprint"],
+            "raw_stat_fingerprint": stat,
             "files": len(files),
             "bytes": sum(f["size"] for f in files),
             "messages": sum(f["message_count"] for f in files),

@@ -4,21 +4,16 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipelines.defs.automation import FOLLOW_UPSTREAM
-from flywheel_pipelines.defs.catalog.assets import episode_catalog
-from flywheel_pipelines.defs.curation.assets import curated_dataset
-from flywheel_pipelines.defs.evaluation.assets import eval_report, golden_scenarios
-from flywheel_pipelines.defs.release.assets import release_bundle, release_prefix
 from flywheel_pipelines.defs.resources import LakeResource
-from flywheel_pipelines.defs.training.assets import policy_candidate
 from flywheel_pipelines.defs.upstream import upstream_metadata
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import ids, layout
 from flywheel_pipelines.lib import lineage_index as lineage_lib
 
 OWNERS = ["team:oncall"]
 
 
 @dg.asset(
-    deps=[episode_catalog, curated_dataset, policy_candidate, eval_report, release_bundle],
+    deps=["episode_catalog", "curated_dataset", "policy_candidate", "eval_report", "release_bundle"],
     group_name="oncall",
     kinds={"python", "parquet"},
     owners=OWNERS,
@@ -57,7 +52,7 @@ class IncidentConfig(dg.Config):
 
 
 @dg.asset(
-    deps=[release_bundle, curated_dataset, episode_catalog, golden_scenarios],
+    deps=["release_bundle", "curated_dataset", "episode_catalog", "golden_scenarios"],
     group_name="oncall",
     kinds={"python"},
     owners=OWNERS,
@@ -74,7 +69,7 @@ def incident_report(context: dg.AssetExecutionContext, config: IncidentConfig, l
         try:
             if not sep:
                 raise ids.InvalidIdentifier(f"release {config.release!r}: expected NAME/VERSION")
-            prefix = release_prefix(ids.name(name, what="release name"), ids.name(version, what="release version"))
+            prefix = layout.release_prefix(name, version)
         except ids.InvalidIdentifier as exc:
             raise dg.Failure(str(exc)) from None
     else:

@@ -4,12 +4,12 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipelines.defs.resources import LakeResource
-from flywheel_pipelines.lib import quarantine
+from flywheel_pipelines.lib import layout, quarantine
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
 
 quarantine_log = dg.AssetSpec(
     "quarantine_log",
-    description="Append-only quarantine records (quarantine/records/): robots x days, raw logs or episodes kept "
+    description=f"Append-only quarantine records ({layout.QUARANTINE_RECORDS}/): robots x days, raw logs or episodes kept "
                 "out of datasets, with who, when and why. Written by the quarantine jobs and `flywheel quarantine`.",
     group_name="oncall",
     kinds={"json"},
@@ -23,7 +23,7 @@ class QuarantineAddConfig(dg.Config):
     robot: str | None = Field(default=None, description="Robot id, e.g. r104.")
     date_from: str | None = Field(default=None, description="First day (YYYY-MM-DD), with robot.")
     date_to: str | None = Field(default=None, description="Last day (YYYY-MM-DD), with robot.")
-    raw: str | None = Field(default=None, description="A raw log key raw/robot=<id>/date=<day>/<file>.")
+    raw: str | None = Field(default=None, description=f"A raw log key {layout.RAW_LOG_FORMAT}.")
     episode: str | None = Field(default=None, description="An episode id.")
     reason: str = Field(description="Why (recorded, shown in every dataset manifest that honours it).")
     requested_by: str = Field(description="Who asks for it.")

@@ -7,14 +7,11 @@ import shutil
 
 import dagster as dg
 
-from flywheel_pipelines.defs.curation.assets import curated_dataset
-from flywheel_pipelines.defs.evaluation.assets import eval_report, golden_scenarios, read_summary
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
-from flywheel_pipelines.defs.training.assets import POLICY_ONNX, policy_candidate
 from flywheel_pipelines.defs.ui_metadata import round_floats, rounded
 from flywheel_pipelines.defs.upstream import upstream_metadata
-from flywheel_pipelines.lib import lineage_index
-from flywheel_pipelines.lib.evaluation import registry
+from flywheel_pipelines.lib import layout, lineage_index
+from flywheel_pipelines.lib.evaluation import registry, report
 from flywheel_pipelines.lib.evaluation.report import REPORT_MD
 from flywheel_pipelines.lib.learning.bc import load_training_data
 from flywheel_pipelines.lib.learning.policy import CONFIG, load_policy
@@ -31,10 +28,6 @@ from flywheel_pipelines.lib.release.onnx_export import OPSET, onnx_parity
 from flywheel_pipelines.lib.storage import staging_dir
 
 PARITY_TOLERANCE = 1e-4
-
-
-def release_prefix(name: str, version: str) -> str:
-    return f"releases/{name}/{version}"
 
 
 def gate_refusal(summary: dict, *, candidate: str, golden_version: str | None,
@@ -59,7 +52,7 @@ def gate_refusal(summary: dict, *, candidate: str, golden_version: str | None,
 
 # Every asset the body reads: the evaluation summary and report, the policy files, the dataset (its
 # validation split for the parity proof, its manifest for lineage.json) and the golden set's version.
-@dg.asset(deps=[eval_report, policy_candidate, curated_dataset, golden_scenarios], group_name="release", kinds={"onnx"},
+@dg.asset(deps=["eval_report", "policy_candidate", "curated_dataset", "golden_scenarios"], group_name="release", kinds={"onnx"},
           owners=["team:ml"])
 def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """The deployable bundle. Refuses a candidate whose evaluation gate did not pass, or whose
@@ -69,7 +62,10 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow
     ev = upstream_metadata(context, "eval_report")
     pol = upstream_metadata(context, "policy_candidate")
     ds = upstream_metadata(context, "curated_dataset")
-    summary = read_summary(store, ev)
+    try:
+        summary = report.read_summary(store, ev["prefix"], ev.get("summary_sha256"))
+    except report.SummaryChanged as exc:
+        raise dg.Failure(str(exc)) from None
     golden_now = upstream_metadata(context, "golden_scenarios")["golden_version"]
     production_now = None
     if pol.get("registered_model"):
@@ -85,13 +81,13 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow
     with store.local_dir(pol["prefix"]) as policy_dir, store.local_dir(ds["prefix"]) as dataset_dir:
         policy, policy_cfg = load_policy(policy_dir)
         data = load_training_data(dataset_dir)
-        dataset_manifest = json.loads((dataset_dir / "manifest.json").read_text())
+        dataset_manifest = json.loads((dataset_dir / layout.MANIFEST).read_text())
         # Held-out inputs: the validation split the policy never trained on.
         held_out = data.val_obs if len(data.val_obs) else data.train_obs
         with staging_dir() as tmp:
             bundle = tmp / "bundle"
             bundle.mkdir()
-            shutil.copyfile(policy_dir / POLICY_ONNX, bundle / ONNX)
+            shutil.copyfile(policy_dir / layout.POLICY_ONNX, bundle / ONNX)
             shutil.copyfile(policy_dir / CONFIG, bundle / "policy_config.json")
             parity = {**onnx_parity(policy, bundle / ONNX, held_out), "opset": OPSET, "tolerance": PARITY_TOLERANCE}
             if parity["max_abs_error"] > PARITY_TOLERANCE:
@@ -121,7 +117,7 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow
             check = verify_bundle(bundle)
             if not check.ok:
                 raise dg.Failure(f"bundle failed its own verification: {check.problems}")
-            prefix = release_prefix(name, version)
+            prefix = layout.release_prefix(name, version)
             size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
             created = store.publish_dir(prefix, bundle)
     lineage_index.write_release_edge(

@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
+from flywheel_pipelines.lib import layout
 from flywheel_pipelines.lib.rollout import plan, service
 
 
@@ -20,8 +21,8 @@ def _state_metadata(context, s: plan.State, lake: LakeResource) -> None:
 class RolloutStartConfig(dg.Config):
     """A staged rollout of one release (all of it recorded in the rollout's log)."""
 
-    model: str = Field(default="reach-bc", description="The registered model (deployments/<model>/).")
-    release: str = Field(description="<name>/<version> of a bundle under releases/.")
+    model: str = Field(default="reach-bc", description=f"The registered model ({layout.DEPLOYMENTS}/<model>/).")
+    release: str = Field(description=f"<name>/<version> of a bundle under {layout.RELEASES}/.")
     stages: str = Field(default="canary:0.1:60,half:0.5:120,full:1.0",
                         description="name:fraction[:min episodes[:min autonomous hours]], comma-separated, ending at 1.0.")
     margin: float = Field(default=0.05, description="Non-inferiority margin on the unassisted success rate.")

@@ -10,12 +10,11 @@ import dagster as dg
 import onnx
 from pydantic import Field
 
-from flywheel_pipelines.defs.curation.assets import curated_dataset
 from flywheel_pipelines.defs.k8s import TRAINING_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.ui_metadata import round_floats
 from flywheel_pipelines.defs.upstream import upstream_metadata
-from flywheel_pipelines.lib import faults, ids, lineage_index
+from flywheel_pipelines.lib import faults, ids, layout, lineage_index
 from flywheel_pipelines.lib.evaluation import registry
 from flywheel_pipelines.lib.learning.bc import BCConfig, load_training_data, pick_device, train_bc
 from flywheel_pipelines.lib.learning.checkpoint import clear_checkpoints, close_interrupted_runs, latest_step
@@ -34,8 +33,8 @@ from flywheel_pipelines.lib.settings import flywheel_home
 from flywheel_pipelines.lib.storage import staging_dir
 from flywheel_pipelines.lib.versioning import code_version
 
-POLICY_ONNX = "policy.onnx"
-METRICS = "metrics.json"
+POLICY_ONNX = layout.POLICY_ONNX
+METRICS = layout.METRICS
 TRAINERS = ("bc", "ppo", "sac", "ppo_batched")
 
 
@@ -47,7 +46,7 @@ class TrainConfig(dg.Config):
     ``ppo_batched`` is PPO over thousands of batched worlds on the device (MuJoCo Warp on a GPU).
     """
 
-    policy_name: str = Field(default="reach-bc", description="policies/<name>/<version>/ and the registry name.")
+    policy_name: str = Field(default="reach-bc", description=f"{layout.POLICY_FORMAT} and the registry name.")
     trainer: str = Field(default="bc", description="bc | ppo | sac | ppo_batched")
     rl_config: str = Field(default="", description="ppo/sac/ppo_batched: config file in lib/learning/configs, or a path to one "
                                                    "(default <trainer>_reach.yaml).")
@@ -77,10 +76,6 @@ class TrainConfig(dg.Config):
                               seed=self.seed, device=self.device)
 
 
-def policy_prefix(name: str, version: str) -> str:
-    return f"policies/{name}/{version}"
-
-
 def checkpoint_root(name: str, dataset_version: str, bc: BCConfig | None, rl: RLConfig | None) -> Path:
     """Where a run's checkpoints live until its policy is published: a stable local folder keyed by
     the dataset and everything that shapes training, so re-running a killed run resumes it."""
@@ -102,7 +97,7 @@ def _finite(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
 
 
-@dg.asset(deps=[curated_dataset], group_name="training", kinds={"pytorch", "mlflow"}, owners=["team:ml"], pool="training",
+@dg.asset(deps=["curated_dataset"], group_name="training", kinds={"pytorch", "mlflow"}, owners=["team:ml"], pool="training",
           op_tags=TRAINING_TAGS)
 def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lake: LakeResource,
                      mlflow: MlflowResource) -> dg.MaterializeResult:
@@ -118,7 +113,7 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
     ds = upstream_metadata(context, "curated_dataset")
     with store.local_dir(ds["prefix"]) as root:
         data = load_training_data(root)
-        dataset_manifest = json.loads((root / "manifest.json").read_text())
+        dataset_manifest = json.loads((root / layout.MANIFEST).read_text())
     rl = config.rl()
     bc = config.bc() if rl is None or config.bc_init else None
     code = code_version()
@@ -196,7 +191,7 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
                 context.log.info(f"MLflow run {old} registered {name} version {registered_version} and was killed; "
                                  "marked KILLED, its registration reused")
             faults.point("mlflow.registered")
-            prefix = policy_prefix(name, version)
+            prefix = layout.policy_prefix(name, version)
             store.publish_dir(prefix, out)
     lineage_index.write_policy_edge(
         store, name=name, version=version, dataset_name=ds["dataset_name"], dataset_version=ds["dataset_version"],

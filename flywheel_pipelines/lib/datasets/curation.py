@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flywheel_pipelines.lib import ids, quarantine
+from flywheel_pipelines.lib import ids, layout, quarantine
 from flywheel_pipelines.lib.catalog import EpisodeQuery, search
 from flywheel_pipelines.lib.datasets.lerobot.format import FeatureSpec
 from flywheel_pipelines.lib.datasets.lerobot.writer import write_lerobot_v3
@@ -23,7 +23,7 @@ from flywheel_pipelines.lib.episodes.control import AUTONOMOUS_MODES
 from flywheel_pipelines.lib.episodes.embodiment import Embodiment
 from flywheel_pipelines.lib.quality import ISSUE_CHECKS, QualityError, validate_episodes
 
-MANIFEST = "manifest.json"
+MANIFEST = layout.MANIFEST
 CARD = "README.md"
 # Bump when the way a dataset is built changes, so versions change too.
 # 2: episodes are judged by the GX episode-quality suite; the manifest records what it left out.
@@ -255,7 +255,7 @@ def build_dataset(
         if frames.num_rows != row["num_frames"]:
             raise CurationError(
                 f"episode {row['episode_id']}: catalog says {row['num_frames']} frames, "
-                f"episodes/robot={part[0]}/date={part[1]} has {frames.num_rows}; re-materialize the catalog"
+                f"{layout.episodes_prefix(*part)} has {frames.num_rows}; re-materialize the catalog"
             )
         frames = frames.sort_by("frame_index")
         for key in feature_keys:

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from flywheel_pipelines.lib import layout
 from flywheel_pipelines.lib.storage import Lake
 
 PRODUCTION_ALIAS = "production"
@@ -48,7 +49,7 @@ class PromotionError(RuntimeError):
 
 
 def log_prefix(model: str) -> str:
-    return f"promotions/{model}"
+    return layout.promotions_prefix(model)
 
 
 def _not_found(exc: Exception) -> bool:

@@ -9,22 +9,23 @@ written with fixed metadata), which a test checks.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
 from collections.abc import Mapping, Sequence
 
-from flywheel_pipelines.lib import markdown
+from flywheel_pipelines.lib import layout, markdown
 from flywheel_pipelines.lib.evaluation.compare import ALL, CANDIDATE, PRODUCTION, Comparison, GroupSummary
 from flywheel_pipelines.lib.sim.scenario import EpisodeResult
 
 SCHEMA = "flywheel-eval-v2"
-SUMMARY = "summary.json"
+SUMMARY = layout.EVAL_SUMMARY
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 SUCCESS_PLOT = "success_by_group.png"
 RETURN_PLOT = "returns.png"
-RESULTS = "episodes.parquet"
+RESULTS = layout.EVAL_RESULTS
 COLORS = {CANDIDATE: "#2b6cb0", PRODUCTION: "#dd6b20", "scripted_expert": "#38a169", "hold_position": "#a0aec0"}
 METHOD = ("Success rates carry 95% Wilson score intervals. Candidate - production is paired on the same "
           "scenarios and seeds: the success difference uses Newcombe's hybrid score interval for paired "
@@ -273,3 +274,23 @@ def render(comparison: Comparison, results: Mapping[str, Sequence[EpisodeResult]
     plots = {SUCCESS_PLOT: success_plot_png(doc), RETURN_PLOT: return_plot_png(results, comparison.groups)}
     return {SUMMARY: summary_json(doc).encode(), REPORT_MD: report_markdown(doc).encode(),
             REPORT_HTML: report_html(doc, plots).encode(), **plots}
+
+
+class SummaryChanged(RuntimeError):
+    """The evaluation summary in the lake is not the one its evaluation recorded."""
+
+
+def read_summary(store, prefix: str, sha256: str | None) -> dict:
+    """An evaluation's summary.json under ``prefix``, checked against the hash its evaluation recorded.
+
+    Shared by the release gate and the release bundle, which must judge the very summary the
+    evaluation wrote.
+
+    Raises:
+        SummaryChanged: the summary in the lake changed since (naming where it is).
+    """
+    data = store.read_bytes(f"{prefix}/{SUMMARY}")
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise SummaryChanged(f"{store.uri(prefix)}/{SUMMARY} is not the summary eval_report recorded "
+                             "(changed since): re-materialize eval_report")
+    return json.loads(data)

@@ -18,13 +18,12 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flywheel_pipelines.lib import faults, ids
-from flywheel_pipelines.lib.governance import paths
+from flywheel_pipelines.lib import faults, ids, layout
 from flywheel_pipelines.lib.governance.policy import classify
 from flywheel_pipelines.lib.storage import FOLDER_MANIFEST, RAW_PREFIX, Lake, LocalLake, S3Lake
 
 TOMBSTONE_SCHEMA = "flywheel-tombstone-v1"
-STATUSES = paths.TOMBSTONE_STATUSES
+STATUSES = layout.TOMBSTONE_STATUSES
 
 
 class DeletionError(RuntimeError):
@@ -82,7 +81,7 @@ def _remove(lake: Lake, keys: list[str]) -> None:
 
 def read_tombstones(lake: Lake, robot: str) -> list[dict]:
     """Every tombstone of one robot's raw logs."""
-    prefix = paths.tombstone_robot_prefix(robot)
+    prefix = layout.tombstone_robot_prefix(robot)
     return [lake.read_json(o.key) for o in sorted(lake.list(prefix), key=lambda o: o.key) if o.key.endswith(".json")]
 
 
@@ -90,8 +89,8 @@ def all_statuses(lake: Lake) -> dict[str, str]:
     """{raw log key: expired | erased} of every tombstone, from one listing (names carry both).
     A rosbag2 folder's log is given twice, with and without its trailing /."""
     out: dict[str, str] = {}
-    for o in lake.list(paths.TOMBSTONE_PREFIX + "/"):
-        parsed = paths.parse_tombstone_key(o.key)
+    for o in lake.list(layout.TOMBSTONE_PREFIX + "/"):
+        parsed = layout.parse_tombstone_key(o.key)
         if parsed is not None:
             key, status = parsed
             for k in (key, key + "/"):
@@ -110,8 +109,8 @@ def tombstoned(lake: Lake, robots, *, covers: Callable[[str], bool] = lambda key
     ``covers`` accepts (their names say which log they are)."""
     out: dict[str, dict] = {}
     for robot in sorted(set(robots)):
-        for o in sorted(lake.list(paths.tombstone_robot_prefix(robot)), key=lambda o: o.key):
-            parsed = paths.parse_tombstone_key(o.key)
+        for o in sorted(lake.list(layout.tombstone_robot_prefix(robot)), key=lambda o: o.key):
+            parsed = layout.parse_tombstone_key(o.key)
             if parsed is not None and (covers(parsed[0]) or covers(parsed[0] + "/")):
                 t = lake.read_json(o.key)
                 out[t["key"]] = t
@@ -153,8 +152,8 @@ def delete_raw_log(lake: Lake, key: str, *, status: str, rule: str, topics: list
     if expected_sha256 is not None and sha != expected_sha256:
         raise DeletionError(f"raw log {key} holds other bytes (sha256 {sha[:16]}) than the ones decided on "
                             f"({expected_sha256[:16]}): a re-upload since; not deleted")
-    record_key = paths.tombstone_key(key, sha, status)
-    existing = [k for k in (paths.tombstone_key(key, sha, s) for s in STATUSES) if lake.exists(k)]
+    record_key = layout.tombstone_key(key, sha, status)
+    existing = [k for k in (layout.tombstone_key(key, sha, s) for s in STATUSES) if lake.exists(k)]
     if existing:  # a killed run's tombstone (or retention's, before an erasure): never rewritten
         record_key = existing[0]
         doc = lake.read_json(record_key)
@@ -172,14 +171,14 @@ def delete_raw_log(lake: Lake, key: str, *, status: str, rule: str, topics: list
 
 def _tombstone(doc: dict, record_key: str) -> Tombstone:
     return Tombstone(doc["key"], doc["sha256"], doc["size"], doc["status"], doc["rule"], doc["deleted_at"],
-                     tuple(doc.get("topics") or ()), record_key or paths.tombstone_key(doc["key"], doc["sha256"], doc["status"]))
+                     tuple(doc.get("topics") or ()), record_key or layout.tombstone_key(doc["key"], doc["sha256"], doc["status"]))
 
 
 def delete_derived(lake: Lake, prefix: str) -> int:
     """Delete a derived artifact folder (a dataset version holding erased content); never raw/.
     Returns the number of files removed."""
     prefix = prefix.rstrip("/") + "/"
-    if prefix.startswith(RAW_PREFIX) or prefix.startswith(paths.GOVERNANCE_PREFIX + "/"):
+    if prefix.startswith(RAW_PREFIX) or prefix.startswith(layout.GOVERNANCE_PREFIX + "/"):
         raise DeletionError(f"refusing to delete {prefix!r}: raw logs and governance records go through their own paths")
     keys = [o.key for o in lake.list(prefix)]
     if isinstance(lake, LocalLake):

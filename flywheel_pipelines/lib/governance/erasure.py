@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flywheel_pipelines.lib import faults, fleet, ids, lineage_index
+from flywheel_pipelines.lib import faults, fleet, ids, layout, lineage_index
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
-from flywheel_pipelines.lib.governance import deleter, paths, rebuilds
-from flywheel_pipelines.lib.storage import RAW_PREFIX, Lake, staging_dir
+from flywheel_pipelines.lib.governance import deleter, rebuilds
+from flywheel_pipelines.lib.storage import Lake, staging_dir
 
 ENTRY_SCHEMA = "flywheel-erasure-v1"
 MAX_TEXT = 2000
@@ -110,7 +110,7 @@ def _raw_logs(lake: Lake, selector: dict) -> list[dict]:
     """The selected raw logs in the lake, plus those already erased (a re-run finishes their rows)."""
     robot = selector.get("robot") or ids.parse_raw_key(selector["raw"].rstrip("/"))[0]
     found: dict[str, dict] = {}
-    for o in lake.list(f"{RAW_PREFIX}robot={robot}/"):
+    for o in lake.list(layout.raw_robot_prefix(robot)):
         try:
             key = ids.raw_log_key(o.key)
         except ids.InvalidIdentifier:
@@ -122,7 +122,7 @@ def _raw_logs(lake: Lake, selector: dict) -> list[dict]:
         if _covers(selector, key) and key not in found:
             found[key] = {"key": key, "sha256": t["sha256"], "size": t["size"], "present": False}
     for day in sorted({ids.parse_raw_key(k.rstrip("/"))[1] for k in found}):
-        mkey = paths.manifest_key(robot, day)
+        mkey = layout.manifest_key(robot, day)
         if lake.exists(mkey):
             for f in lake.read_json(mkey).get("files", []):
                 if f["key"] in found and found[f["key"]]["present"]:
@@ -144,7 +144,7 @@ def _episode_rows(lake: Lake, raw_logs: list[dict]) -> tuple[list[dict], list[st
     episodes: dict[str, dict] = {}
     archives = []
     for robot, day in days:
-        key = f"{paths.episodes_prefix(robot, day)}/{paths.EPISODE_TABLE}"
+        key = f"{layout.episodes_prefix(robot, day)}/{layout.EPISODE_TABLE}"
         if lake.exists(key):
             table = lake.read_parquet(key)
             for row in table.filter(_erased_rows(table, keys)).select(["episode_id", "robot", "date"]).to_pylist():
@@ -172,8 +172,8 @@ def _episode_rows(lake: Lake, raw_logs: list[dict]) -> tuple[list[dict], list[st
 def _golden(lake: Lake, keys: set[str]) -> list[dict]:
     """Golden set versions holding scenarios derived from the raw logs (goal, start, fitted dynamics)."""
     out = []
-    for o in sorted(lake.list(paths.GOLDEN_PREFIX), key=lambda o: o.key):
-        if not o.key.endswith("/" + paths.GOLDEN_FILE):
+    for o in sorted(lake.list(layout.GOLDEN + "/"), key=lambda o: o.key):
+        if not o.key.endswith("/" + layout.GOLDEN_FILE):
             continue
         hits = [e["scenario"]["scenario_id"] for e in lake.read_json(o.key)["scenarios"]
                 if {f["key"] for f in e["scenario"].get("source", {}).get("raw_files", [])} & keys]
@@ -201,7 +201,7 @@ def _downstream(lake: Lake, selector: dict, radius: BlastRadius) -> None:
         if n.kind == "dataset":
             radius.datasets.append({"name": n.name, "version": n.version, "matched_episodes":
                                     n.detail.get("matched_episodes"),
-                                    "present": lake.exists(f"{paths.dataset_prefix(n.name, n.version)}/manifest.json")})
+                                    "present": lake.exists(layout.dataset_manifest_key(n.name, n.version))})
         elif n.kind == "policy":
             radius.policies.append({"name": n.name, "version": n.version,
                                     "registered_model": n.detail.get("registered_model"),
@@ -243,7 +243,7 @@ def _text(value: str, what: str) -> str:
 
 def _record(lake: Lake, eid: str, step: str, body: dict, now: Callable[[], dt.datetime]) -> str:
     when = now()
-    key = paths.erasure_entry_key(eid, step, when)
+    key = layout.erasure_entry_key(eid, step, when)
     lake.write_json(key, {"schema": ENTRY_SCHEMA, "erasure": eid, "step": step,
                           "at": when.isoformat(timespec="seconds"), **body})
     return key
@@ -251,12 +251,12 @@ def _record(lake: Lake, eid: str, step: str, body: dict, now: Callable[[], dt.da
 
 def read_record(lake: Lake, eid: str) -> list[dict]:
     """Every entry of one erasure's audit trail, oldest first."""
-    prefix = paths.erasure_prefix(eid) + "/"
+    prefix = layout.erasure_prefix(eid) + "/"
     return [lake.read_json(k) for k in sorted(o.key for o in lake.list(prefix) if o.key.endswith(".json"))]
 
 
 def list_erasures(lake: Lake) -> list[str]:
-    return sorted({o.key[len(paths.ERASURE_PREFIX) + 1:].split("/", 1)[0] for o in lake.list(paths.ERASURE_PREFIX + "/")})
+    return sorted({o.key[len(layout.ERASURE_PREFIX) + 1:].split("/", 1)[0] for o in lake.list(layout.ERASURE_PREFIX + "/")})
 
 
 def _without(table: pa.Table, keys: set[str]) -> tuple[pa.Table, set[str]]:
@@ -268,10 +268,10 @@ def _without(table: pa.Table, keys: set[str]) -> tuple[pa.Table, set[str]]:
 def _rewrite_robot_day(lake: Lake, robot: str, day: str, keys: set[str]) -> int:
     """Republish one robot-day folder without the erased episodes (episode table and frames) in one
     atomic folder swap. Returns the episodes removed (0 once done: a re-run changes nothing)."""
-    prefix = paths.episodes_prefix(robot, day)
-    if not lake.exists(f"{prefix}/{paths.EPISODE_TABLE}"):
+    prefix = layout.episodes_prefix(robot, day)
+    if not lake.exists(f"{prefix}/{layout.EPISODE_TABLE}"):
         return 0
-    table, gone = _without(lake.read_parquet(f"{prefix}/{paths.EPISODE_TABLE}"), keys)
+    table, gone = _without(lake.read_parquet(f"{prefix}/{layout.EPISODE_TABLE}"), keys)
     if not gone:
         return 0
     import pyarrow.parquet as pq
@@ -280,14 +280,14 @@ def _rewrite_robot_day(lake: Lake, robot: str, day: str, keys: set[str]) -> int:
         out = tmp / "day"
         out.mkdir()
         for src in current.iterdir():
-            if src.is_file() and src.name not in (paths.EPISODE_TABLE, paths.FRAME_TABLE):
+            if src.is_file() and src.name not in (layout.EPISODE_TABLE, layout.FRAMES):
                 (out / src.name).write_bytes(src.read_bytes())
-        pq.write_table(table, out / paths.EPISODE_TABLE, compression="zstd")
-        frames_path = current / paths.FRAME_TABLE
+        pq.write_table(table, out / layout.EPISODE_TABLE, compression="zstd")
+        frames_path = current / layout.FRAMES
         if frames_path.exists():
             frames = pq.read_table(frames_path)
             keep = pc.invert(pc.is_in(frames["episode_id"], value_set=pa.array(sorted(gone), pa.string())))
-            pq.write_table(frames.filter(keep), out / paths.FRAME_TABLE, compression="zstd")
+            pq.write_table(frames.filter(keep), out / layout.FRAMES, compression="zstd")
         lake.publish_dir(prefix, out, replace=True)
     return len(gone)
 
@@ -312,18 +312,18 @@ def _rewrite_golden(lake: Lake, radius: BlastRadius, keys: set[str]) -> list[str
     if not radius.golden:
         return []
     removed: list[str] = []
-    if lake.exists(paths.GOLDEN_POINTER):
-        current = lake.read_json(paths.GOLDEN_POINTER)["prefix"]
-        entries = gold.read_document(lake.read_json(f"{current}/{paths.GOLDEN_FILE}"))
+    if lake.exists(layout.GOLDEN_POINTER):
+        current = lake.read_json(layout.GOLDEN_POINTER)["prefix"]
+        entries = gold.read_document(lake.read_json(f"{current}/{layout.GOLDEN_FILE}"))
         kept = [e for e in entries if not {f["key"] for f in e["scenario"].get("source", {}).get("raw_files", [])} & keys]
         removed = sorted(e["scenario"]["scenario_id"] for e in entries if e not in kept)
         if removed:
             doc = gold.golden_document(kept)
-            prefix = f"{paths.GOLDEN_PREFIX}{doc['version']}"
+            prefix = layout.golden_prefix(doc["version"])
             with staging_dir() as tmp:
-                (tmp / paths.GOLDEN_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+                (tmp / layout.GOLDEN_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
                 lake.publish_dir(prefix, tmp)
-            lake.write_json(paths.GOLDEN_POINTER, {"version": doc["version"], "prefix": prefix})
+            lake.write_json(layout.GOLDEN_POINTER, {"version": doc["version"], "prefix": prefix})
     for g in radius.golden:
         deleter.delete_derived(lake, g["prefix"])
     return removed or sorted({s for g in radius.golden for s in g["scenarios"]})
@@ -355,9 +355,9 @@ def erase(lake: Lake, radius: BlastRadius, *, reason: str, by: str,
     faults.point("governance.erase.rows_rewritten")
     requests, deleted_files = [], 0
     for d in radius.datasets:
-        prefix = paths.dataset_prefix(d["name"], d["version"])
-        if lake.exists(f"{prefix}/manifest.json"):
-            spec = lake.read_json(f"{prefix}/manifest.json")["spec"]
+        prefix = layout.dataset_prefix(d["name"], d["version"])
+        if lake.exists(f"{prefix}/{layout.MANIFEST}"):
+            spec = lake.read_json(f"{prefix}/{layout.MANIFEST}")["spec"]
             request, _, _ = rebuilds.request_rebuild(lake, name=d["name"], version=d["version"], spec=spec,
                                                      cause=f"erasure:{eid}", why=f"held erased episodes ({eid})",
                                                      now=now)
@@ -397,7 +397,7 @@ def render(radius: BlastRadius, *, limit: int = 20) -> str:
                  "(the current set republished without them, the sets holding them deleted)")
     lines += [f"    {s}" for g in radius.golden for s in g["scenarios"][:limit]]
     lines.append(f"  dataset versions: {c['datasets']} - deleted, each rebuilt without them from its own spec")
-    lines += [f"    datasets/{d['name']}/{d['version']} ({d['matched_episodes']} of its episodes)"
+    lines += [f"    {layout.dataset_prefix(d['name'], d['version'])} ({d['matched_episodes']} of its episodes)"
               + ("" if d["present"] else "  [already deleted]") for d in radius.datasets]
     lines.append(f"  policies: {c['policies']} - marked (kept): trained on erased data")
     lines += [f"    policy {p['name']}/{p['version']}"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from flywheel_pipelines.lib.governance import paths
+from flywheel_pipelines.lib import layout
 from flywheel_pipelines.lib.storage import Lake
 
 SCHEMA = "flywheel-governance-policy-v1"
@@ -119,8 +119,8 @@ def parse(text: str, *, source: str) -> dict[str, int | None]:
 
 def history(lake: Lake) -> list[Policy]:
     """Every version, oldest first (each validated as it is read)."""
-    found = sorted((v, o.key) for o in lake.list(paths.POLICY_PREFIX + "/")
-                   if (v := paths.policy_version(o.key)) is not None)
+    found = sorted((v, o.key) for o in lake.list(layout.POLICY_PREFIX + "/")
+                   if (v := layout.policy_version(o.key)) is not None)
     out = []
     for version, key in found:
         text = lake.read_bytes(key).decode()
@@ -154,7 +154,7 @@ def set_policy(lake: Lake, text: str, *, source: str, by: str, reason: str,
     if before is not None and before.retention_days == days:
         raise PolicyError(f"{source}: the same retention as v{before.version} in force; nothing to set")
     version = 1 if before is None else before.version + 1
-    key = paths.policy_key(version)
+    key = layout.policy_key(version)
     if lake.exists(key):  # set concurrently: never rewrite a version
         raise PolicyError(f"{lake.uri(key)} exists already (another change landed); read it and retry")
     policy = Policy(version, days, by.strip(), now().isoformat(timespec="seconds"), reason.strip())

@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Callable
 
-from flywheel_pipelines.lib.governance import paths
+from flywheel_pipelines.lib import layout
 from flywheel_pipelines.lib.storage import Lake
 
 REQUEST_SCHEMA = "flywheel-rebuild-request-v1"
@@ -30,7 +30,7 @@ def request_id(name: str, version: str, cause: str) -> str:
 
 def read_requests(lake: Lake) -> list[tuple[str, dict]]:
     """(key, request) of every rebuild request, oldest first."""
-    keys = sorted(o.key for o in lake.list(paths.REBUILD_PREFIX + "/") if o.key.endswith(".json"))
+    keys = sorted(o.key for o in lake.list(layout.REBUILD_PREFIX + "/") if o.key.endswith(".json"))
     return [(k, lake.read_json(k)) for k in keys]
 
 
@@ -44,6 +44,6 @@ def request_rebuild(lake: Lake, *, name: str, version: str, spec: dict, cause: s
     when = now()
     request = {"schema": REQUEST_SCHEMA, "id": rid, "dataset": {"name": name, "version": version},
                "spec": spec, "cause": cause, "why": why, "at": when.isoformat(timespec="seconds")}
-    key = paths.rebuild_key(rid, when)
+    key = layout.rebuild_key(rid, when)
     lake.write_json(key, request)
     return request, key, True

@@ -15,8 +15,8 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flywheel_pipelines.lib import ids, lineage_index
-from flywheel_pipelines.lib.governance import deleter, paths, rebuilds
+from flywheel_pipelines.lib import ids, layout, lineage_index
+from flywheel_pipelines.lib.governance import deleter, rebuilds
 from flywheel_pipelines.lib.governance.policy import Policy, classify
 from flywheel_pipelines.lib.storage import RAW_PREFIX, Lake
 
@@ -61,15 +61,8 @@ def _present_logs(lake: Lake) -> set[str]:
 
 
 def _manifest_day(key: str) -> tuple[str, str] | None:
-    """(robot, day) of a manifest key ``manifests/robot=<id>/date=<day>/manifest.json``, else None."""
-    parts = key.split("/")
-    if len(parts) != 4 or parts[3] != "manifest.json" or not parts[1].startswith("robot=") \
-            or not parts[2].startswith("date="):
-        return None
-    try:
-        return ids.robot_id(parts[1][6:]), ids.day(parts[2][5:])
-    except ids.InvalidIdentifier:
-        return None
+    """(robot, day) of a robot-day's manifest key, else None."""
+    return layout.parse_manifest_key(key)
 
 
 def plan(lake: Lake, policy: Policy | None, *, today: dt.date) -> RetentionPlan:
@@ -88,7 +81,7 @@ def plan(lake: Lake, policy: Policy | None, *, today: dt.date) -> RetentionPlan:
         held.setdefault(ids.parse_raw_key(k.rstrip("/"))[:2], set()).add(k)
     described: set[str] = set()
     expired: list[Expiry] = []
-    for o in sorted(lake.list(paths.MANIFEST_PREFIX), key=lambda o: o.key):
+    for o in sorted(lake.list(layout.MANIFESTS), key=lambda o: o.key):
         robot_day = _manifest_day(o.key)
         if robot_day is None or robot_day not in held:
             continue
@@ -112,7 +105,7 @@ def plan(lake: Lake, policy: Policy | None, *, today: dt.date) -> RetentionPlan:
 
 def embeds_pixels(lake: Lake, name: str, version: str) -> bool:
     """Whether a dataset version stores image or video features (LeRobot info.json dtypes)."""
-    key = f"{paths.dataset_prefix(name, version)}/meta/info.json"
+    key = f"{layout.dataset_prefix(name, version)}/meta/info.json"
     if not lake.exists(key):
         return False
     features = json.loads(lake.read_bytes(key)).get("features", {})
@@ -143,7 +136,7 @@ def sweep(lake: Lake, policy: Policy | None, *, today: dt.date,
         for d in _datasets_of(lake, e.key):
             if not embeds_pixels(lake, d.name, d.version):
                 continue
-            manifest = lake.read_json(f"{paths.dataset_prefix(d.name, d.version)}/manifest.json")
+            manifest = lake.read_json(layout.dataset_manifest_key(d.name, d.version))
             _, key, _ = rebuilds.request_rebuild(lake, name=d.name, version=d.version, spec=manifest["spec"],
                                                  cause=f"expired:{e.sha256}",
                                                  why=f"embeds pixels of expired raw log {e.key}", **kwargs)

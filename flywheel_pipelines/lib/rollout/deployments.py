@@ -19,12 +19,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import ids, layout
 from flywheel_pipelines.lib.storage import Lake, LakeError
 
-DEPLOYMENTS_PREFIX = "deployments"
+DEPLOYMENTS_PREFIX = layout.DEPLOYMENTS
 SCHEMA = "flywheel-deployments-v1"
-RELEASES_PREFIX = "releases"
+RELEASES_PREFIX = layout.RELEASES
 
 
 class ManifestError(ValueError):
@@ -32,15 +32,15 @@ class ManifestError(ValueError):
 
 
 def model_prefix(model: str) -> str:
-    return f"{DEPLOYMENTS_PREFIX}/{ids.name(model, what='model name')}"
+    return layout.deployments_prefix(model)
 
 
 def manifest_key(model: str, sequence: int) -> str:
-    return f"{model_prefix(model)}/manifests/{sequence:06d}.json"
+    return layout.deployments_manifest_key(model, sequence)
 
 
 def current_key(model: str) -> str:
-    return f"{model_prefix(model)}/current.json"
+    return layout.deployments_current_key(model)
 
 
 def release_ref(name: str, version: str) -> str:
@@ -56,7 +56,7 @@ def split_ref(ref: str) -> tuple[str, str]:
 
 def bundle_prefix(ref: str) -> str:
     name, version = split_ref(ref)
-    return f"{RELEASES_PREFIX}/{name}/{version}"
+    return layout.release_prefix(name, version)
 
 
 def _canonical(body: dict) -> bytes:
@@ -114,7 +114,7 @@ def verify(manifest: dict) -> dict:
 
 def history(store: Lake, model: str) -> list[dict]:
     """Every manifest of ``model``, oldest first."""
-    keys = sorted(o.key for o in store.list(f"{model_prefix(model)}/manifests/") if o.key.endswith(".json"))
+    keys = sorted(o.key for o in store.list(layout.deployments_manifests_prefix(model)) if o.key.endswith(".json"))
     return [verify(store.read_json(k)) for k in keys]
 
 

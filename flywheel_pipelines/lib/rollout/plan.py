@@ -34,7 +34,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import ids, layout
 from flywheel_pipelines.lib.episodes.control import TELEOPERATED
 from flywheel_pipelines.lib.field import arm_of, clusters, unassisted_success
 from flywheel_pipelines.lib.rollout import deployments, sequential
@@ -135,11 +135,11 @@ def cohorts(robot_strata: dict[str, str], stages: tuple[Stage, ...], *, release:
 # --- the log ----------------------------------------------------------------------------------
 
 def rollouts_prefix(model: str) -> str:
-    return f"{deployments.model_prefix(model)}/rollouts"
+    return layout.rollouts_prefix(model)
 
 
 def log_prefix(model: str, rollout_id: str) -> str:
-    return f"{rollouts_prefix(model)}/{ids.name(rollout_id, what='rollout id')}"
+    return layout.rollout_log_prefix(model, rollout_id)
 
 
 def _now() -> dt.datetime:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import ids, layout
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, catalog_hash
 from flywheel_pipelines.lib.rollout import deployments, plan, sequential
 from flywheel_pipelines.lib.storage import Lake
@@ -40,7 +40,7 @@ def registered_version(client, model: str, policy_version: str) -> str | None:
 
 def models(store: Lake) -> list[str]:
     """Models with a deployments folder."""
-    prefix = deployments.DEPLOYMENTS_PREFIX + "/"
+    prefix = layout.DEPLOYMENTS + "/"
     return sorted({o.key[len(prefix):].split("/", 1)[0] for o in store.list(prefix)})
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from mcap_ros2.writer import Writer
 
-from flywheel_pipelines.lib import ids
+from flywheel_pipelines.lib import ids, layout
 from flywheel_pipelines.lib.sim.expert import NoisyOperator
 from flywheel_pipelines.lib.sim.field import RobotRelease, mcap_metadata, record_autonomous_episode
 from flywheel_pipelines.lib.sim.msgdefs import MSGDEFS, goal_point, stamp
@@ -268,7 +268,7 @@ def simulate_robot_day(
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             _write_mcap(path, rec.records, {"robot_id": robot, "recorder": "flywheel-sim"}, mcap_metadata(release))
-            key = f"raw/robot={robot}/date={day}/{name}"
+            key = layout.raw_key(robot, day, name)
             lake.put_raw(key, path)
         keys.append(key)
         total += len(rec.records)

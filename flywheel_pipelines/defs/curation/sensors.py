@@ -1,4 +1,5 @@
-"""The rebuild sensor: each rebuild request (governance/rebuilds/) becomes one curated_dataset run."""
+"""The rebuild sensor: each rebuild request (governance/rebuilds/, written by erasure and retention)
+becomes one curated_dataset run. It lives with curation because it only starts curation runs."""
 
 import dagster as dg
 
