@@ -7,7 +7,6 @@ import hashlib
 import json
 
 import dagster as dg
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from flywheel_pipelines.defs.catalog.assets import episode_catalog
@@ -19,11 +18,8 @@ from flywheel_pipelines.defs.ui_metadata import round_floats
 from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib import lineage_index, markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, catalog_hash
-from flywheel_pipelines.lib.evaluation import golden as gold
 from flywheel_pipelines.lib.evaluation import registry
 from flywheel_pipelines.lib.evaluation.compare import ALL, CANDIDATE
-from flywheel_pipelines.lib.evaluation.evaluate import run_evaluation
-from flywheel_pipelines.lib.evaluation.policies import OnnxPolicy, check_interface
 from flywheel_pipelines.lib.evaluation.report import (
     REPORT_HTML,
     REPORT_MD,
@@ -33,7 +29,6 @@ from flywheel_pipelines.lib.evaluation.report import (
     SUMMARY,
 )
 from flywheel_pipelines.lib.evaluation.suite import DEFAULT_SUITE, SuiteError, load_suite
-from flywheel_pipelines.lib.learning.policy import CONFIG
 from flywheel_pipelines.lib.storage import staging_dir
 
 GOLDEN_FILE = "scenarios.json"
@@ -58,6 +53,8 @@ class GoldenConfig(dg.Config):
 
 
 def read_golden(store, prefix: str) -> list[dict]:
+    from flywheel_pipelines.lib.evaluation import golden as gold  # mujoco: loads where a step runs
+
     return gold.read_document(store.read_json(f"{prefix}/{GOLDEN_FILE}"))
 
 
@@ -77,6 +74,8 @@ def golden_scenarios(context: dg.AssetExecutionContext, config: GoldenConfig, la
     """Field failures and interventions from the catalog as simulator scenarios: start, goal and the
     robot as its logs show it, with provenance down to the raw file. The set only grows; a
     scenario leaves only by an explicit, recorded retirement."""
+    from flywheel_pipelines.lib.evaluation import golden as gold  # mujoco: loads where the step runs
+
     store = lake.lake()
     catalog = store.read_parquet(CATALOG_KEY)
     catalog_version = catalog_hash(catalog)
@@ -193,6 +192,16 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
     """The candidate (as exported ONNX) beside the production policy and the baselines on the same
     seeded scenarios (nominal, domain-randomized, golden): Wilson intervals, paired differences,
     safety, and the release gate's verdict with its reasons (Markdown/HTML report, MLflow)."""
+    # Heavy modules (mujoco, onnxruntime, torch, pyarrow) load where the step runs, not with the code location.
+    import pyarrow.parquet as pq
+
+    from flywheel_pipelines.lib.evaluation import golden as gold
+    from flywheel_pipelines.lib.evaluation.evaluate import run_evaluation
+    from flywheel_pipelines.lib.evaluation.policies import OnnxPolicy, check_interface
+    from flywheel_pipelines.lib.learning.policy import CONFIG
+    from flywheel_pipelines.lib.sim.batched import resolve_backend
+    from flywheel_pipelines.lib.sim.warp_backend import resolve_device
+
     try:
         suite = load_suite(config.suite)
     except SuiteError as exc:
@@ -208,10 +217,6 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
             check_interface(policy_cfg["obs_names"], policy_cfg["action_names"], what=f"policy {version}")
         except ValueError as exc:
             raise dg.Failure(str(exc)) from None
-        # Heavy modules load where the step runs, not with the code location.
-        from flywheel_pipelines.lib.sim.batched import resolve_backend
-        from flywheel_pipelines.lib.sim.warp_backend import resolve_device
-
         try:
             backend = resolve_backend(config.sim_backend)
         except ValueError as exc:

@@ -16,8 +16,6 @@ from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib import lineage_index
 from flywheel_pipelines.lib.evaluation import registry
 from flywheel_pipelines.lib.evaluation.report import REPORT_MD
-from flywheel_pipelines.lib.learning.bc import load_training_data
-from flywheel_pipelines.lib.learning.policy import CONFIG, load_policy
 from flywheel_pipelines.lib.lineage import build_lineage, lineage_summary
 from flywheel_pipelines.lib.release.bundle import (
     MODEL_CARD,
@@ -27,7 +25,6 @@ from flywheel_pipelines.lib.release.bundle import (
     write_lineage,
     write_sha256sums,
 )
-from flywheel_pipelines.lib.release.onnx_export import OPSET, onnx_parity
 from flywheel_pipelines.lib.storage import staging_dir
 
 PARITY_TOLERANCE = 1e-4
@@ -65,6 +62,11 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow
     """The deployable bundle. Refuses a candidate whose evaluation gate did not pass, or whose
     evaluation is stale (other golden set, other production policy), even when run on its own:
     blocking checks only stop downstream steps of the same run."""
+    # torch and onnx load where the step runs, not with the code location.
+    from flywheel_pipelines.lib.learning.bc import load_training_data
+    from flywheel_pipelines.lib.learning.policy import CONFIG, load_policy
+    from flywheel_pipelines.lib.release.onnx_export import OPSET, onnx_parity
+
     store = lake.lake()
     ev = upstream_metadata(context, "eval_report")
     pol = upstream_metadata(context, "policy_candidate")

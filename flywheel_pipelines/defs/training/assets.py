@@ -1,13 +1,19 @@
-"""Policy candidates: a behaviour-cloning or RL (PPO/SAC) policy, one artifact format, in MLflow."""
+"""Policy candidates: a behaviour-cloning or RL (PPO/SAC) policy, one artifact format, in MLflow.
 
+torch, stable-baselines3, mujoco and onnx are imported inside the step, not at module level:
+every process that loads the code location (webserver, daemon, each run worker and
+step pod, including ones that only ingest logs) would otherwise pay for them.
+"""
 
+import dataclasses
 import hashlib
 import json
 import math
+import typing
 from pathlib import Path
 
 import dagster as dg
-import onnx
+import pydantic
 from pydantic import Field
 
 from flywheel_pipelines.defs.curation.assets import curated_dataset
@@ -17,34 +23,21 @@ from flywheel_pipelines.defs.ui_metadata import round_floats
 from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib import faults, ids, lineage_index
 from flywheel_pipelines.lib.evaluation import registry
-from flywheel_pipelines.lib.learning.bc import BCConfig, load_training_data, pick_device, train_bc
-from flywheel_pipelines.lib.learning.checkpoint import clear_checkpoints, close_interrupted_runs, latest_step
-from flywheel_pipelines.lib.learning.policy import save_policy
-from flywheel_pipelines.lib.learning.rl import (
-    RLConfig,
-    config_path,
-    default_config_name,
-    load_rl_config,
-    resolve_config,
-    train_rl,
-    training_record,
-)
-from flywheel_pipelines.lib.release.onnx_export import export_onnx
+from flywheel_pipelines.lib.learning.config import BCConfig
 from flywheel_pipelines.lib.settings import flywheel_home
 from flywheel_pipelines.lib.storage import staging_dir
 from flywheel_pipelines.lib.versioning import code_version
+
+if typing.TYPE_CHECKING:
+    from flywheel_pipelines.lib.learning.rl import RLConfig
 
 POLICY_ONNX = "policy.onnx"
 METRICS = "metrics.json"
 TRAINERS = ("bc", "ppo", "sac")
 
 
-class TrainConfig(dg.Config):
-    """Which trainer and its hyperparameters; the same values go to MLflow params.
-
-    ``bc`` (the default) uses the fields below; ``ppo``/``sac`` read a versioned YAML from
-    ``lib/learning/configs`` and, with ``bc_init``, fine-tune a BC policy trained first (same step).
-    """
+class _TrainerChoice(dg.Config):
+    """Which trainer, where its policy goes, and the knobs that are not BC hyperparameters."""
 
     policy_name: str = Field(default="reach-bc", description="policies/<name>/<version>/ and the registry name.")
     trainer: str = Field(default="bc", description="bc | ppo | sac")
@@ -54,33 +47,45 @@ class TrainConfig(dg.Config):
     timesteps: int = Field(default=0, description="ppo/sac: overrides the config's n_timesteps when > 0.")
     checkpoint_every: int = Field(default=10, description="BC: epochs between checkpoints (RL: the config's "
                                                           "checkpoint_freq).")
-    epochs: int = 150
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-5
-    hidden: int = 128
-    layers: int = 2
-    seed: int = 0
-    device: str = Field(default="auto", description="auto | cpu | cuda")
-    amp: str = Field(default="auto",
-                     description="BC mixed precision: auto (float32; bf16 measured to change outcomes) | bf16 | off")
 
     def bc(self) -> BCConfig:
-        return BCConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                        hidden=self.hidden, layers=self.layers, seed=self.seed, device=self.device, amp=self.amp)
+        return BCConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(BCConfig)})
 
-    def rl(self) -> RLConfig | None:
+    def rl(self) -> "RLConfig | None":
         if self.trainer == "bc":
             return None
-        return load_rl_config(self.rl_config or default_config_name(self.trainer), timesteps=self.timesteps or None,
-                              seed=self.seed, device=self.device)
+        from flywheel_pipelines.lib.learning.rl import default_config_name, load_rl_config
+
+        # seed and device are BC fields shared with RL; the rest of an RL run is its versioned YAML.
+        return load_rl_config(self.rl_config or default_config_name(self.trainer),
+                              timesteps=self.timesteps or None,
+                              seed=getattr(self, "seed"), device=getattr(self, "device"))  # noqa: B009
+
+
+def _bc_fields() -> dict[str, typing.Any]:
+    """``BCConfig``'s fields as pydantic fields: its names, types, defaults and descriptions, so the
+    two cannot drift apart (the RL hyperparameters live in versioned YAML files, not here)."""
+    hints = typing.get_type_hints(BCConfig)
+    return {f.name: (hints[f.name], Field(default=f.default, description=f.metadata.get("description")))
+            for f in dataclasses.fields(BCConfig)}
+
+
+TrainConfig = pydantic.create_model(
+    "TrainConfig", __base__=_TrainerChoice, __module__=__name__,
+    __doc__="""Which trainer and its hyperparameters; the same values go to MLflow params.
+
+    ``bc`` (the default) uses the BC fields (``lib/learning/config.BCConfig``'s, defined there
+    once); ``ppo``/``sac`` read a versioned YAML from ``lib/learning/configs`` and, with ``bc_init``,
+    fine-tune a BC policy trained first (same step).
+    """,
+    **_bc_fields())
 
 
 def policy_prefix(name: str, version: str) -> str:
     return f"policies/{name}/{version}"
 
 
-def checkpoint_root(name: str, dataset_version: str, bc: BCConfig | None, rl: RLConfig | None) -> Path:
+def checkpoint_root(name: str, dataset_version: str, bc: BCConfig | None, rl: "RLConfig | None") -> Path:
     """Where a run's checkpoints live until its policy is published: a stable local folder keyed by
     the dataset and everything that shapes training, so re-running a killed run resumes it."""
     key = json.dumps({"bc": bc.to_dict() if bc else None, "rl": rl.to_dict() if rl else None}, sort_keys=True)
@@ -108,6 +113,15 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
     """A seeded PyTorch policy (safetensors + ONNX) from behaviour cloning or PPO/SAC, logged to
     MLflow with its dataset, config and code version and registered in the MLflow model registry.
     A killed run resumes from its checkpoints when re-run with the same dataset and config."""
+    # Heavy modules (torch, stable-baselines3, mujoco, onnx) load here, when the step runs.
+    import onnx
+
+    from flywheel_pipelines.lib.learning.bc import load_training_data, pick_device, train_bc
+    from flywheel_pipelines.lib.learning.checkpoint import clear_checkpoints, close_interrupted_runs, latest_step
+    from flywheel_pipelines.lib.learning.policy import save_policy
+    from flywheel_pipelines.lib.learning.rl import config_path, resolve_config, train_rl, training_record
+    from flywheel_pipelines.lib.release.onnx_export import export_onnx
+
     name = ids.name(config.policy_name, what="policy name")
     if config.trainer not in TRAINERS:
         raise dg.Failure(f"trainer must be one of {TRAINERS}, got {config.trainer!r}")
