@@ -1,8 +1,11 @@
 """The package uses Dagster's public API only: a private module (``dagster._core...``, or any
 ``dagster_*._...`` package's) can change in any release without notice, so an upgrade could break
-us silently. Each exception is listed here with why no public name exists; lib/ has none."""
+us silently. Each exception is listed here with why no public name exists; lib/ has none. Nor
+does any module call a deprecated, beta or preview API when it is imported."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "flywheel_pipelines"
@@ -60,3 +63,29 @@ def test_the_check_finds_a_private_import(tmp_path):
     assert private_imports(sample) == {"dagster._core.remote_origin",
                                        "dagster._core.remote_origin.InProcessCodeLocationOrigin",
                                        "dagster_aws._private"}
+
+
+# Imports every module of the package in a fresh interpreter with the deprecation, beta and preview
+# warnings attributed to our code as errors. Needed besides pytest's filterwarnings: Dagster switches
+# its own warnings off while load_from_defs_folder imports defs/, so a deprecated call at module
+# level (a job definition, say) would never reach a test; and a module another test imported
+# first would not warn again.
+IMPORT_ALL = """
+import importlib, pkgutil, warnings
+import dagster, flywheel_pipelines
+for category in (DeprecationWarning, PendingDeprecationWarning, dagster.SupersessionWarning,
+                 dagster.BetaWarning, dagster.PreviewWarning):
+    warnings.filterwarnings("error", category=category, module="flywheel_pipelines")
+for module in pkgutil.walk_packages(flywheel_pipelines.__path__, "flywheel_pipelines."):
+    try:
+        importlib.import_module(module.name)
+    except Warning as exc:
+        print(f"{module.name}: {type(exc).__name__}: {exc}")
+"""
+
+
+def test_no_module_calls_a_deprecated_beta_or_preview_api_when_imported():
+    out = subprocess.run([sys.executable, "-c", IMPORT_ALL], capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert out.stdout.strip() == ""
