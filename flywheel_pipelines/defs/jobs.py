@@ -71,26 +71,26 @@ def _recorded(context: dg.OpExecutionContext, entry: registry.Promotion, key: st
 @dg.op(out=dg.Out(dg.Nothing), description="Point the production alias at a version whose release gate passed.")
 def promote_policy_version(context: dg.OpExecutionContext, config: PromoteConfig, lake: LakeResource,
                            mlflow: MlflowResource) -> None:
-    with mlflow.session() as mlf:
-        try:
-            entry, key = registry.promote(mlf.MlflowClient(), lake.lake(), config.policy_name, config.version,
-                                          by=config.requested_by, reason=config.reason, force=config.force,
-                                          via="dagster", dagster_run_id=context.run_id)
-        except registry.PromotionError as exc:
-            raise dg.Failure(str(exc)) from None
+    mlf = mlflow.store()
+    try:
+        entry, key = registry.promote(mlf.client, lake.lake(), config.policy_name, config.version,
+                                      by=config.requested_by, reason=config.reason, force=config.force,
+                                      via="dagster", dagster_run_id=context.run_id)
+    except registry.PromotionError as exc:
+        raise dg.Failure(str(exc)) from None
     _recorded(context, entry, key, lake)
 
 
 @dg.op(out=dg.Out(dg.Nothing), description="Point the production alias back at the previous production version.")
 def rollback_policy_version(context: dg.OpExecutionContext, config: RollbackConfig, lake: LakeResource,
                             mlflow: MlflowResource) -> None:
-    with mlflow.session() as mlf:
-        try:
-            entry, key = registry.rollback(mlf.MlflowClient(), lake.lake(), config.policy_name,
-                                           by=config.requested_by, reason=config.reason, via="dagster",
-                                           dagster_run_id=context.run_id)
-        except registry.PromotionError as exc:
-            raise dg.Failure(str(exc)) from None
+    mlf = mlflow.store()
+    try:
+        entry, key = registry.rollback(mlf.client, lake.lake(), config.policy_name,
+                                       by=config.requested_by, reason=config.reason, via="dagster",
+                                       dagster_run_id=context.run_id)
+    except registry.PromotionError as exc:
+        raise dg.Failure(str(exc)) from None
     _recorded(context, entry, key, lake)
 
 

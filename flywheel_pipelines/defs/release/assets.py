@@ -75,10 +75,10 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow
     golden_now = upstream_metadata(context, "golden_scenarios")["golden_version"]
     production_now = None
     if pol.get("registered_model"):
-        with mlflow.session() as mlf:
-            mv = registry.production_version(mlf.MlflowClient(), pol["registered_model"],
-                                             alias=summary["suite"]["production_alias"])
-            production_now = str(mv.version) if mv is not None else None
+        mlf = mlflow.store()
+        mv = registry.production_version(mlf.client, pol["registered_model"],
+                                         alias=summary["suite"]["production_alias"])
+        production_now = str(mv.version) if mv is not None else None
     refusal = gate_refusal(summary, candidate=pol["policy_version"], golden_version=golden_now,
                            production_now=production_now)
     if refusal:

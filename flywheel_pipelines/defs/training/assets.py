@@ -138,8 +138,9 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
     resumed = {part: step for part in ("bc", "rl") if (step := latest_step(ckpt_root / part)) is not None}
     if resumed:
         context.log.info(f"resuming from checkpoints in {ckpt_root}: {resumed}")
-    with mlflow.session() as mlf, staging_dir() as tmp:
-        with mlf.start_run(run_name=f"{name}-{ds['dataset_version']}") as run:
+    mlf = mlflow.store()
+    with staging_dir() as tmp:
+        with mlf.run(run_name=f"{name}-{ds['dataset_version']}") as run:
             params = {"trainer": config.trainer, "dataset_name": ds["dataset_name"],
                       "dataset_version": ds["dataset_version"], "train_frames": len(data.train_obs),
                       "val_frames": len(data.val_obs), "device": str(device)}
@@ -148,28 +149,28 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
             if rl is not None:
                 params.update({"rl_config": rl.file, "rl_config_sha256": rl.sha256, "bc_init": config.bc_init,
                                **_flat_params("rl.", rl.to_dict())})
-                mlf.log_artifact(str(config_path(rl.file)), artifact_path="config")
-            mlf.log_params(params)
-            mlf.set_tags({"dagster.run_id": context.run.run_id, "code.source_hash": code["source_hash"],
+                run.log_artifact(str(config_path(rl.file)), artifact_path="config")
+            run.log_params(params)
+            run.set_tags({"dagster.run_id": context.run.run_id, "code.source_hash": code["source_hash"],
                           "code.git_commit": code["git_commit"] or "unknown",
                           "code.package_version": code["package_version"], "flywheel.asset": "policy_candidate",
                           "flywheel.checkpoints": f"{name}/{ckpt_root.name}",
                           **{f"resumed_from.{k}": str(v) for k, v in resumed.items()}})
             if resumed:
-                for old in close_interrupted_runs(mlf.MlflowClient(), run.info.experiment_id, f"{name}/{ckpt_root.name}",
-                                                  current=run.info.run_id):
+                for old in close_interrupted_runs(mlf.client, run.experiment_id, f"{name}/{ckpt_root.name}",
+                                                  current=run.run_id):
                     context.log.info(f"MLflow run {old} was killed mid-training; marked KILLED, resumed in "
-                                     f"{run.info.run_id}")
+                                     f"{run.run_id}")
             bc_prefix = "" if rl is None else "bc."
             logged: set[tuple[str, int]] = set()
 
             def on_epoch(m):
-                mlf.log_metrics(_finite({f"{bc_prefix}train_loss": m.train_loss, f"{bc_prefix}val_loss": m.val_loss,
+                run.log_metrics(_finite({f"{bc_prefix}train_loss": m.train_loss, f"{bc_prefix}val_loss": m.val_loss,
                                          f"{bc_prefix}val_action_mae": m.val_action_mae}), step=m.epoch)
                 logged.add(("bc", m.epoch))
 
             def on_progress(m):
-                mlf.log_metrics(_finite({"ep_return_mean": m.ep_return_mean, "success_rate": m.success_rate,
+                run.log_metrics(_finite({"ep_return_mean": m.ep_return_mean, "success_rate": m.success_rate,
                                          "ep_length_mean": m.ep_length_mean, "timesteps_per_s": m.timesteps_per_s,
                                          **{f"train.{k}": v for k, v in m.losses.items()}}), step=m.timesteps)
                 logged.add(("rl", m.timesteps))
@@ -193,16 +194,16 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
             out = tmp / "policy"
             extra = {"dataset": {"name": ds["dataset_name"], "version": ds["dataset_version"]},
                      "embodiment": dataset_manifest["embodiment"], "fps": data.fps,
-                     "training": training, "code": code, "mlflow_run_id": run.info.run_id}
+                     "training": training, "code": code, "mlflow_run_id": run.run_id}
             version = save_policy(policy, out, extra=extra,
                                   identity={"dataset": extra["dataset"], "training": extra["training"]})
             export_onnx(policy, out / POLICY_ONNX)
             (out / METRICS).write_text(json.dumps([m.__dict__ for m in history], indent=2) + "\n")
-            mlf.set_tag("policy.version", version)
-            mlf.log_artifacts(str(out), artifact_path="policy")
-            info = mlf.onnx.log_model(onnx.load(str(out / POLICY_ONNX)), name="onnx")
+            run.set_tag("policy.version", version)
+            run.log_artifacts(str(out), artifact_path="policy")
+            model_uri = run.log_onnx_model(onnx.load(str(out / POLICY_ONNX)), name="onnx")
             registered_version, killed = registry.register_policy_version(
-                mlf, name, policy_version=version, model_uri=info.model_uri, run_id=run.info.run_id)
+                mlf.client, name, policy_version=version, model_uri=model_uri, run_id=run.run_id)
             for old in killed:
                 context.log.info(f"MLflow run {old} registered {name} version {registered_version} and was killed; "
                                  "marked KILLED, its registration reused")
@@ -211,7 +212,7 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
             store.publish_dir(prefix, out)
     lineage_index.write_policy_edge(
         store, name=name, version=version, dataset_name=ds["dataset_name"], dataset_version=ds["dataset_version"],
-        mlflow_run_id=run.info.run_id, registered_model=name,
+        mlflow_run_id=run.run_id, registered_model=name,
         registered_version=str(registered_version) if registered_version is not None else None,
         at=lineage_index.now_iso())
     clear_checkpoints(ckpt_root)  # published: nothing left to resume
@@ -230,9 +231,9 @@ def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lak
             "policy_name": name,
             "policy_version": version,
             "dataset_version": ds["dataset_version"],
-            "mlflow_run_id": run.info.run_id,
-            "mlflow_experiment_id": run.info.experiment_id,
-            "mlflow_run": mlflow.run_link(run.info.run_id, run.info.experiment_id),
+            "mlflow_run_id": run.run_id,
+            "mlflow_experiment_id": run.experiment_id,
+            "mlflow_run": mlflow.run_link(run.run_id, run.experiment_id),
             "registered_model": name,
             "registered_version": str(registered_version) if registered_version is not None else "",
             "trainer": config.trainer,
