@@ -101,12 +101,16 @@ def fleet_backfill(day: str, url: str, robots_from: str, location: str | None, l
     Only days in the hot robot x day window ($FLYWHEEL_HOT_DAYS days, from a Monday) have these
     partitions; an older day is refused: cold days are handled by the month's archive_month partition.
     """
+    import datetime as dt
+
     from flywheel_pipelines.lib import backfill
     from flywheel_pipelines.lib import fleet as fleet_lib
 
     location = location or backfill.default_location()
     try:
-        day = backfill.check_day(day)
+        # The window as the code location computes it when it loads, from the same environment.
+        hot_start = fleet_lib.configured_hot_start(dt.datetime.now(dt.UTC).date())
+        day = backfill.check_day(day, hot_start=hot_start)
         store = _lake(lake)
         execute = backfill.http_execute(url)
         if robots_from == "server":
@@ -127,8 +131,8 @@ def fleet_backfill(day: str, url: str, robots_from: str, location: str | None, l
             for key in backfill.partition_keys(day, robots):
                 click.echo(f"  {key}")
             return
-        backfill_id = backfill.launch_day_backfill(execute, day, robots, location=location)
-    except backfill.BackfillError as exc:
+        backfill_id = backfill.launch_day_backfill(execute, day, robots, hot_start=hot_start, location=location)
+    except (backfill.BackfillError, fleet_lib.FleetConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"backfill {backfill_id}: {backfill.JOB_NAME} for {day}, {len(robots)} robots "
                f"({', '.join(robots[:10])}{', ...' if len(robots) > 10 else ''})")

@@ -14,7 +14,11 @@ from __future__ import annotations
 import os
 
 import dagster as dg
-from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
+
+# Dagster exports no public name for a run launcher's health-check result (checked on 1.13.27):
+# CheckRunHealthResult and WorkerStatus come from the launcher module itself (allowlisted in
+# flywheel_pipelines_tests/test_public_api.py).
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
 # A live process that started this long after the run reported its pid is another process that
 # reuses the pid.
@@ -68,7 +72,7 @@ def process_alive(pid: int, reported_at: float) -> bool:
     return started is None or started <= reported_at + _PID_REUSE_SLACK_S
 
 
-class LocalRunLauncher(DefaultRunLauncher):
+class LocalRunLauncher(dg.DefaultRunLauncher):
     """``DefaultRunLauncher`` with a run worker health check (the worker's pid on this host)."""
 
     @property

@@ -1,13 +1,11 @@
-"""Fleet backfills of one day: launched through Dagster's GraphQL API (our code location loaded in
-process, a temporary instance), with exactly the robots that had joined by that day.
+"""Fleet backfills of one day: launched through Dagster's GraphQL API (a real `dagster-webserver` over
+a temporary instance, our code location loaded by it as in a deployment), with exactly the robots
+that had joined by that day.
 
 Days are relative to today: the hot window moves with the calendar.
 """
 
 import datetime as dt
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pytest
@@ -17,6 +15,7 @@ from flywheel_pipelines.cli import main
 from flywheel_pipelines.defs.partitions import HOT_START, ROBOT_DAY, ROBOTS
 from flywheel_pipelines.lib import backfill, fleet
 from flywheel_pipelines.lib.storage import open_lake
+from flywheel_pipelines_tests.ui.server import webserver
 
 TODAY = dt.datetime.now(dt.UTC).date()
 
@@ -33,17 +32,22 @@ REGISTERED = ["r001", "r002", "r003", "r004"]
 @pytest.fixture(scope="module")
 def fleet_env(tmp_path_factory):
     """A temporary Dagster instance with robots registered, a lake with their join days, and a
-    GraphQL executor over our code location (loaded once for the module: it takes seconds)."""
-    home = tmp_path_factory.mktemp("dagster_home")
+    `dagster-webserver` on that instance (started once for the module: it takes seconds)."""
+    home = tmp_path_factory.mktemp("flywheel_home")
+    (home / "dagster_home").mkdir()
     lake_root = tmp_path_factory.mktemp("lake")
     lake = open_lake(str(lake_root))
     for robot, day in JOINED.items():
         fleet.record_join(lake, robot, day)
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
+    with dg.instance_for_test(temp_dir=str(home / "dagster_home")) as instance:
         instance.add_dynamic_partitions(ROBOTS.name, REGISTERED)
-        with backfill.in_process_execute(instance) as execute:
-            yield {"instance": instance, "execute": execute, "lake": lake, "lake_root": str(lake_root),
-                   "home": str(home)}
+        with webserver(home, home / "webserver.log") as server:
+            yield {"instance": instance, "execute": backfill.http_execute(server.url), "url": server.url,
+                   "lake": lake, "lake_root": str(lake_root), "home": str(home / "dagster_home")}
+
+
+def launch(execute, day, robots, **kwargs):
+    return backfill.launch_day_backfill(execute, day, robots, hot_start=HOT_START, **kwargs)
 
 
 def test_one_day_backfill_has_exactly_the_robots_that_had_joined_by_then(fleet_env):
@@ -52,7 +56,7 @@ def test_one_day_backfill_has_exactly_the_robots_that_had_joined_by_then(fleet_e
     robots = backfill.day_robots(lake, day, instance.get_dynamic_partitions(ROBOTS.name))
     assert robots == ["r001", "r002"]  # r003 joins later, r004 never uploaded, r005 is not registered
 
-    backfill_id = backfill.launch_day_backfill(execute, day, robots)
+    backfill_id = launch(execute, day, robots)
 
     created = instance.get_backfill(backfill_id)
     assert created is not None and not created.is_asset_backfill
@@ -73,7 +77,7 @@ def test_an_earlier_day_leaves_out_robots_that_joined_after_it(fleet_env):
     day = ago(10)
     robots = backfill.day_robots(lake, day, instance.get_dynamic_partitions(ROBOTS.name))
     assert robots == ["r001"]
-    created = instance.get_backfill(backfill.launch_day_backfill(execute, day, robots))
+    created = instance.get_backfill(launch(execute, day, robots))
     assert list(created.partition_names) == [f"{day}|r001"]
 
 
@@ -83,7 +87,7 @@ def test_cold_day_is_refused_and_pointed_at_the_month_archive(fleet_env):
         pytest.skip("the hot window starts on the fleet's first day: there is no cold day")
     before = len(fleet_env["instance"].get_backfills())
     with pytest.raises(backfill.BackfillError, match="cold day") as exc:
-        backfill.launch_day_backfill(fleet_env["execute"], cold, ["r001"])
+        launch(fleet_env["execute"], cold, ["r001"])
     message = str(exc.value)
     assert cold in message and "archive_month" in message and fleet.month_key(cold) in message
     assert len(fleet_env["instance"].get_backfills()) == before
@@ -92,23 +96,25 @@ def test_cold_day_is_refused_and_pointed_at_the_month_archive(fleet_env):
 @pytest.mark.parametrize("bad", ["2026-02-30", "yesterday", "2026-1-05"])
 def test_invalid_day_is_refused(fleet_env, bad):
     with pytest.raises(backfill.BackfillError, match="expected YYYY-MM-DD") as exc:
-        backfill.launch_day_backfill(fleet_env["execute"], bad, ["r001"])
+        launch(fleet_env["execute"], bad, ["r001"])
     assert repr(bad) in str(exc.value)
 
 
 def test_future_day_and_no_robots_are_refused(fleet_env):
     with pytest.raises(backfill.BackfillError, match="future"):
-        backfill.launch_day_backfill(fleet_env["execute"], (TODAY + dt.timedelta(days=2)).isoformat(), ["r001"])
+        launch(fleet_env["execute"], (TODAY + dt.timedelta(days=2)).isoformat(), ["r001"])
     with pytest.raises(backfill.BackfillError, match=f"no registered robot had joined by {ago(2)}"):
-        backfill.launch_day_backfill(fleet_env["execute"], ago(2), [])
+        launch(fleet_env["execute"], ago(2), [])
 
 
 def test_dagster_errors_name_the_day(fleet_env):
     day = ago(1)
     with pytest.raises(backfill.BackfillError, match=f"backfill of {day} .*PartitionKeysNotFoundError.*r005"):
-        backfill.launch_day_backfill(fleet_env["execute"], day, ["r001", "r005"])  # r005: not a partition
-    with pytest.raises(backfill.BackfillError, match=f"backfill of {day} .*PartitionSetNotFoundError"):
-        backfill.launch_day_backfill(fleet_env["execute"], day, ["r001"], location="elsewhere")
+        launch(fleet_env["execute"], day, ["r001", "r005"])  # r005: not a partition
+    with pytest.raises(backfill.BackfillError,
+                       match=f"backfill of {day} .*no partitioned job ingest_robot_day in code location 'elsewhere' "
+                             r"\(the server has: flywheel_pipelines"):
+        launch(fleet_env["execute"], day, ["r001"], location="elsewhere")
 
 
 def test_registered_robots_come_from_the_graphql_api(fleet_env):
@@ -117,39 +123,8 @@ def test_registered_robots_come_from_the_graphql_api(fleet_env):
 
 @pytest.fixture
 def graphql_server(fleet_env):
-    """A local HTTP endpoint at <url>/graphql serving our in-process GraphQL context, so the CLI's
-    HTTP client is exercised against the real schema."""
-    execute = fleet_env["execute"]
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if self.path != "/graphql":
-                self.send_response(404)
-                self.end_headers()
-                return
-            try:
-                payload = {"data": execute(body["query"], body.get("variables") or {})}
-            except backfill.BackfillError as exc:
-                payload = {"data": None, "errors": [{"message": str(exc)}]}
-            data = json.dumps(payload).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """The webserver's base URL (its GraphQL API is <url>/graphql)."""
+    return fleet_env["url"]
 
 
 def test_cli_launches_the_backfill_over_http(fleet_env, graphql_server, monkeypatch):
@@ -173,7 +148,7 @@ def test_cli_launches_in_the_named_code_location(fleet_env, graphql_server, monk
     monkeypatch.setenv(backfill.LOCATION_ENV, "flywheel-pipelines")  # not the name this server loaded
     result = CliRunner().invoke(main, args)
     assert result.exit_code != 0
-    assert "PartitionSetNotFoundError" in result.output and "code location 'flywheel-pipelines'" in result.output
+    assert "no partitioned job ingest_robot_day in code location 'flywheel-pipelines'" in result.output
     result = CliRunner().invoke(main, [*args, "--location", "elsewhere"])
     assert result.exit_code != 0 and "code location 'elsewhere'" in result.output
     assert len(fleet_env["instance"].get_backfills()) == before

@@ -4,7 +4,6 @@ retraining, and the two explicit production actions (promote a policy version, r
 import dagster as dg
 from pydantic import Field
 
-from flywheel_pipelines.defs.partitions import MONTHS, ROBOT_DAY
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.lib.evaluation import registry
 
@@ -16,15 +15,13 @@ FLEET_SELECTION = dg.AssetSelection.assets(
 
 ingest_robot_day = dg.define_asset_job(
     "ingest_robot_day",
-    selection=INGEST_SELECTION,
-    partitions_def=ROBOT_DAY,
+    selection=INGEST_SELECTION,  # robot x day partitioned: inferred from the assets (ROBOT_DAY)
     description="Manifest and standardize one robot-day of raw logs.",
 )
 
 archive_month = dg.define_asset_job(
     "archive_month",
-    selection=dg.AssetSelection.assets("episode_archive"),
-    partitions_def=MONTHS,
+    selection=dg.AssetSelection.assets("episode_archive"),  # monthly: inferred from the asset (MONTHS)
     description="One month of cold days (before the hot robot x day window): late uploads ingested again "
                 "(config reingest), and the month's episode tables compacted into one archive.",
 )
@@ -74,26 +71,26 @@ def _recorded(context: dg.OpExecutionContext, entry: registry.Promotion, key: st
 @dg.op(out=dg.Out(dg.Nothing), description="Point the production alias at a version whose release gate passed.")
 def promote_policy_version(context: dg.OpExecutionContext, config: PromoteConfig, lake: LakeResource,
                            mlflow: MlflowResource) -> None:
-    with mlflow.session() as mlf:
-        try:
-            entry, key = registry.promote(mlf.MlflowClient(), lake.lake(), config.policy_name, config.version,
-                                          by=config.requested_by, reason=config.reason, force=config.force,
-                                          via="dagster", dagster_run_id=context.run_id)
-        except registry.PromotionError as exc:
-            raise dg.Failure(str(exc)) from None
+    mlf = mlflow.store()
+    try:
+        entry, key = registry.promote(mlf.client, lake.lake(), config.policy_name, config.version,
+                                      by=config.requested_by, reason=config.reason, force=config.force,
+                                      via="dagster", dagster_run_id=context.run_id)
+    except registry.PromotionError as exc:
+        raise dg.Failure(str(exc)) from None
     _recorded(context, entry, key, lake)
 
 
 @dg.op(out=dg.Out(dg.Nothing), description="Point the production alias back at the previous production version.")
 def rollback_policy_version(context: dg.OpExecutionContext, config: RollbackConfig, lake: LakeResource,
                             mlflow: MlflowResource) -> None:
-    with mlflow.session() as mlf:
-        try:
-            entry, key = registry.rollback(mlf.MlflowClient(), lake.lake(), config.policy_name,
-                                           by=config.requested_by, reason=config.reason, via="dagster",
-                                           dagster_run_id=context.run_id)
-        except registry.PromotionError as exc:
-            raise dg.Failure(str(exc)) from None
+    mlf = mlflow.store()
+    try:
+        entry, key = registry.rollback(mlf.client, lake.lake(), config.policy_name,
+                                       by=config.requested_by, reason=config.reason, via="dagster",
+                                       dagster_run_id=context.run_id)
+    except registry.PromotionError as exc:
+        raise dg.Failure(str(exc)) from None
     _recorded(context, entry, key, lake)
 
 

@@ -19,7 +19,7 @@ ROBOTS = dg.DynamicPartitionsDefinition(name="robots")
 HOT_DAYS = fleet.hot_days()
 FLEET_START = fleet.fleet_start()
 LOADED_ON = dt.datetime.now(dt.UTC).date()
-HOT_START = fleet.hot_window_start(LOADED_ON, HOT_DAYS, floor=FLEET_START)
+HOT_START = fleet.configured_hot_start(LOADED_ON)
 # end_offset=1 so today's uploads have a partition before the day is over.
 DAILY = dg.DailyPartitionsDefinition(start_date=HOT_START.isoformat(), end_offset=1)
 ROBOT_DAY = dg.MultiPartitionsDefinition({"date": DAILY, "robot": ROBOTS})

@@ -5,9 +5,7 @@ under FLYWHEEL_HOME (see lib/settings.py), and production sets the environment v
 """
 
 
-import contextlib
 import os
-from collections.abc import Iterator
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -16,6 +14,7 @@ from pydantic import Field
 
 from flywheel_pipelines.lib import settings
 from flywheel_pipelines.lib.storage import Encryption, Lake, LakeError, open_lake
+from flywheel_pipelines.lib.tracking import MlflowStore
 
 # LakeResource field <- environment variable, bound as dg.EnvVar when the deployment sets it (the
 # value then never appears in the UI). Unset fields fall back to boto3's own chain: AWS_* variables,
@@ -120,27 +119,12 @@ class MlflowResource(dg.ConfigurableResource):
         path = f"experiments/{experiment_id}/runs/{run_id}" if experiment_id else f"runs/{run_id}"
         return dg.MetadataValue.url(f"{base}/#/{path}")
 
-    @contextlib.contextmanager
-    def session(self) -> Iterator[object]:
-        """Point the mlflow client at this store and experiment; yields the mlflow module."""
-        import mlflow
-
-        uri = self.tracking_uri or settings.default_mlflow_uri()
-        if uri.startswith("sqlite:///"):
-            from pathlib import Path
-
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        if mlflow.get_experiment_by_name(self.experiment) is None:
-            location = self.artifact_location or settings.default_mlflow_artifacts()
-            if "://" not in location:
-                from pathlib import Path
-
-                location = Path(location).resolve().as_uri()
-            mlflow.create_experiment(self.experiment, artifact_location=location)
-        mlflow.set_experiment(self.experiment)
-        yield mlflow
+    def store(self) -> MlflowStore:
+        """This store (tracking and registry at one URI) and its experiment, created on first use.
+        A typed handle around an ``mlflow.MlflowClient``: nothing sets mlflow's process-global
+        tracking URI or experiment, so each resource logs where it is configured to."""
+        return MlflowStore.open(self.tracking_uri or settings.default_mlflow_uri(), self.experiment,
+                                artifact_location=self.artifact_location or settings.default_mlflow_artifacts())
 
 
 @dg.definitions

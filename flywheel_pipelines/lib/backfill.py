@@ -7,25 +7,25 @@ for the day, and a run for it would only fail or ingest nothing.
 
 The backfill is launched with the ``launchPartitionBackfill`` mutation, the same one the UI and
 ``dagster_graphql.DagsterGraphQLClient`` use (its query is
-``dagster_graphql.client.query.LAUNCH_PARTITION_BACKFILL_MUTATION``; the selector is a
-``PartitionSetSelector`` naming the job's partition set ``<job>_partition_set`` in a
-``RepositorySelector``). The daemon then runs the backfill. Launching needs the webserver of the
-deployment (``http_execute``): a backfill records where its code location lives, and only a
-location loaded by the webserver/daemon workspace can be run by the daemon.
+``dagster_graphql.client.query.LAUNCH_PARTITION_BACKFILL_MUTATION``). Its selector names the job's
+partition set in a repository of the code location; both names are looked up through the same
+public GraphQL API (``repositoriesOrError``: each repository's location and partition sets), not
+spelled after Dagster's internal naming. The daemon then runs the backfill. Launching needs the
+webserver of the deployment (``http_execute``): a backfill records where its code location lives,
+and only a location loaded by the webserver/daemon workspace can be run by the daemon.
 
 Only days in the hot window have robot x day partitions; an older (cold) day is re-ingested by its
 month's ``archive_month`` partition instead, and is refused here with that advice.
 
-No Dagster import at module level: the CLI imports this cheaply. ``in_process_execute`` (tests,
-benchmarks) loads the code location in this process.
+No Dagster import at all: the CLI imports this cheaply, and the hot window's first day is passed
+in (``hot_start``, the start of the robot x day partitions) rather than read from ``defs/``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flywheel_pipelines.lib import fleet, ids
@@ -36,8 +36,6 @@ JOB_NAME = "ingest_robot_day"
 # it for a workspace that names it otherwise.
 LOCATION_NAME = "flywheel_pipelines"
 LOCATION_ENV = "FLYWHEEL_CODE_LOCATION"
-REPOSITORY_NAME = "__repository__"  # the repository a dg.Definitions object becomes
-PARTITION_SET_SUFFIX = "_partition_set"  # dagster: partition_set_snap_name_for_job_name
 MANIFEST_ASSET = "log_manifest"  # robot x day partitioned, like every asset of ingest_robot_day
 
 Execute = Callable[[str, dict], dict]
@@ -53,6 +51,18 @@ mutation LaunchFleetDayBackfill($backfillParams: LaunchBackfillParams!) {
     ... on PartitionKeysNotFoundError { partitionKeys }
     ... on PythonError { className }
     ... on Error { message }
+  }
+}
+"""
+
+# Every repository of the workspace with its code location and partition sets: where a job's
+# partition set lives, whatever Dagster names it.
+PARTITION_SETS = """
+query FleetPartitionSets {
+  repositoriesOrError {
+    __typename
+    ... on RepositoryConnection { nodes { name location { name } partitionSets { name pipelineName } } }
+    ... on PythonError { message }
   }
 }
 """
@@ -81,11 +91,9 @@ def partition_keys(day: str, robots: Iterable[str]) -> list[str]:
     return [f"{day}|{ids.robot_id(r)}" for r in sorted(set(robots))]
 
 
-def check_day(day: str, *, today: dt.date | None = None) -> str:
-    """``day`` if it has robot x day partitions (in the hot window, not after today, UTC), else a
-    ``BackfillError`` saying why and what to do instead."""
-    from flywheel_pipelines.defs import partitions
-
+def check_day(day: str, *, hot_start: dt.date, today: dt.date | None = None) -> str:
+    """``day`` if it has robot x day partitions (on or after ``hot_start``, the daily dimension's
+    first day, and not after today, UTC), else a ``BackfillError`` saying why and what to do instead."""
     try:
         day = ids.day(day)
     except ids.InvalidIdentifier as exc:
@@ -94,10 +102,10 @@ def check_day(day: str, *, today: dt.date | None = None) -> str:
     if day > today.isoformat():
         raise BackfillError(f"cannot backfill {day}: it is in the future (today is {today.isoformat()} UTC), "
                             "its partitions do not exist yet")
-    if not partitions.is_hot(day):
+    if day < hot_start.isoformat():
         raise BackfillError(
             f"cannot backfill {day}: it is a cold day, before the hot robot x day window that starts on "
-            f"{partitions.HOT_START.isoformat()} ({fleet.HOT_DAYS_ENV}={partitions.HOT_DAYS}); cold days are handled "
+            f"{hot_start.isoformat()} (its length is {fleet.HOT_DAYS_ENV}); cold days are handled "
             f"by the month's archive_month partition: launch archive_month for partition {fleet.month_key(day)} "
             f"with config reingest: ['<robot>/{day}', ...]")
     return day
@@ -116,14 +124,34 @@ def default_location(environ: dict[str, str] | None = None) -> str:
     return (environ.get(LOCATION_ENV) or "").strip() or LOCATION_NAME
 
 
-def backfill_params(day: str, robots: Iterable[str], *, location: str = LOCATION_NAME,
-                    repository: str = REPOSITORY_NAME, job: str = JOB_NAME, title: str | None = None,
-                    tags: dict[str, str] | None = None) -> dict:
-    """The ``LaunchBackfillParams`` of a job backfill of ``job`` over ``robots`` x ``day``."""
+def partition_set(execute: Execute, *, location: str = LOCATION_NAME, job: str = JOB_NAME) -> tuple[str, str]:
+    """(repository name, partition set name) of ``job``'s partition set in code location ``location``,
+    as the server behind ``execute`` lists them; a ``BackfillError`` naming the location and job (and
+    the locations the server has) when there is none."""
+    data = execute(PARTITION_SETS, {})
+    repos = (data or {}).get("repositoriesOrError") or {}
+    if repos.get("__typename") != "RepositoryConnection":
+        raise BackfillError(f"cannot list the repositories: {repos.get('message') or repos.get('__typename')}")
+    nodes = repos.get("nodes") or []
+    for repo in nodes:
+        if repo["location"]["name"] != location:
+            continue
+        for ps in repo["partitionSets"]:
+            if ps["pipelineName"] == job:
+                return repo["name"], ps["name"]
+    locations = sorted({r["location"]["name"] for r in nodes})
+    raise BackfillError(f"no partitioned job {job} in code location {location!r} (the server has: "
+                        f"{', '.join(locations) or 'no code location'}; --location or ${LOCATION_ENV} names it)")
+
+
+def backfill_params(day: str, robots: Iterable[str], *, location: str, repository: str, partition_set_name: str,
+                    job: str = JOB_NAME, title: str | None = None, tags: dict[str, str] | None = None) -> dict:
+    """The ``LaunchBackfillParams`` of a job backfill of ``job`` (its partition set
+    ``partition_set_name`` in ``repository`` of ``location``) over ``robots`` x ``day``."""
     all_tags = {"flywheel/backfill": "fleet_day", "flywheel/date": ids.day(day), **(tags or {})}
     return {
         "selector": {
-            "partitionSetName": f"{job}{PARTITION_SET_SUFFIX}",
+            "partitionSetName": partition_set_name,
             "repositorySelector": {"repositoryLocationName": location, "repositoryName": repository},
         },
         "partitionNames": partition_keys(day, robots),
@@ -133,23 +161,25 @@ def backfill_params(day: str, robots: Iterable[str], *, location: str = LOCATION
     }
 
 
-def launch_day_backfill(execute: Execute, day: str, robots: Iterable[str], *, location: str = LOCATION_NAME,
-                        repository: str = REPOSITORY_NAME, job: str = JOB_NAME, title: str | None = None,
+def launch_day_backfill(execute: Execute, day: str, robots: Iterable[str], *, hot_start: dt.date,
+                        location: str = LOCATION_NAME, job: str = JOB_NAME, title: str | None = None,
                         today: dt.date | None = None) -> str:
     """Launch one backfill of ``job`` for ``day`` over exactly ``robots``; return its backfill id.
 
     ``robots`` should be the robots that had joined by ``day`` (``day_robots``). The day must be in
-    the hot window (``check_day``). Raises ``BackfillError`` naming the day when the day is refused,
-    there are no robots, the GraphQL request fails, or Dagster answers anything but
-    ``LaunchBackfillSuccess`` (``PartitionSetNotFoundError``: wrong location/repository/job;
-    ``PartitionKeysNotFoundError``: a robot that is not a registered partition; ``PythonError``).
+    the hot window that starts on ``hot_start`` (``check_day``). Raises ``BackfillError`` naming the
+    day when the day is refused, there are no robots, the GraphQL request fails, the location has no
+    such job (``partition_set``), or Dagster answers anything but ``LaunchBackfillSuccess``
+    (``PartitionKeysNotFoundError``: a robot that is not a registered partition; ``PythonError``).
     """
-    day = check_day(day, today=today)
+    day = check_day(day, hot_start=hot_start, today=today)
     robots = sorted(set(robots))
     if not robots:
         raise BackfillError(f"backfill of {day}: no registered robot had joined by {day}, nothing to run")
-    params = backfill_params(day, robots, location=location, repository=repository, job=job, title=title)
     try:
+        repository, set_name = partition_set(execute, location=location, job=job)
+        params = backfill_params(day, robots, location=location, repository=repository, partition_set_name=set_name,
+                                 job=job, title=title)
         data = execute(LAUNCH_PARTITION_BACKFILL, {"backfillParams": params})
     except BackfillError as exc:
         raise BackfillError(f"backfill of {day} not launched: {exc}") from None
@@ -205,33 +235,3 @@ def http_execute(url: str, *, timeout: float = 60.0, headers: dict[str, str] | N
         return _raise_on_errors(payload, endpoint)
 
     return execute
-
-
-@contextmanager
-def in_process_execute(instance, *, module: str = "flywheel_pipelines.definitions",
-                       location: str = LOCATION_NAME) -> Iterator[Execute]:
-    """An ``Execute`` over Dagster's GraphQL schema with our code location loaded in this process
-    (named ``location``, as in the deployment) against ``instance``: for tests and benchmarks.
-
-    A backfill launched this way records an in-process code location origin, which a daemon cannot
-    load: launch real backfills through the webserver (``http_execute``).
-    """
-    import asyncio
-
-    from dagster._core.remote_origin import InProcessCodeLocationOrigin
-    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
-    from dagster_graphql.schema import create_schema
-
-    schema = create_schema()
-    origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name=module), location_name=location)
-    with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as process_context:
-
-        def execute(query: str, variables: dict) -> dict:
-            context = process_context.create_request_context()
-            result = asyncio.run(schema.execute_async(query, context_value=context, variable_values=variables))
-            errors = [{"message": str(e)} for e in (result.errors or [])]
-            return _raise_on_errors({"data": result.data, "errors": errors}, f"code location {location}")
-
-        yield execute

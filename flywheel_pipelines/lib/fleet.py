@@ -71,6 +71,12 @@ def hot_window_start(today: dt.date, days: int, *, floor: dt.date) -> dt.date:
     return max(start, floor)
 
 
+def configured_hot_start(today: dt.date) -> dt.date:
+    """The hot window's first day on ``today`` under this environment's ``FLYWHEEL_HOT_DAYS`` and
+    ``FLYWHEEL_FLEET_START``: what the code location computes when it loads (defs/partitions.py)."""
+    return hot_window_start(today, hot_days(), floor=fleet_start())
+
+
 def month_key(day: str) -> str:
     """The monthly partition key (``YYYY-MM-01``) of a ``YYYY-MM-DD`` day."""
     return ids.day(day)[:8] + "01"

@@ -82,15 +82,17 @@ def test_mlflow_run_and_registry_hold_the_candidate(demo):
     import mlflow
 
     pol = result.metadata["policy_candidate"]
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
-    run = mlflow.get_run(pol["mlflow_run_id"])
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(pol["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
     assert run.data.params["dataset_version"] == result.metadata["curated_dataset"]["dataset_version"]
     assert run.data.tags["dagster.run_id"]
     assert run.data.tags["code.source_hash"]
     assert "val_loss" in run.data.metrics and "eval.candidate.success_rate" in run.data.metrics
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
+    history = client.get_metric_history(run.info.run_id, "train_loss")
     assert len(history) == 150
-    version = mlflow.MlflowClient().get_model_version(pol["registered_model"], pol["registered_version"])
+    version = client.get_model_version(pol["registered_model"], pol["registered_version"])
     assert version.run_id == run.info.run_id
 
 

@@ -12,21 +12,21 @@ from flywheel_pipelines.lib import faults
 from flywheel_pipelines.lib.evaluation import registry
 
 TRAIN = """
-import sys, mlflow
+import sys
 from flywheel_pipelines.lib import faults
 from flywheel_pipelines.lib.evaluation import registry
-mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
-import mlflow.onnx
+from flywheel_pipelines.lib.tracking import MlflowStore
+store = MlflowStore.open(sys.argv[1], "flywheel", artifact_location="artifacts")
 from onnx import TensorProto, helper
 graph = helper.make_graph([helper.make_node("Identity", ["observation"], ["action"])], "policy",
                           [helper.make_tensor_value_info("observation", TensorProto.FLOAT, [1, 2])],
                           [helper.make_tensor_value_info("action", TensorProto.FLOAT, [1, 2])])
 model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-with mlflow.start_run() as run:
-    info = mlflow.onnx.log_model(model, name="onnx")  # as policy_candidate logs it
-    version, _ = registry.register_policy_version(mlflow, "reach-bc", policy_version=sys.argv[2],
-                                                  model_uri=info.model_uri, run_id=run.info.run_id)
-    print(version, run.info.run_id)
+with store.run() as run:
+    uri = run.log_onnx_model(model, name="onnx")  # as policy_candidate logs it
+    version, _ = registry.register_policy_version(store.client, "reach-bc", policy_version=sys.argv[2],
+                                                  model_uri=uri, run_id=run.run_id)
+    print(version, run.run_id)
     faults.point("mlflow.registered")
 """
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 
 import dagster as dg
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from flywheel_pipelines.defs.k8s import EVALUATION_TAGS
@@ -16,11 +15,8 @@ from flywheel_pipelines.defs.ui_metadata import round_floats
 from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib import layout, lineage_index, markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, catalog_hash
-from flywheel_pipelines.lib.evaluation import golden as gold
 from flywheel_pipelines.lib.evaluation import registry, report
 from flywheel_pipelines.lib.evaluation.compare import ALL, CANDIDATE
-from flywheel_pipelines.lib.evaluation.evaluate import run_evaluation
-from flywheel_pipelines.lib.evaluation.policies import OnnxPolicy, check_interface
 from flywheel_pipelines.lib.evaluation.report import (
     REPORT_HTML,
     REPORT_MD,
@@ -30,8 +26,8 @@ from flywheel_pipelines.lib.evaluation.report import (
     SUMMARY,
 )
 from flywheel_pipelines.lib.evaluation.suite import DEFAULT_SUITE, SuiteError, load_suite
-from flywheel_pipelines.lib.learning.policy import CONFIG
 from flywheel_pipelines.lib.storage import staging_dir
+from flywheel_pipelines.lib.tracking import MlflowStore
 
 GOLDEN_FILE = layout.GOLDEN_FILE
 GOLDEN_POINTER = layout.GOLDEN_POINTER  # the newest golden set: {"version", "prefix"}
@@ -47,6 +43,8 @@ class GoldenConfig(dg.Config):
 
 
 def read_golden(store, prefix: str) -> list[dict]:
+    from flywheel_pipelines.lib.evaluation import golden as gold  # mujoco: loads where a step runs
+
     return gold.read_document(store.read_json(f"{prefix}/{GOLDEN_FILE}"))
 
 
@@ -66,6 +64,8 @@ def golden_scenarios(context: dg.AssetExecutionContext, config: GoldenConfig, la
     """Field failures and interventions from the catalog as simulator scenarios: start, goal and the
     robot as its logs show it, with provenance down to the raw file. The set only grows; a
     scenario leaves only by an explicit, recorded retirement."""
+    from flywheel_pipelines.lib.evaluation import golden as gold  # mujoco: loads where the step runs
+
     store = lake.lake()
     catalog = store.read_parquet(CATALOG_KEY)
     catalog_version = catalog_hash(catalog)
@@ -139,19 +139,19 @@ class EvalConfig(dg.Config):
     sim_device: str = Field(default="auto", description="The warp backend's device: cpu | cuda:<i> | auto.")
 
 
-def _production(mlf, model: str, alias: str):
+def _production(mlf: MlflowStore, model: str, alias: str):
     """(identity, ONNX bytes) of the production policy, or (None, None) when there is none yet."""
-    client = mlf.MlflowClient()
+    client = mlf.client
     mv = registry.production_version(client, model, alias=alias)
     if mv is None:
         return None, None
-    onnx_model = mlf.onnx.load_model(f"models:/{model}/{mv.version}")
+    onnx_bytes = mlf.load_registered_onnx(model, str(mv.version))
     policy_version = mv.tags.get("flywheel.policy_version")
     if not policy_version and mv.run_id:
         policy_version = client.get_run(mv.run_id).data.tags.get("policy.version")
     identity = {"alias": alias, "registered_model": model, "registered_version": str(mv.version),
                 "policy_version": policy_version or "", "mlflow_run_id": mv.run_id or ""}
-    return identity, onnx_model.SerializeToString()
+    return identity, onnx_bytes
 
 
 def _metrics(summary: dict) -> dict[str, float]:
@@ -182,6 +182,16 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
     """The candidate (as exported ONNX) beside the production policy and the baselines on the same
     seeded scenarios (nominal, domain-randomized, golden): Wilson intervals, paired differences,
     safety, and the release gate's verdict with its reasons (Markdown/HTML report, MLflow)."""
+    # Heavy modules (mujoco, onnxruntime, torch, pyarrow) load where the step runs, not with the code location.
+    import pyarrow.parquet as pq
+
+    from flywheel_pipelines.lib.evaluation import golden as gold
+    from flywheel_pipelines.lib.evaluation.evaluate import run_evaluation
+    from flywheel_pipelines.lib.evaluation.policies import OnnxPolicy, check_interface
+    from flywheel_pipelines.lib.learning.policy import CONFIG
+    from flywheel_pipelines.lib.sim.batched import resolve_backend
+    from flywheel_pipelines.lib.sim.warp_backend import resolve_device
+
     try:
         suite = load_suite(config.suite)
     except SuiteError as exc:
@@ -197,10 +207,6 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
             check_interface(policy_cfg["obs_names"], policy_cfg["action_names"], what=f"policy {version}")
         except ValueError as exc:
             raise dg.Failure(str(exc)) from None
-        # Heavy modules load where the step runs, not with the code location.
-        from flywheel_pipelines.lib.sim.batched import resolve_backend
-        from flywheel_pipelines.lib.sim.warp_backend import resolve_device
-
         try:
             backend = resolve_backend(config.sim_backend)
         except ValueError as exc:
@@ -209,42 +215,42 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
         candidate = OnnxPolicy((policy_dir / layout.POLICY_ONNX).read_bytes(), device=device)
     context.log.info(f"simulation backend {backend} on {device}; candidate on {candidate.providers[0]}")
     prefix = layout.eval_prefix(version)
-    with mlflow.session() as mlf:
-        production_id, production_onnx = _production(mlf, model, suite.production_alias) if model else (None, None)
-        if production_id is not None and production_id["registered_version"] == pol["registered_version"]:
-            context.log.info(f"{model} version {pol['registered_version']} is itself production: compared with itself")
-        identity = {
-            "policy_name": pol["policy_name"], "policy_version": version, "policy_prefix": pol["prefix"],
-            "mlflow_run_id": pol["mlflow_run_id"], "registered_model": model,
-            "registered_version": pol["registered_version"],
-            "golden": {"version": gm["golden_version"], "prefix": gm["prefix"], "active": len(golden)},
-            "production": production_id,
-        }
-        label = (f"production (v{production_id['registered_version']})" if production_id else None)
-        ev = run_evaluation(candidate, suite=suite, golden=golden, identity=identity, seed=config.seed,
-                            production=OnnxPolicy(production_onnx, device=device) if production_onnx else None,
-                            production_label=label, backend=backend, device=device)
-        summary = json.loads(ev.files[SUMMARY])
-        with staging_dir() as tmp:
-            for name, data in ev.files.items():
-                (tmp / name).write_bytes(data)
-            pq.write_table(ev.results_table(), tmp / RESULTS)
-            store.publish_dir(prefix, tmp, replace=True)
-            with mlf.start_run(run_id=pol["mlflow_run_id"]):
-                mlf.log_metrics(_metrics(summary))
-                mlf.set_tags({"eval.gate": "passed" if summary["gate"]["passed"] else "failed",
-                              "eval.suite": suite.name, "eval.suite_version": suite.version,
-                              "eval.golden_version": gm["golden_version"],
-                              "eval.sim_backend": f"{backend}:{device}",
-                              "eval.production_version": production_id["registered_version"] if production_id else "none",
-                              "eval.report": store.uri(f"{prefix}/{REPORT_HTML}")})
-                mlf.log_artifacts(str(tmp), artifact_path="eval")
-        if model and pol["registered_version"]:
-            registry.record_gate(
-                mlf.MlflowClient(), model, pol["registered_version"], passed=summary["gate"]["passed"],
-                reasons=summary["gate"]["reasons"], suite=suite.name, suite_version=suite.version,
-                report_uri=store.uri(f"{prefix}/{REPORT_HTML}"), golden_version=gm["golden_version"],
-                production=production_id["registered_version"] if production_id else None, policy_version=version)
+    mlf = mlflow.store()
+    production_id, production_onnx = _production(mlf, model, suite.production_alias) if model else (None, None)
+    if production_id is not None and production_id["registered_version"] == pol["registered_version"]:
+        context.log.info(f"{model} version {pol['registered_version']} is itself production: compared with itself")
+    identity = {
+        "policy_name": pol["policy_name"], "policy_version": version, "policy_prefix": pol["prefix"],
+        "mlflow_run_id": pol["mlflow_run_id"], "registered_model": model,
+        "registered_version": pol["registered_version"],
+        "golden": {"version": gm["golden_version"], "prefix": gm["prefix"], "active": len(golden)},
+        "production": production_id,
+    }
+    label = (f"production (v{production_id['registered_version']})" if production_id else None)
+    ev = run_evaluation(candidate, suite=suite, golden=golden, identity=identity, seed=config.seed,
+                        production=OnnxPolicy(production_onnx, device=device) if production_onnx else None,
+                        production_label=label, backend=backend, device=device)
+    summary = json.loads(ev.files[SUMMARY])
+    with staging_dir() as tmp:
+        for name, data in ev.files.items():
+            (tmp / name).write_bytes(data)
+        pq.write_table(ev.results_table(), tmp / RESULTS)
+        store.publish_dir(prefix, tmp, replace=True)
+        with mlf.run(run_id=pol["mlflow_run_id"]) as run:
+            run.log_metrics(_metrics(summary))
+            run.set_tags({"eval.gate": "passed" if summary["gate"]["passed"] else "failed",
+                          "eval.suite": suite.name, "eval.suite_version": suite.version,
+                          "eval.golden_version": gm["golden_version"],
+                          "eval.sim_backend": f"{backend}:{device}",
+                          "eval.production_version": production_id["registered_version"] if production_id else "none",
+                          "eval.report": store.uri(f"{prefix}/{REPORT_HTML}")})
+            run.log_artifacts(str(tmp), artifact_path="eval")
+    if model and pol["registered_version"]:
+        registry.record_gate(
+            mlf.client, model, pol["registered_version"], passed=summary["gate"]["passed"],
+            reasons=summary["gate"]["reasons"], suite=suite.name, suite_version=suite.version,
+            report_uri=store.uri(f"{prefix}/{REPORT_HTML}"), golden_version=gm["golden_version"],
+            production=production_id["registered_version"] if production_id else None, policy_version=version)
     # The policy -> evaluation edge; the id is the summary's hash, so each distinct evaluation of a
     # policy (new golden set, new production policy) is its own record.
     lineage_index.write_eval_edge(

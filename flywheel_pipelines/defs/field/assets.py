@@ -45,8 +45,8 @@ def field_kpis(context: dg.AssetExecutionContext, config: FieldKpisConfig, lake:
     store = lake.lake()
     catalog = store.read_parquet(CATALOG_KEY)
     rows = catalog.to_pylist()
-    with mlflow.session() as mlf:
-        production = field.production_arm(mlf.MlflowClient(), model)
+    mlf = mlflow.store()
+    production = field.production_arm(mlf.client, model)
     kpis = field.compute(rows)
     summary = field.report(rows, production=production)
     version = catalog_hash(catalog)

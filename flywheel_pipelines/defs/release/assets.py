@@ -13,8 +13,6 @@ from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib import layout, lineage_index
 from flywheel_pipelines.lib.evaluation import registry, report
 from flywheel_pipelines.lib.evaluation.report import REPORT_MD
-from flywheel_pipelines.lib.learning.bc import load_training_data
-from flywheel_pipelines.lib.learning.policy import CONFIG, load_policy
 from flywheel_pipelines.lib.lineage import build_lineage, lineage_summary
 from flywheel_pipelines.lib.release.bundle import (
     MODEL_CARD,
@@ -24,7 +22,6 @@ from flywheel_pipelines.lib.release.bundle import (
     write_lineage,
     write_sha256sums,
 )
-from flywheel_pipelines.lib.release.onnx_export import OPSET, onnx_parity
 from flywheel_pipelines.lib.storage import staging_dir
 
 PARITY_TOLERANCE = 1e-4
@@ -58,6 +55,11 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow
     """The deployable bundle. Refuses a candidate whose evaluation gate did not pass, or whose
     evaluation is stale (other golden set, other production policy), even when run on its own:
     blocking checks only stop downstream steps of the same run."""
+    # torch and onnx load where the step runs, not with the code location.
+    from flywheel_pipelines.lib.learning.bc import load_training_data
+    from flywheel_pipelines.lib.learning.policy import CONFIG, load_policy
+    from flywheel_pipelines.lib.release.onnx_export import OPSET, onnx_parity
+
     store = lake.lake()
     ev = upstream_metadata(context, "eval_report")
     pol = upstream_metadata(context, "policy_candidate")
@@ -69,10 +71,10 @@ def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow
     golden_now = upstream_metadata(context, "golden_scenarios")["golden_version"]
     production_now = None
     if pol.get("registered_model"):
-        with mlflow.session() as mlf:
-            mv = registry.production_version(mlf.MlflowClient(), pol["registered_model"],
-                                             alias=summary["suite"]["production_alias"])
-            production_now = str(mv.version) if mv is not None else None
+        mlf = mlflow.store()
+        mv = registry.production_version(mlf.client, pol["registered_model"],
+                                         alias=summary["suite"]["production_alias"])
+        production_now = str(mv.version) if mv is not None else None
     refusal = gate_refusal(summary, candidate=pol["policy_version"], golden_version=golden_now,
                            production_now=production_now)
     if refusal:

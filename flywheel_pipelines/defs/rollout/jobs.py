@@ -35,13 +35,13 @@ class RolloutStartConfig(dg.Config):
 @dg.op(out=dg.Out(dg.Nothing), description="Plan a staged rollout and publish its canary deployments manifest.")
 def start_rollout(context: dg.OpExecutionContext, config: RolloutStartConfig, lake: LakeResource,
                   mlflow: MlflowResource) -> None:
-    with mlflow.session() as mlf:
-        try:
-            s = service.start(lake.lake(), mlf.MlflowClient(), model=config.model, release=config.release,
-                              by=config.requested_by, reason=config.reason, stages=plan.parse_stages(config.stages),
-                              margin=config.margin, effective_from=config.effective_from or None)
-        except (plan.RolloutError, ValueError) as exc:
-            raise dg.Failure(str(exc)) from None
+    mlf = mlflow.store()
+    try:
+        s = service.start(lake.lake(), mlf.client, model=config.model, release=config.release,
+                          by=config.requested_by, reason=config.reason, stages=plan.parse_stages(config.stages),
+                          margin=config.margin, effective_from=config.effective_from or None)
+    except (plan.RolloutError, ValueError) as exc:
+        raise dg.Failure(str(exc)) from None
     context.log.info(f"rollout {s.rollout_id}: {s.release} on {s.cohort} (control {s.control or 'teleoperated'})")
     _state_metadata(context, s, lake)
 
@@ -54,9 +54,9 @@ class RolloutEvaluateConfig(dg.Config):
 @dg.op(out=dg.Out(dg.Nothing), description="Decide every active rollout on the catalog: advance, hold or roll back.")
 def evaluate_rollouts(context: dg.OpExecutionContext, config: RolloutEvaluateConfig, lake: LakeResource,
                       mlflow: MlflowResource) -> None:
-    with mlflow.session() as mlf:
-        outcomes = service.evaluate_all(lake.lake(), mlf.MlflowClient(), dagster_run_id=context.run_id,
-                                        effective_from=config.effective_from or None)
+    mlf = mlflow.store()
+    outcomes = service.evaluate_all(lake.lake(), mlf.client, dagster_run_id=context.run_id,
+                                    effective_from=config.effective_from or None)
     for o in outcomes:
         context.log.info(f"{o.state.rollout_id}: {o.decision} ({o.reason}); now {o.state.status} at {o.state.stage_name}")
     context.add_output_metadata({
@@ -78,13 +78,13 @@ class RolloutControlConfig(dg.Config):
 @dg.op(out=dg.Out(dg.Nothing), description="A person pauses, resumes, advances or aborts the active rollout.")
 def control_rollout(context: dg.OpExecutionContext, config: RolloutControlConfig, lake: LakeResource,
                     mlflow: MlflowResource) -> None:
-    with mlflow.session() as mlf:
-        try:
-            s = service.act(lake.lake(), mlf.MlflowClient(), model=config.model, action=config.action,
-                            by=config.requested_by, reason=config.reason, via="dagster", dagster_run_id=context.run_id,
-                            effective_from=config.effective_from or None)
-        except (plan.RolloutError, ValueError) as exc:
-            raise dg.Failure(str(exc)) from None
+    mlf = mlflow.store()
+    try:
+        s = service.act(lake.lake(), mlf.client, model=config.model, action=config.action,
+                        by=config.requested_by, reason=config.reason, via="dagster", dagster_run_id=context.run_id,
+                        effective_from=config.effective_from or None)
+    except (plan.RolloutError, ValueError) as exc:
+        raise dg.Failure(str(exc)) from None
     _state_metadata(context, s, lake)
 
 

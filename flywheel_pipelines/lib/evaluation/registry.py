@@ -328,7 +328,8 @@ def withdraw(client, lake: Lake, model: str, version: str, *, by: str, reason: s
         raise
 
 
-def register_policy_version(mlf, name: str, *, policy_version: str, model_uri: str, run_id: str) -> tuple[str, list[str]]:
+def register_policy_version(client, name: str, *, policy_version: str, model_uri: str,
+                            run_id: str) -> tuple[str, list[str]]:
     """Registers ``model_uri`` as a version of ``name`` once per policy version.
 
     A run killed after registering (before its asset materialized) leaves a READY version; the
@@ -336,16 +337,17 @@ def register_policy_version(mlf, name: str, *, policy_version: str, model_uri: s
     "version 2" of the same policy; the killed run, still RUNNING in MLflow, is marked KILLED.
 
     Args:
-        mlf: the ``mlflow`` module of an open session (``MlflowResource.session``).
+        client: an ``mlflow.MlflowClient`` of the store (``MlflowStore.client``).
         name: the registered model name.
         policy_version: the content version of the policy (``save_policy``).
-        model_uri: the logged model (``log_model(...).model_uri``).
+        model_uri: the logged model, ``models:/<model id>`` (``TrackedRun.log_onnx_model``).
         run_id: the current MLflow run.
 
     Returns:
         (registry version, MLflow runs marked KILLED)
     """
-    client = mlf.MlflowClient()
+    from mlflow.exceptions import MlflowException
+
     killed = []
     for mv in client.search_model_versions(f"name='{name}'"):
         if (mv.tags or {}).get(POLICY_TAG) == policy_version and mv.status == "READY":
@@ -353,5 +355,19 @@ def register_policy_version(mlf, name: str, *, policy_version: str, model_uri: s
                 client.set_terminated(mv.run_id, status="KILLED")
                 killed.append(mv.run_id)
             return str(mv.version), killed
-    mv = mlf.register_model(model_uri, name, tags={POLICY_TAG: policy_version})
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source, model_id = model_uri, None
+    if model_uri.startswith("models:/"):
+        # The logged model's own artifact location, linked by model_id: MLflow's SQL registry store
+        # resolves a models:/<id> source through a default MlflowClient, i.e. the process-global
+        # tracking URI (a TODO in mlflow/store/model_registry/sqlalchemy_store.py), which we never set.
+        model_id = model_uri.removeprefix("models:/")
+        source = client.get_logged_model(model_id).artifact_location
+    # Waits until the version is READY, as mlflow.register_model does.
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags={POLICY_TAG: policy_version},
+                                     model_id=model_id)
     return str(mv.version), killed

@@ -21,35 +21,10 @@ from flywheel_pipelines.lib.learning.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from flywheel_pipelines.lib.learning.config import BCConfig
 from flywheel_pipelines.lib.learning.policy import Policy, PolicyConfig, residual_indices
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BCConfig:
-    """Hyperparameters of a behaviour-cloning run (all of them go to MLflow)."""
-
-    epochs: int = 150
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-5
-    hidden: int = 128
-    layers: int = 2
-    seed: int = 0
-    device: str = "auto"  # "auto" uses CUDA when present
-    # Mixed precision of the forward pass: "bf16" (autocast, on any device) or "off"/"auto"
-    # (float32). "auto" stays float32 because bf16 changed the evaluation outcome of 13 of 256
-    # held-out scenarios and was slower for this small MLP on an H200 (docs/training.md); it
-    # remains the knob for wider networks. The weights, optimizer and checkpoint stay float32.
-    # Left out of to_dict() when "auto", so earlier configs keep their fingerprint and version.
-    amp: str = "auto"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        if d["amp"] == "auto":
-            del d["amp"]
-        return d
 
 
 @dataclass(frozen=True)

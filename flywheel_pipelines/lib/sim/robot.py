@@ -11,9 +11,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
+from typing import TYPE_CHECKING
 
-import mujoco
 import numpy as np
+
+if TYPE_CHECKING:
+    import mujoco
 
 MJCF = "arm2.xml"
 JOINT_NAMES = ("shoulder", "elbow")
@@ -128,6 +131,7 @@ def apply_profile(model: mujoco.MjModel, profile: RobotProfile) -> None:
     The model must be a fresh copy of the package's ``arm2.xml``: masses are scaled from the
     values in that file, not from whatever the model holds now.
     """
+    import mujoco  # here, not at module level: evaluation suites and configs import this module cheaply
     for i in range(2):
         kp, kv = _NOMINAL_KP[i] * profile.gain_scale, _NOMINAL_KV[i] * np.sqrt(profile.gain_scale)
         model.actuator_gainprm[i, 0] = kp
@@ -146,6 +150,8 @@ class ArmSim:
     """One robot's physics: MuJoCo stepping, actuator latency and noisy, offset sensors."""
 
     def __init__(self, profile: RobotProfile, *, seed: int):
+        import mujoco
+
         xml = resources.files("flywheel_pipelines.lib.sim").joinpath("assets", MJCF).read_text()
         self.model = mujoco.MjModel.from_xml_string(xml)
         self.data = mujoco.MjData(self.model)
@@ -168,6 +174,8 @@ class ArmSim:
         self._actuator_force = self.data.actuator_force  # a view: cheaper than the attribute per substep
 
     def reset(self, q0: np.ndarray, goal: np.ndarray) -> None:
+        import mujoco
+
         mujoco.mj_resetData(self.model, self.data)
         self.data.qpos[:] = q0
         self.data.ctrl[:] = q0
@@ -199,6 +207,7 @@ class ArmSim:
 
     def advance(self, target: np.ndarray, on_sample: Callable[[JointSample], None] | None = None) -> None:
         """Command joint targets (sensor frame) and simulate one control period."""
+        import mujoco
         # The actuator tracks the true angle, the command was made in the (offset) sensor frame.
         true_target = np.asarray(target, dtype=np.float64) - np.asarray(self.profile.calibration_offset)
         self._pending.append((self.t + self.profile.latency_s, true_target))
