@@ -159,7 +159,7 @@ def strip_required(schema):
     return schema
 
 
-def chart_validator(schema_path: Path) -> jsonschema.Validator:
+def chart_validator(schema_path: Path) -> jsonschema.protocols.Validator:
     if not schema_path.is_file():
         missing(f"Dagster chart values schema not found at {schema_path}")
     schema = strip_required(json.loads(schema_path.read_text()))
@@ -169,7 +169,7 @@ def chart_validator(schema_path: Path) -> jsonschema.Validator:
     return cls(schema, registry=registry)
 
 
-def validation_errors(validator: jsonschema.Validator, instance) -> list[str]:
+def validation_errors(validator: jsonschema.protocols.Validator, instance) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(instance)]
 
 

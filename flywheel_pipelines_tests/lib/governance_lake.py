@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from flywheel_pipelines.defs.ingest.assets import write_manifest
+from flywheel_pipelines.lib.ingest.manifest import write_manifest
 from flywheel_pipelines.lib import layout, lineage_index
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, build_catalog
 from flywheel_pipelines.lib.datasets.curation import CurationSpec, build_dataset, select_episodes

@@ -17,7 +17,7 @@ from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
 from flywheel_pipelines.cli import inspect_document
-from flywheel_pipelines.defs.ingest.assets import write_manifest
+from flywheel_pipelines.lib.ingest.manifest import write_manifest
 from flywheel_pipelines.lib.catalog import build_catalog
 from flywheel_pipelines.lib.datasets.curation import CurationSpec, build_dataset, select_episodes
 from flywheel_pipelines.lib.episodes.embodiment import parse_embodiment

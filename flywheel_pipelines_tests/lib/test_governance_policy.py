@@ -92,7 +92,7 @@ def test_cli_policy_set_show_and_retention_plan(tmp_path) -> None:
     # No manifest yet: nothing is classified, so nothing expires (and the CLI says why).
     plan = run(main, ["governance", "retention", "--today", "2026-03-01", *root]).output
     assert "0 raw logs expired" in plan and "1 not described by a manifest yet (kept)" in plan
-    from flywheel_pipelines.defs.ingest.assets import write_manifest
+    from flywheel_pipelines.lib.ingest.manifest import write_manifest
 
     write_manifest(lake, "r101", "2026-01-05")
     plan = run(main, ["governance", "retention", "--today", "2026-03-01", *root]).output
