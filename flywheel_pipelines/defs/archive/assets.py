@@ -20,6 +20,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from flywheel_pipelines.defs.episodes.assets import EPISODE_TABLE, episodes, episodes_prefix, ingest_episodes
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.ingest.assets import build_manifest, log_manifest, manifest_key, raw_fleet_logs, write_manifest
 from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import HOT_START, MONTHS
@@ -119,7 +120,7 @@ ARCHIVE_DEPS = [dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping())
 @dg.asset(
     deps=ARCHIVE_DEPS,
     partitions_def=MONTHS,
-    group_name="episodes",
+    group_name=group_of("episode_archive"),
     kinds={"python", "parquet"},
     owners=OWNERS,
     pool="archive",

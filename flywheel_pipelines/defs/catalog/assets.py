@@ -8,6 +8,7 @@ import dagster as dg
 from flywheel_pipelines.defs.archive.assets import episode_archive
 from flywheel_pipelines.defs.automation import FOLLOW_UPSTREAM
 from flywheel_pipelines.defs.episodes.assets import episodes
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.oncall.quarantine import quarantine_log
 from flywheel_pipelines.defs.partitions import FLEET_START
 from flywheel_pipelines.defs.resources import LakeResource
@@ -18,7 +19,7 @@ from flywheel_pipelines.lib.catalog import CATALOG_KEY, build_catalog, catalog_h
 
 @dg.asset(
     deps=[episodes, episode_archive, quarantine_log],
-    group_name="catalog",
+    group_name=group_of("episode_catalog"),
     kinds={"python", "parquet"},
     owners=["team:robot-data"],
     automation_condition=FOLLOW_UPSTREAM,

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.ingest.assets import log_manifest, manifest_key, open_log, raw_fleet_logs
 from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
@@ -121,7 +122,7 @@ def accounting_metadata(accounting: list[dict]) -> dict:
 @dg.asset(
     deps=[log_manifest, raw_fleet_logs],  # the manifest says which files are usable; frames come from the raw bytes
     partitions_def=ROBOT_DAY,
-    group_name="episodes",
+    group_name=group_of("episodes"),
     kinds={"python", "parquet"},
     owners=OWNERS,
     pool="ingest",  # re-runs and backfills of episodes count against the ingest limit too

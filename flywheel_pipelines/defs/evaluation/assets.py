@@ -12,6 +12,7 @@ from pydantic import Field
 
 from flywheel_pipelines.defs.catalog.assets import episode_catalog
 from flywheel_pipelines.defs.episodes.assets import FRAMES, episodes, episodes_prefix
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.k8s import EVALUATION_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.training.assets import POLICY_ONNX, policy_candidate
@@ -72,7 +73,7 @@ def _previous_golden(store) -> list[dict]:
 # Field failures come from the catalog; their frames (to fit each robot's parameters) from the
 # robot-day episode tables.
 @dg.asset(deps=[episode_catalog, dg.AssetDep(episodes, partition_mapping=dg.AllPartitionMapping())],
-          group_name="evaluation", kinds={"mujoco", "python"}, owners=OWNERS)
+          group_name=group_of("golden_scenarios"), kinds={"mujoco", "python"}, owners=OWNERS)
 def golden_scenarios(context: dg.AssetExecutionContext, config: GoldenConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Field failures and interventions from the catalog as simulator scenarios: start, goal and the
     robot as its logs show it, with provenance down to the raw file. The set only grows; a
@@ -186,7 +187,7 @@ def _metrics(summary: dict) -> dict[str, float]:
     return out
 
 
-@dg.asset(deps=[policy_candidate, golden_scenarios], group_name="evaluation", kinds={"mujoco", "onnx"}, owners=OWNERS,
+@dg.asset(deps=[policy_candidate, golden_scenarios], group_name=group_of("eval_report"), kinds={"mujoco", "onnx"}, owners=OWNERS,
           pool="evaluation", op_tags=EVALUATION_TAGS)
 def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: LakeResource,
                 mlflow: MlflowResource) -> dg.MaterializeResult:

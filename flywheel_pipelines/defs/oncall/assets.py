@@ -7,6 +7,7 @@ from flywheel_pipelines.defs.automation import FOLLOW_UPSTREAM
 from flywheel_pipelines.defs.catalog.assets import episode_catalog
 from flywheel_pipelines.defs.curation.assets import curated_dataset
 from flywheel_pipelines.defs.evaluation.assets import eval_report, golden_scenarios
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.release.assets import release_bundle, release_prefix
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.defs.training.assets import policy_candidate
@@ -19,7 +20,7 @@ OWNERS = ["team:oncall"]
 
 @dg.asset(
     deps=[episode_catalog, curated_dataset, policy_candidate, eval_report, release_bundle],
-    group_name="oncall",
+    group_name=group_of("lineage_index"),
     kinds={"python", "parquet"},
     owners=OWNERS,
     automation_condition=FOLLOW_UPSTREAM,
@@ -58,7 +59,7 @@ class IncidentConfig(dg.Config):
 
 @dg.asset(
     deps=[release_bundle, curated_dataset, episode_catalog, golden_scenarios],
-    group_name="oncall",
+    group_name=group_of("incident_report"),
     kinds={"python"},
     owners=OWNERS,
 )

@@ -9,6 +9,7 @@ import dagster as dg
 
 from flywheel_pipelines.defs.curation.assets import curated_dataset
 from flywheel_pipelines.defs.evaluation.assets import eval_report, golden_scenarios, read_summary
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.training.assets import POLICY_ONNX, policy_candidate
 from flywheel_pipelines.defs.ui_metadata import round_floats, rounded
@@ -59,8 +60,8 @@ def gate_refusal(summary: dict, *, candidate: str, golden_version: str | None,
 
 # Every asset the body reads: the evaluation summary and report, the policy files, the dataset (its
 # validation split for the parity proof, its manifest for lineage.json) and the golden set's version.
-@dg.asset(deps=[eval_report, policy_candidate, curated_dataset, golden_scenarios], group_name="release", kinds={"onnx"},
-          owners=["team:ml"])
+@dg.asset(deps=[eval_report, policy_candidate, curated_dataset, golden_scenarios], kinds={"onnx"},
+          owners=["team:ml"], group_name=group_of("release_bundle"))
 def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """The deployable bundle. Refuses a candidate whose evaluation gate did not pass, or whose
     evaluation is stale (other golden set, other production policy), even when run on its own:
