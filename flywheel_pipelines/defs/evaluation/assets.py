@@ -32,6 +32,7 @@ from flywheel_pipelines.lib.evaluation.report import (
     RETURN_PLOT,
     SUCCESS_PLOT,
     SUMMARY,
+    plots_markdown,
 )
 from flywheel_pipelines.lib.evaluation.suite import DEFAULT_SUITE, SuiteError, load_suite
 from flywheel_pipelines.lib.learning.policy import CONFIG
@@ -265,10 +266,11 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
         at=lineage_index.now_iso(), prefix=prefix)
     cand = summary["summaries"][0]
     by = {g: {s["policy"]: s for s in rows} for g, rows in summary["by_group"].items()}
-    # The UI cannot show images from the lake: the plots become their locations.
+    # The UI cannot show images from the lake: in the report the plots become their locations, and
+    # `plots` carries them inlined (compact PNGs as data: URIs, ~30 KB).
     ui_md = ev.files[REPORT_MD].decode()
     for plot, title in ((SUCCESS_PLOT, "success by group"), (RETURN_PLOT, "return distributions")):
-        ui_md = ui_md.replace(f"![{title}]({plot})", f"Plot ({title}): `{store.uri(f'{prefix}/{plot}')}`")
+        ui_md = ui_md.replace(f"![{title}]({plot})", f"Plot ({title}): `{store.uri(f'{prefix}/{plot}')}` (see `plots`)")
     return dg.MaterializeResult(
         metadata=round_floats({
             "uri": dg.MetadataValue.path(store.uri(prefix)),
@@ -296,6 +298,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
             "mlflow_run_id": pol["mlflow_run_id"],
             "mlflow_run": mlflow.run_link(pol["mlflow_run_id"], pol.get("mlflow_experiment_id")),
             "report": dg.MetadataValue.md(ui_md),
+            "plots": dg.MetadataValue.md(plots_markdown(ev.files)),
         })
     )
 
