@@ -146,6 +146,7 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
     from flywheel_pipelines.lib import incident, incident_log, lineage_index, quarantine, settings
     from flywheel_pipelines.lib.evaluation import registry
     from flywheel_pipelines.lib.sim.fleet import EncoderFault, day_range, simulate_fleet
+    from flywheel_pipelines.progress import heartbeat
 
     if not 1 <= fault_days < days:
         raise DrillError(f"fault_days must be between 1 and days - 1 (got {fault_days} of {days})")
@@ -174,13 +175,16 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
         f"{offset_rad:g} rad off on {', '.join(bad_days)}")
     fault = EncoderFault(days=tuple(bad_days), offset_rad=offset_rad)
     sim = simulate_fleet(store, robots=robots, days=day_list, episodes_per_day=episodes_per_day, seed=seed,
-                         encoder_faults={faulty_robot: fault}, builtin_faults=False)
+                         encoder_faults={faulty_robot: fault}, builtin_faults=False,
+                         progress=lambda d: log(f"  simulated robot={d.robot} date={d.day}: {d.messages} messages"))
     defs = load_defs()
     instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions(ROBOTS.name, sorted({d.robot for d in sim}))
     ingest = defs.resolve_job_def("ingest_robot_day")
-    for d in sim:
-        ingest.execute_in_process(partition_key=robot_day_key(d.robot, d.day), instance=instance, run_config=QUIET)
+    for i, d in enumerate(sim, 1):
+        log(f"  [{i}/{len(sim)}] ingest robot={d.robot} date={d.day}")
+        with heartbeat(log, f"ingest {d.robot} {d.day}", instance=instance, job_name="ingest_robot_day"):
+            ingest.execute_in_process(partition_key=robot_day_key(d.robot, d.day), instance=instance, run_config=QUIET)
     log(f"  ingested {len(sim)} robot-days")
     lap("setup_ingest")
 
@@ -188,8 +192,9 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
         run_config = {**QUIET}
         if curation:
             run_config["ops"] = {"curated_dataset": {"config": curation}}
-        result = defs.resolve_job_def("nightly_retrain").execute_in_process(
-            instance=instance, run_config=run_config, raise_on_error=False)
+        with heartbeat(log, f"{label}: nightly_retrain", instance=instance, job_name="nightly_retrain"):
+            result = defs.resolve_job_def("nightly_retrain").execute_in_process(
+                instance=instance, run_config=run_config, raise_on_error=False)
         meta = {}
         for key in ("curated_dataset", "policy_candidate", "eval_report", "release_bundle"):
             event = instance.get_latest_materialization_event(dg.AssetKey(key))
