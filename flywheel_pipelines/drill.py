@@ -32,6 +32,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -308,6 +309,16 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
     )
 
 
+def ui_command(r: DrillResult) -> str:
+    """The command that opens the UI on the drill's instance, runnable as printed from any folder:
+    both homes (the lake and MLflow store follow FLYWHEEL_HOME), this environment's dagster, the
+    repository's workspace."""
+    dagster = Path(sys.executable).with_name("dagster")
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"  # absent from a wheel install
+    target = f"-w {workspace}" if workspace.is_file() else "-m flywheel_pipelines.definitions"
+    return f"FLYWHEEL_HOME={r.home} DAGSTER_HOME={r.dagster_home} {dagster} dev {target}"
+
+
 def summary_lines(r: DrillResult) -> list[str]:
     """What the drill found and did, as the CLI prints it."""
     q = set(r.found)
@@ -323,7 +334,7 @@ def summary_lines(r: DrillResult) -> list[str]:
         f"new {r.new_dataset} holds {len(new_hit)}",
         f"lineage:  {r.probe_raw_key} -> releases {', '.join(r.probe_releases) or 'none'}",
         f"MLflow:   {MODEL} production is version {r.production_version} (policy {r.production_policy})",
-        f"UI:       DAGSTER_HOME={r.dagster_home} dagster dev -w workspace.yaml   (FLYWHEEL_HOME={r.home})",
+        f"UI:       {ui_command(r)}",
         "timings:  " + ", ".join(f"{k} {v:.0f} s" for k, v in r.timings.items()),
         f"drill finished in {r.total_s:.0f} s",
     ]
