@@ -92,7 +92,7 @@ def drilled(tmp_path_factory) -> Drilled:
         with log.open("w") as f:
             proc = subprocess.run([sys.executable, "-m", "flywheel_pipelines.cli", "drill", "--home", str(home),
                                    "--json-out", str(out)], stdout=f, stderr=subprocess.STDOUT, timeout=900,
-                                  cwd=Path(__file__).resolve().parents[1])
+                                  cwd=Path(__file__).resolve().parents[1], env=env)
         text = log.read_text()
         print(text[-3000:])  # the drill's own account, with its time, in the test log
         assert proc.returncode == 0, f"flywheel drill failed (exit {proc.returncode}):\n{text[-6000:]}"
