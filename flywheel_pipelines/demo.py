@@ -16,6 +16,7 @@ from pathlib import Path
 from flywheel_pipelines.defs.resources import open_configured_lake
 from flywheel_pipelines.lib import layout, settings
 from flywheel_pipelines.lib.sim.fleet import SimulatedDay, day_range, simulate_fleet
+from flywheel_pipelines.progress import heartbeat
 
 # The demo prints its own progress; Dagster's per-event debug log would drown it.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -95,13 +96,15 @@ def run_demo(
     ingest = defs.resolve_job_def("ingest_robot_day")
     for i, d in enumerate(sim, 1):
         log(f"[{i}/{len(sim)}] ingest robot {d.robot} day {d.day}")
-        result = ingest.execute_in_process(partition_key=robot_day_key(d.robot, d.day), instance=instance,
-                                           run_config=QUIET, raise_on_error=True)
+        with heartbeat(log, f"ingest {d.robot} {d.day}", instance=instance, job_name="ingest_robot_day"):
+            result = ingest.execute_in_process(partition_key=robot_day_key(d.robot, d.day), instance=instance,
+                                               run_config=QUIET, raise_on_error=True)
         assert result.success
     log("fleet assets: episode_catalog -> golden_scenarios, curated_dataset -> policy_candidate -> eval_report "
         "-> release_bundle")
-    result = defs.resolve_job_def("nightly_retrain").execute_in_process(instance=instance, run_config=QUIET,
-                                                                         raise_on_error=False)
+    with heartbeat(log, "nightly_retrain", instance=instance, job_name="nightly_retrain"):
+        result = defs.resolve_job_def("nightly_retrain").execute_in_process(instance=instance, run_config=QUIET,
+                                                                             raise_on_error=False)
     metadata = {}
     for key in ("episode_catalog", "golden_scenarios", "curated_dataset", "policy_candidate", "eval_report",
                 "release_bundle"):

@@ -32,6 +32,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -148,6 +149,7 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
     from flywheel_pipelines.lib import incident, incident_log, lineage_index, quarantine, settings
     from flywheel_pipelines.lib.evaluation import registry
     from flywheel_pipelines.lib.sim.fleet import EncoderFault, day_range, simulate_fleet
+    from flywheel_pipelines.progress import heartbeat
 
     if not 1 <= fault_days < days:
         raise DrillError(f"fault_days must be between 1 and days - 1 (got {fault_days} of {days})")
@@ -176,13 +178,16 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
         f"{offset_rad:g} rad off on {', '.join(bad_days)}")
     fault = EncoderFault(days=tuple(bad_days), offset_rad=offset_rad)
     sim = simulate_fleet(store, robots=robots, days=day_list, episodes_per_day=episodes_per_day, seed=seed,
-                         encoder_faults={faulty_robot: fault}, builtin_faults=False)
+                         encoder_faults={faulty_robot: fault}, builtin_faults=False,
+                         progress=lambda d: log(f"  simulated robot={d.robot} date={d.day}: {d.messages} messages"))
     defs = load_defs()
     instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions(ROBOTS.name, sorted({d.robot for d in sim}))
     ingest = defs.resolve_job_def("ingest_robot_day")
-    for d in sim:
-        ingest.execute_in_process(partition_key=robot_day_key(d.robot, d.day), instance=instance, run_config=QUIET)
+    for i, d in enumerate(sim, 1):
+        log(f"  [{i}/{len(sim)}] ingest robot={d.robot} date={d.day}")
+        with heartbeat(log, f"ingest {d.robot} {d.day}", instance=instance, job_name="ingest_robot_day"):
+            ingest.execute_in_process(partition_key=robot_day_key(d.robot, d.day), instance=instance, run_config=QUIET)
     log(f"  ingested {len(sim)} robot-days")
     lap("setup_ingest")
 
@@ -190,8 +195,9 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
         run_config = {**QUIET}
         if curation:
             run_config["ops"] = {"curated_dataset": {"config": curation}}
-        result = defs.resolve_job_def("nightly_retrain").execute_in_process(
-            instance=instance, run_config=run_config, raise_on_error=False)
+        with heartbeat(log, f"{label}: nightly_retrain", instance=instance, job_name="nightly_retrain"):
+            result = defs.resolve_job_def("nightly_retrain").execute_in_process(
+                instance=instance, run_config=run_config, raise_on_error=False)
         meta = {}
         for key in ("curated_dataset", "policy_candidate", "eval_report", "release_bundle"):
             event = instance.get_latest_materialization_event(dg.AssetKey(key))
@@ -305,6 +311,16 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
     )
 
 
+def ui_command(r: DrillResult) -> str:
+    """The command that opens the UI on the drill's instance, runnable as printed from any folder:
+    both homes (the lake and MLflow store follow FLYWHEEL_HOME), this environment's dagster, the
+    repository's workspace."""
+    dagster = Path(sys.executable).with_name("dagster")
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"  # absent from a wheel install
+    target = f"-w {workspace}" if workspace.is_file() else "-m flywheel_pipelines.definitions"
+    return f"FLYWHEEL_HOME={r.home} DAGSTER_HOME={r.dagster_home} {dagster} dev {target}"
+
+
 def summary_lines(r: DrillResult) -> list[str]:
     """What the drill found and did, as the CLI prints it."""
     q = set(r.found)
@@ -320,7 +336,7 @@ def summary_lines(r: DrillResult) -> list[str]:
         f"new {r.new_dataset} holds {len(new_hit)}",
         f"lineage:  {r.probe_raw_key} -> releases {', '.join(r.probe_releases) or 'none'}",
         f"MLflow:   {MODEL} production is version {r.production_version} (policy {r.production_policy})",
-        f"UI:       DAGSTER_HOME={r.dagster_home} dagster dev -w workspace.yaml   (FLYWHEEL_HOME={r.home})",
+        f"UI:       {ui_command(r)}",
         "timings:  " + ", ".join(f"{k} {v:.0f} s" for k, v in r.timings.items()),
         f"drill finished in {r.total_s:.0f} s",
     ]

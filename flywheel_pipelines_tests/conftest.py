@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REAL_LOGS = Path(__file__).resolve().parents[2] / "shared" / "real-logs"
+DRILL_MLFLOW_UI = "http://127.0.0.1:5000"
 
 
 def days_ago(n: int) -> str:
@@ -84,12 +85,14 @@ def drilled(tmp_path_factory) -> Drilled:
         env = {k: v for k, v in os.environ.items()
                if k not in ("FLYWHEEL_LAKE", "FLYWHEEL_MLFLOW_URI", "FLYWHEEL_MLFLOW_ARTIFACTS", "DAGSTER_HOME")}
         env.update({"FLYWHEEL_HOME": str(home.parent), "DAGSTER_DISABLE_TELEMETRY": "1", "GIT_PYTHON_REFRESH": "quiet",
-                    "MUJOCO_GL": env.get("MUJOCO_GL", "egl")})
+                    "MUJOCO_GL": env.get("MUJOCO_GL", "egl"),
+                    # Where `mlflow ui` serves by default: MLflow runs show as links (the UI tests check it).
+                    "FLYWHEEL_MLFLOW_UI_URL": env.get("FLYWHEEL_MLFLOW_UI_URL", DRILL_MLFLOW_UI)})
         log = home.parent / f"{home.name}-drill.log"
         with log.open("w") as f:
             proc = subprocess.run([sys.executable, "-m", "flywheel_pipelines.cli", "drill", "--home", str(home),
                                    "--json-out", str(out)], stdout=f, stderr=subprocess.STDOUT, timeout=900,
-                                  cwd=Path(__file__).resolve().parents[1])
+                                  cwd=Path(__file__).resolve().parents[1], env=env)
         text = log.read_text()
         print(text[-3000:])  # the drill's own account, with its time, in the test log
         assert proc.returncode == 0, f"flywheel drill failed (exit {proc.returncode}):\n{text[-6000:]}"

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from flywheel_pipelines.definitions import defs
 
@@ -60,6 +61,21 @@ def test_every_asset_is_documented_and_owned():
         assert node.description, f"{key.to_user_string()} has no description"
         assert node.owners, f"{key.to_user_string()} has no owner"
         assert node.kinds, f"{key.to_user_string()} has no kinds"
+
+
+def test_the_groups_are_the_flywheels_stages_from_one_table():
+    """Every asset is in the group defs/groups.py gives it, every group there holds an asset, and
+    they are few enough to read as the loop's stages on the global lineage page."""
+    from flywheel_pipelines.defs.groups import GROUPS, group_of
+
+    graph = defs().resolve_asset_graph()
+    by_group: dict[str, set[str]] = {}
+    for key in graph.get_all_asset_keys():
+        by_group.setdefault(graph.get(key).group_name, set()).add(key.to_user_string())
+    assert by_group == {group: set(assets) for group, assets in GROUPS.items()}
+    assert len(GROUPS) <= 5 and sorted(GROUPS) == list(GROUPS), "the UI sorts groups by name: keep the loop's order"
+    with pytest.raises(KeyError, match="'new_asset' has no group: add it to GROUPS"):
+        group_of("new_asset")
 
 
 def test_robot_day_partitions_are_robot_by_date():

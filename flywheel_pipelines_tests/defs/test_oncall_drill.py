@@ -4,6 +4,7 @@ quarantine them, retrain, promote the replacement, withdraw the bad release, rec
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pyarrow.parquet as pq
@@ -140,3 +141,20 @@ def test_withdraw_refuses_a_withdrawn_version_and_the_production_one(drilled):
     assert out.exit_code == 1 and "already withdrawn" in out.output
     out = CliRunner().invoke(main, ["policy", "withdraw", "reach-bc", r["production_version"], "--reason", "x", *common])
     assert out.exit_code == 1 and "is production now" in out.output
+
+
+def test_the_printed_ui_command_runs_as_printed(drilled):
+    """The drill's last lines tell on-call how to open the UI; copied as is it must find this
+    environment's dagster, the workspace and both homes (the lake follows FLYWHEEL_HOME)."""
+    import dataclasses
+    import os
+    import shlex
+
+    from flywheel_pipelines.drill import DrillResult, ui_command
+
+    fields = {f.name for f in dataclasses.fields(DrillResult)}
+    result = DrillResult(**{k: v for k, v in drilled.result.items() if k in fields})
+    *env, dagster, dev, flag, workspace = shlex.split(ui_command(result))
+    env = dict(e.split("=", 1) for e in env)
+    assert env == {"FLYWHEEL_HOME": str(drilled.home), "DAGSTER_HOME": str(drilled.home / "dagster_home")}
+    assert os.access(dagster, os.X_OK) and dev == "dev" and flag == "-w" and Path(workspace).is_file()

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from flywheel_pipelines.lib.ingest.manifest import write_manifest
 from flywheel_pipelines.lib import layout, lineage_index
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, build_catalog
 from flywheel_pipelines.lib.datasets.curation import CurationSpec, build_dataset, select_episodes
 from flywheel_pipelines.lib.episodes.embodiment import Embodiment, load_embodiment, parse_embodiment
 from flywheel_pipelines.lib.episodes.standardize import SourceFile, standardize
+from flywheel_pipelines.lib.ingest.manifest import write_manifest
 from flywheel_pipelines.lib.sim.fleet import simulate_fleet
 from flywheel_pipelines.lib.storage import LocalLake, staging_dir
 

@@ -417,6 +417,37 @@ def test_an_empty_golden_set_is_reported_as_such():
     assert "## Golden regression scenarios" not in ev.files[report.REPORT_MD].decode()
 
 
+def test_the_plots_inline_as_small_pngs_for_the_ui(evaluation):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    md = report.plots_markdown(evaluation.files)
+    images = re.findall(r"!\[([^\]]+)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", md)
+    assert [title for title, _ in images] == ["success by group", "return distributions"]
+    for (_, data), name in zip(images, (report.SUCCESS_PLOT, report.RETURN_PLOT), strict=True):
+        png, original = base64.b64decode(data), evaluation.files[name]
+        with Image.open(io.BytesIO(png)) as small, Image.open(io.BytesIO(original)) as full:
+            assert small.mode == "P" and small.size == full.size  # a palette, not a smaller picture
+        assert len(png) < len(original) / 2, f"{name}: {len(png)} bytes inline vs {len(original)}"
+    assert len(md.encode()) < 40_000
+    assert report.plots_markdown(evaluation.files) == md  # deterministic, like the report
+    assert report.plots_markdown({}) == ""
+
+
+def test_a_plot_wider_than_the_ui_is_scaled_to_fit():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (2000, 500), (43, 108, 176, 255)).save(buf, format="PNG")
+    with Image.open(io.BytesIO(report.compact_png(buf.getvalue()))) as small:
+        assert small.size == (report.UI_PLOT_MAX_WIDTH, 240)
+
+
 def _png_chunks(png: bytes) -> list[bytes]:
     chunks, i = [], 8
     while i < len(png):

@@ -17,12 +17,12 @@ from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
 from flywheel_pipelines.cli import inspect_document
-from flywheel_pipelines.lib.ingest.manifest import write_manifest
 from flywheel_pipelines.lib.catalog import build_catalog
 from flywheel_pipelines.lib.datasets.curation import CurationSpec, build_dataset, select_episodes
 from flywheel_pipelines.lib.episodes.embodiment import parse_embodiment
 from flywheel_pipelines.lib.episodes.standardize import SourceFile, standardize
 from flywheel_pipelines.lib.governance.policy import classify
+from flywheel_pipelines.lib.ingest.manifest import write_manifest
 from flywheel_pipelines.lib.rosbag.manifest import inspect_log
 from flywheel_pipelines.lib.storage import LocalLake, sha256_file
 

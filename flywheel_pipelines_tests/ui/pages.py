@@ -7,7 +7,10 @@ What they depend on in Dagster's UI (update here if a Dagster upgrade changes it
 - asset nodes' name elements carry the CSS-module class ``AssetNode_assetName__<hash>``;
 - the Overview tab's metadata table: one ``<tr>`` per key, the key's text alone in a cell, and a
   Markdown value rendered as a nested ``<table>``;
-- the "Join the Dagster community" dialog, kept away by localStorage ``communityNux``.
+- the "Join the Dagster community" dialog, kept away by localStorage ``communityNux``;
+- the global lineage page ``/asset-groups``, whose groups start collapsed and expand with the
+  graph's keyboard shortcut Alt+E ("Expand all groups");
+- a Markdown value longer than 1,000 characters shows as "[Show Markdown]", which opens a dialog.
 """
 
 from __future__ import annotations
@@ -146,3 +149,48 @@ def assert_asset_table_lists(
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             row.screenshot(path=str(screenshot))
     return table
+
+
+def show_global_lineage(page: Page, names: Sequence[str]) -> None:
+    """Open the global asset lineage with every group expanded and zoomed to fit, until each of
+    ``names`` is an asset node on screen."""
+    page.goto("/asset-groups")
+    viewport = page.locator("[data-svg-viewport]")
+    expect(viewport).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+    node = asset_nodes(page, names[-1]).first
+    for _ in range(5):
+        # The shortcut needs the graph focused; a click on empty canvas does that (and selects nothing).
+        box = viewport.bounding_box()
+        page.mouse.click(box["x"] + 10, box["y"] + box["height"] - 10)
+        page.keyboard.press("Alt+KeyE")
+        with contextlib.suppress(AssertionError):
+            expect(node).to_be_attached(timeout=5_000)
+            break
+    for name in names:
+        expect(asset_nodes(page, name).first, f"asset node {name!r} after expanding the groups").to_be_attached(
+            timeout=LOAD_TIMEOUT_MS)
+    _wait_until_still(page)  # the expanded layout lands in steps; fit once it has
+    page.wait_for_timeout(1000)
+    zoom_to_fit(page, names[-1])
+    assert_lineage_shows(page, names)
+
+
+def open_markdown(page: Page, metadata_key: str) -> Locator:
+    """The rendered Markdown of the asset page's metadata value ``metadata_key``: inline, or the
+    dialog its "[Show Markdown]" link opens when the value is long."""
+    row = metadata_row(page, metadata_key)
+    expect(row, f"metadata row {metadata_key!r}").to_be_visible(timeout=LOAD_TIMEOUT_MS)
+    more = row.get_by_text("[Show Markdown]")
+    if more.count() == 0:
+        return row
+    more.first.click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+    return dialog
+
+
+def image_widths(images: Locator) -> list[int]:
+    """The natural width of each image once it has loaded (0: the browser could not decode it)."""
+    images.first.wait_for(timeout=LOAD_TIMEOUT_MS)
+    return images.evaluate_all(
+        """els => Promise.all(els.map(e => e.decode().then(() => e.naturalWidth, () => 0)))""")

@@ -18,6 +18,7 @@ instance gives one slot (deploy/dagster.yaml: default_limit 1).
 import dagster as dg
 from pydantic import Field
 
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import HOT_START, MONTHS
 from flywheel_pipelines.defs.resources import LakeResource
@@ -49,7 +50,7 @@ ARCHIVE_DEPS = [dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping())
 @dg.asset(
     deps=ARCHIVE_DEPS,
     partitions_def=MONTHS,
-    group_name="episodes",
+    group_name=group_of("episode_archive"),
     kinds={"python", "parquet"},
     owners=OWNERS,
     pool="archive",

@@ -6,6 +6,7 @@ import collections
 import dagster as dg
 
 from flywheel_pipelines.defs.automation import FOLLOW_UPSTREAM
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.partitions import FLEET_START
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.defs.ui_metadata import rounded, table_metadata
@@ -15,7 +16,7 @@ from flywheel_pipelines.lib.catalog import CATALOG_KEY, build_catalog, catalog_h
 
 @dg.asset(
     deps=["episodes", "episode_archive", "quarantine_log"],
-    group_name="catalog",
+    group_name=group_of("episode_catalog"),
     kinds={"python", "parquet"},
     owners=["team:robot-data"],
     automation_condition=FOLLOW_UPSTREAM,

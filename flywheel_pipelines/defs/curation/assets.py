@@ -6,6 +6,7 @@ import json
 import dagster as dg
 from pydantic import Field
 
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.defs.ui_metadata import lerobot_table_metadata, rounded
 from flywheel_pipelines.lib import layout, lineage_index, markdown, quarantine
@@ -70,7 +71,7 @@ def quality_preview(quality: dict, limit: int = 50) -> str:
 # Frames are read from the robot-day episode tables (episodes), selection from the catalog, and the
 # quarantine log is honoured as of now (not as of the catalog's last refresh).
 @dg.asset(deps=["episode_catalog", dg.AssetDep("episodes", partition_mapping=dg.AllPartitionMapping()), "quarantine_log"],
-          group_name="curation", kinds={"python", "parquet"}, owners=["team:ml"])
+          group_name=group_of("curated_dataset"), kinds={"python", "parquet"}, owners=["team:ml"])
 def curated_dataset(context: dg.AssetExecutionContext, config: CurationConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Selected episodes with a deterministic train/val split, as a LeRobot v3.0 dataset plus a
     manifest naming every episode and raw file (sha256); versioned by content hash."""

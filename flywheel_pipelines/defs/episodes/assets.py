@@ -5,6 +5,7 @@ import dagster as dg
 import pyarrow.compute as pc
 from pydantic import Field
 
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
@@ -38,7 +39,7 @@ class EpisodesConfig(dg.Config):
 @dg.asset(
     deps=["log_manifest", "raw_fleet_logs"],  # the manifest says which files are usable; frames come from the raw bytes
     partitions_def=ROBOT_DAY,
-    group_name="episodes",
+    group_name=group_of("episodes"),
     kinds={"python", "parquet"},
     owners=OWNERS,
     pool="ingest",  # re-runs and backfills of episodes count against the ingest limit too

@@ -9,6 +9,7 @@ import json
 import dagster as dg
 from pydantic import Field
 
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.k8s import EVALUATION_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.ui_metadata import round_floats
@@ -24,6 +25,7 @@ from flywheel_pipelines.lib.evaluation.report import (
     RETURN_PLOT,
     SUCCESS_PLOT,
     SUMMARY,
+    plots_markdown,
 )
 from flywheel_pipelines.lib.evaluation.suite import DEFAULT_SUITE, SuiteError, load_suite
 from flywheel_pipelines.lib.storage import staging_dir
@@ -59,7 +61,7 @@ def _previous_golden(store) -> list[dict]:
 # Field failures come from the catalog; their frames (to fit each robot's parameters) from the
 # robot-day episode tables.
 @dg.asset(deps=["episode_catalog", dg.AssetDep("episodes", partition_mapping=dg.AllPartitionMapping())],
-          group_name="evaluation", kinds={"mujoco", "python"}, owners=OWNERS)
+          group_name=group_of("golden_scenarios"), kinds={"mujoco", "python"}, owners=OWNERS)
 def golden_scenarios(context: dg.AssetExecutionContext, config: GoldenConfig, lake: LakeResource) -> dg.MaterializeResult:
     """Field failures and interventions from the catalog as simulator scenarios: start, goal and the
     robot as its logs show it, with provenance down to the raw file. The set only grows; a
@@ -175,8 +177,8 @@ def _metrics(summary: dict) -> dict[str, float]:
     return out
 
 
-@dg.asset(deps=["policy_candidate", golden_scenarios], group_name="evaluation", kinds={"mujoco", "onnx"}, owners=OWNERS,
-          pool="evaluation", op_tags=EVALUATION_TAGS)
+@dg.asset(deps=["policy_candidate", golden_scenarios], group_name=group_of("eval_report"),
+          kinds={"mujoco", "onnx"}, owners=OWNERS, pool="evaluation", op_tags=EVALUATION_TAGS)
 def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: LakeResource,
                 mlflow: MlflowResource) -> dg.MaterializeResult:
     """The candidate (as exported ONNX) beside the production policy and the baselines on the same
@@ -259,10 +261,11 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
         at=lineage_index.now_iso(), prefix=prefix)
     cand = summary["summaries"][0]
     by = {g: {s["policy"]: s for s in rows} for g, rows in summary["by_group"].items()}
-    # The UI cannot show images from the lake: the plots become their locations.
+    # The UI cannot show images from the lake: in the report the plots become their locations, and
+    # `plots` carries them inlined (compact PNGs as data: URIs, ~30 KB).
     ui_md = ev.files[REPORT_MD].decode()
     for plot, title in ((SUCCESS_PLOT, "success by group"), (RETURN_PLOT, "return distributions")):
-        ui_md = ui_md.replace(f"![{title}]({plot})", f"Plot ({title}): `{store.uri(f'{prefix}/{plot}')}`")
+        ui_md = ui_md.replace(f"![{title}]({plot})", f"Plot ({title}): `{store.uri(f'{prefix}/{plot}')}` (see `plots`)")
     return dg.MaterializeResult(
         metadata=round_floats({
             "uri": dg.MetadataValue.path(store.uri(prefix)),
@@ -290,6 +293,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, lake: Lak
             "mlflow_run_id": pol["mlflow_run_id"],
             "mlflow_run": mlflow.run_link(pol["mlflow_run_id"], pol.get("mlflow_experiment_id")),
             "report": dg.MetadataValue.md(ui_md),
+            "plots": dg.MetadataValue.md(plots_markdown(ev.files)),
         })
     )
 

@@ -7,6 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipelines.defs.automation import FOLLOW_UPSTREAM
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.lib import field, ids, markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, catalog_hash
@@ -28,7 +29,7 @@ def _num(x, fmt="{:.1f}") -> str:
 
 @dg.asset(
     deps=["episode_catalog"],
-    group_name="field",
+    group_name=group_of("field_kpis"),
     kinds={"python", "parquet"},
     owners=["team:ml"],
     automation_condition=FOLLOW_UPSTREAM,

@@ -4,6 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import markdown
 from flywheel_pipelines.lib.governance import policy, retention
@@ -12,7 +13,7 @@ retention_policy = dg.AssetSpec(
     "retention_policy",
     description="The lake's retention policy (governance/policy/v<N>.yaml, append-only): days raw logs holding "
                 "camera, audio or other topics are kept. Set with `flywheel governance policy set --file`.",
-    group_name="governance",
+    group_name=group_of("retention_policy"),
     kinds={"yaml"},
     owners=["team:oncall"],
 )
@@ -23,7 +24,7 @@ retention_policy = dg.AssetSpec(
     # the lineage index and the datasets built on it (does a dataset embed its pixels?).
     deps=[retention_policy, dg.AssetDep("raw_fleet_logs", partition_mapping=dg.AllPartitionMapping()),
           dg.AssetDep("log_manifest", partition_mapping=dg.AllPartitionMapping()), "lineage_index", "curated_dataset"],
-    group_name="governance",
+    group_name=group_of("retention_sweep"),
     kinds={"python", "json"},
     owners=["team:oncall"],
 )

@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.k8s import INGEST_TAGS
 from flywheel_pipelines.defs.partitions import ROBOT_DAY, robot_day
 from flywheel_pipelines.defs.resources import LakeResource
@@ -19,7 +20,7 @@ raw_fleet_logs = dg.AssetSpec(
     "raw_fleet_logs",
     description=f"ROS2 MCAP logs exactly as robots uploaded them, under {layout.RAW_DAY_FORMAT} (immutable).",
     partitions_def=ROBOT_DAY,
-    group_name="ingest",
+    group_name=group_of("raw_fleet_logs"),
     kinds={"mcap"},
     owners=OWNERS,
 )
@@ -43,7 +44,7 @@ def _lost(entry: dict) -> str:
 @dg.asset(
     deps=[raw_fleet_logs],
     partitions_def=ROBOT_DAY,
-    group_name="ingest",
+    group_name=group_of("log_manifest"),
     kinds={"python", "json"},
     owners=OWNERS,
     pool="ingest",

@@ -4,6 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipelines.defs.automation import FOLLOW_UPSTREAM
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.defs.upstream import upstream_metadata
 from flywheel_pipelines.lib import ids, layout
@@ -14,7 +15,7 @@ OWNERS = ["team:oncall"]
 
 @dg.asset(
     deps=["episode_catalog", "curated_dataset", "policy_candidate", "eval_report", "release_bundle"],
-    group_name="oncall",
+    group_name=group_of("lineage_index"),
     kinds={"python", "parquet"},
     owners=OWNERS,
     automation_condition=FOLLOW_UPSTREAM,
@@ -53,7 +54,7 @@ class IncidentConfig(dg.Config):
 
 @dg.asset(
     deps=["release_bundle", "curated_dataset", "episode_catalog", "golden_scenarios"],
-    group_name="oncall",
+    group_name=group_of("incident_report"),
     kinds={"python"},
     owners=OWNERS,
 )

@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.resources import LakeResource
 from flywheel_pipelines.lib import layout, quarantine
 from flywheel_pipelines.lib.catalog import CATALOG_KEY
@@ -11,7 +12,7 @@ quarantine_log = dg.AssetSpec(
     "quarantine_log",
     description=f"Append-only quarantine records ({layout.QUARANTINE_RECORDS}/): robots x days, raw logs or episodes kept "
                 "out of datasets, with who, when and why. Written by the quarantine jobs and `flywheel quarantine`.",
-    group_name="oncall",
+    group_name=group_of("quarantine_log"),
     kinds={"json"},
     owners=["team:oncall"],
 )

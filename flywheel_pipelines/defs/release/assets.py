@@ -7,6 +7,7 @@ import shutil
 
 import dagster as dg
 
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.ui_metadata import round_floats, rounded
 from flywheel_pipelines.defs.upstream import upstream_metadata
@@ -49,7 +50,8 @@ def gate_refusal(summary: dict, *, candidate: str, golden_version: str | None,
 
 # Every asset the body reads: the evaluation summary and report, the policy files, the dataset (its
 # validation split for the parity proof, its manifest for lineage.json) and the golden set's version.
-@dg.asset(deps=["eval_report", "policy_candidate", "curated_dataset", "golden_scenarios"], group_name="release", kinds={"onnx"},
+@dg.asset(deps=["eval_report", "policy_candidate", "curated_dataset", "golden_scenarios"],
+          group_name=group_of("release_bundle"), kinds={"onnx"},
           owners=["team:ml"])
 def release_bundle(context: dg.AssetExecutionContext, lake: LakeResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """The deployable bundle. Refuses a candidate whose evaluation gate did not pass, or whose

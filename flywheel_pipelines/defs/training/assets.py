@@ -16,6 +16,7 @@ import dagster as dg
 import pydantic
 from pydantic import Field
 
+from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.k8s import TRAINING_TAGS
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
 from flywheel_pipelines.defs.ui_metadata import round_floats
@@ -102,7 +103,8 @@ def _finite(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
 
 
-@dg.asset(deps=["curated_dataset"], group_name="training", kinds={"pytorch", "mlflow"}, owners=["team:ml"], pool="training",
+@dg.asset(deps=["curated_dataset"], group_name=group_of("policy_candidate"), kinds={"pytorch", "mlflow"}, owners=["team:ml"],
+          pool="training",
           op_tags=TRAINING_TAGS)
 def policy_candidate(context: dg.AssetExecutionContext, config: TrainConfig, lake: LakeResource,
                      mlflow: MlflowResource) -> dg.MaterializeResult:
