@@ -162,7 +162,10 @@ def test_dagster_jobs_field_kpis_check_and_sensor(trained, tmp_path, flywheel_ho
         assert meta["production"].value == "teleoperated"
         assert meta[f"success_rate/{bad}"].value < 0.3 < meta["success_rate/teleoperated"].value
         assert "interventions / h" in meta["by_arm"].value
-        assert loop.lake.exists(f"{field.kpis_prefix(meta['catalog_version'].value)}/{field.KPIS_FILE}")
+        kpis_key = f"{field.kpis_prefix(meta['catalog_version'].value)}/{field.KPIS_FILE}"
+        kpis = loop.lake.read_parquet(kpis_key)
+        assert meta["dagster/row_count"].value == kpis.num_rows > 0
+        assert [c.name for c in meta["dagster/column_schema"].value.columns] == kpis.schema.names
 
         sensor = defs.resolve_sensor_def("rollout_sensor")
         requests = list(sensor.evaluate_tick(dg.build_sensor_context(instance=instance)).run_requests)

@@ -9,6 +9,7 @@ from pydantic import Field
 from flywheel_pipelines.defs.automation import FOLLOW_UPSTREAM
 from flywheel_pipelines.defs.groups import group_of
 from flywheel_pipelines.defs.resources import LakeResource, MlflowResource
+from flywheel_pipelines.defs.ui_metadata import table_metadata
 from flywheel_pipelines.lib import field, ids, markdown
 from flywheel_pipelines.lib.catalog import CATALOG_KEY, catalog_hash
 
@@ -93,6 +94,7 @@ def field_kpis(context: dg.AssetExecutionContext, config: FieldKpisConfig, lake:
             "by_arm": dg.MetadataValue.md(arm_table),
             "vs_production": dg.MetadataValue.md(comparison_table),
             "by_robot_day": dg.MetadataValue.md(per_day),
+            **table_metadata(kpis.schema, kpis.num_rows),
         },
         check_results=[dg.AssetCheckResult(
             check_name=REGRESSION_CHECK, passed=not regressed, severity=dg.AssetCheckSeverity.ERROR,
