@@ -179,13 +179,13 @@ def _drill(home: Path, *, robots: int, days: int, fault_days: int, episodes_per_
     fault = EncoderFault(days=tuple(bad_days), offset_rad=offset_rad)
     sim = simulate_fleet(store, robots=robots, days=day_list, episodes_per_day=episodes_per_day, seed=seed,
                          encoder_faults={faulty_robot: fault}, builtin_faults=False,
-                         progress=lambda d: log(f"  simulated robot={d.robot} date={d.day}: {d.messages} messages"))
+                         progress=lambda d: log(f"  simulated robot {d.robot} day {d.day}: {d.messages} messages"))
     defs = load_defs()
     instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions(ROBOTS.name, sorted({d.robot for d in sim}))
     ingest = defs.resolve_job_def("ingest_robot_day")
     for i, d in enumerate(sim, 1):
-        log(f"  [{i}/{len(sim)}] ingest robot={d.robot} date={d.day}")
+        log(f"  [{i}/{len(sim)}] ingest robot {d.robot} day {d.day}")
         with heartbeat(log, f"ingest {d.robot} {d.day}", instance=instance, job_name="ingest_robot_day"):
             ingest.execute_in_process(partition_key=robot_day_key(d.robot, d.day), instance=instance, run_config=QUIET)
     log(f"  ingested {len(sim)} robot-days")
