@@ -20,6 +20,17 @@ from mcap.records import Channel, ChunkIndex, Schema, Statistics
 
 from flywheel_pipelines.lib.settings import max_chunk_bytes
 
+# The chunk compressions of the MCAP spec, optional as in mcap itself: one import for the scan and
+# the salvage, which both decompress chunks.
+try:
+    import zstandard
+except ImportError:  # pragma: no cover - zstandard ships with mcap's usual installs
+    zstandard = None  # type: ignore[assignment]
+try:
+    import lz4.frame as lz4_frame
+except ImportError:  # pragma: no cover
+    lz4_frame = None  # type: ignore[assignment]
+
 __all__ = ["MCAP_MAGIC"]
 
 MCAP_MAGIC = b"\x89MCAP0\r\n"

@@ -39,16 +39,9 @@ from flywheel_pipelines.lib.rosbag.mcap_format import (
     _ChunkHeader,
     _Damage,
     _Unit,
+    lz4_frame,
+    zstandard,
 )
-
-try:
-    import zstandard
-except ImportError:  # pragma: no cover - zstandard ships with mcap's usual installs
-    zstandard = None  # type: ignore[assignment]
-try:
-    import lz4.frame as lz4_frame
-except ImportError:  # pragma: no cover
-    lz4_frame = None  # type: ignore[assignment]
 
 # Searching for the next record after damage: candidate opcodes, and how much is read at a time.
 _SCAN_OPCODES = b"\x03\x04\x05\x06\x07\x0f"

@@ -73,18 +73,11 @@ from flywheel_pipelines.lib.rosbag.mcap_format import (
     _Summary,
     _Unit,
     _Walk,
+    lz4_frame,
+    zstandard,
 )
 from flywheel_pipelines.lib.rosbag.mcap_salvage import _Salvage
 from flywheel_pipelines.lib.rosbag.report import LogReadError, RawMessage, ReadStats, _hex_hint, _merge_ranges
-
-try:
-    import zstandard
-except ImportError:  # pragma: no cover - zstandard ships with mcap's usual installs
-    zstandard = None  # type: ignore[assignment]
-try:
-    import lz4.frame as lz4_frame
-except ImportError:  # pragma: no cover
-    lz4_frame = None  # type: ignore[assignment]
 
 
 class _McapScan(_Salvage):
